@@ -1,0 +1,361 @@
+// CPU epilogue kernels of the zslfast operators, and their registration for the CPU dispatch key.
+//
+// Every kernel is one pass (a few passes over a row that stays in L1/L2) over its output, rows split
+// across threads with at::parallel_for and the inner loop written with at::vec::Vectorized so that
+// exp/atan/tanh run as SIMD (Sleef) code. GEMMs are done by the callers in ops_impl.h through ATen.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "../ops_impl.h"
+
+namespace zslfast {
+namespace {
+
+using at::vec::Vectorized;
+
+// Rows per parallel task so that each task touches roughly `work` elements.
+inline int64_t grain_for(int64_t row_len, int64_t work = 32768) {
+  return std::max<int64_t>(1, work / std::max<int64_t>(1, row_len));
+}
+
+template <typename T>
+inline T hsum(const Vectorized<T>& v) {
+  alignas(64) T buf[Vectorized<T>::size()];
+  v.store(buf);
+  T s = 0;
+  for (int k = 0; k < Vectorized<T>::size(); ++k) s += buf[k];
+  return s;
+}
+
+template <typename T>
+inline T hmax(const Vectorized<T>& v) {
+  alignas(64) T buf[Vectorized<T>::size()];
+  v.store(buf);
+  T s = buf[0];
+  for (int k = 1; k < Vectorized<T>::size(); ++k) s = std::max(s, buf[k]);
+  return s;
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+// Loads n (≤ lane count) elements of an optional per-column vector; `fill` stands in when absent.
+template <typename T>
+inline Vectorized<T> load_opt(const T* p, int64_t j, int64_t n, T fill) {
+  return p ? Vectorized<T>::loadu(p + j, n) : Vectorized<T>(fill);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Similarity epilogues
+// ---------------------------------------------------------------------------------------------
+// v_ij = scale·S_ij·rs_i·cs_j + cb_j, computed identically by softmax_rows and argmax_rows.
+template <typename T>
+inline void affine_row(T* r, int64_t m, T a, const T* cs, const T* cb) {
+  using V = Vectorized<T>;
+  const V va(a);
+  for (int64_t j = 0; j < m; j += V::size()) {
+    const int64_t n = std::min<int64_t>(V::size(), m - j);
+    V v = V::loadu(r + j, n) * va;
+    if (cs) v = v * V::loadu(cs + j, n);
+    if (cb) v = v + V::loadu(cb + j, n);
+    v.store(r + j, n);
+  }
+}
+
+template <typename T>
+inline T row_max(const T* r, int64_t m) {
+  using V = Vectorized<T>;
+  V vmax(-std::numeric_limits<T>::infinity());
+  int64_t j = 0;
+  for (; j + V::size() <= m; j += V::size()) vmax = at::vec::maximum(vmax, V::loadu(r + j));
+  T best = hmax(vmax);
+  for (; j < m; ++j) best = std::max(best, r[j]);
+  return best;
+}
+
+struct CpuKernels {
+  static void pairwise_epilogue(at::Tensor& out, const at::Tensor& xr, const at::Tensor& yr, Metric metric) {
+    const int64_t n = out.size(0), m = out.size(1);
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "zslfast_pairwise_epilogue", [&] {
+      using V = Vectorized<scalar_t>;
+      scalar_t* o = out.data_ptr<scalar_t>();
+      const scalar_t* xa = xr.const_data_ptr<scalar_t>();
+      const scalar_t* ya = yr.const_data_ptr<scalar_t>();
+      at::parallel_for(0, n, grain_for(m), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          scalar_t* r = o + i * m;
+          const V xi(xa[i]);
+          for (int64_t j = 0; j < m; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), m - j);
+            V v = V::loadu(r + j, k), yj = V::loadu(ya + j, k);
+            if (metric == Metric::Cosine) {
+              v = V(1) - v * xi * yj;
+            } else {
+              v = at::vec::maximum(xi + yj - V(2) * v, V(0));  // rounding can make it slightly negative
+              if (metric == Metric::Euclidean) v = v.sqrt();
+            }
+            v.store(r + j, k);
+          }
+        }
+      });
+    });
+  }
+
+  static at::Tensor pairwise_grad_epilogue(const at::Tensor& grad, const at::Tensor& out, const at::Tensor& xr,
+                                           const at::Tensor& yr, Metric metric) {
+    at::Tensor w = at::empty_like(grad);
+    const int64_t n = grad.size(0), m = grad.size(1);
+    AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "zslfast_pairwise_grad_epilogue", [&] {
+      using V = Vectorized<scalar_t>;
+      const scalar_t* g = grad.const_data_ptr<scalar_t>();
+      const scalar_t* o = out.const_data_ptr<scalar_t>();
+      const scalar_t* xa = xr.const_data_ptr<scalar_t>();
+      const scalar_t* ya = yr.const_data_ptr<scalar_t>();
+      scalar_t* wp = w.data_ptr<scalar_t>();
+      at::parallel_for(0, n, grain_for(m), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t off = i * m;
+          const V xi(-xa[i]);
+          for (int64_t j = 0; j < m; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), m - j);
+            V gv = V::loadu(g + off + j, k), ov = V::loadu(o + off + j, k), r;
+            if (metric == Metric::Cosine) {
+              r = gv * xi * V::loadu(ya + j, k);  // −G·ix·iy
+            } else {  // euclidean: G/(2·d), 0 where d == 0 (the subgradient torch.cdist uses)
+              r = V::blendv(V(0), gv / (V(2) * ov), ov > V(0));
+            }
+            r.store(wp + off + j, k);
+          }
+        }
+      });
+    });
+    return w;
+  }
+
+  static void softmax_rows(at::Tensor& s, double scale, const at::Tensor& rs, const at::Tensor& cs,
+                           const at::Tensor& cb, bool exclude_self) {
+    const int64_t n = s.size(0), m = s.size(1);
+    AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "zslfast_softmax_rows", [&] {
+      using V = Vectorized<scalar_t>;
+      scalar_t* sp = s.data_ptr<scalar_t>();
+      const scalar_t *rsp = ptr_or_null<scalar_t>(rs), *csp = ptr_or_null<scalar_t>(cs),
+                     *cbp = ptr_or_null<scalar_t>(cb);
+      at::parallel_for(0, n, grain_for(m, 16384), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          scalar_t* r = sp + i * m;
+          affine_row<scalar_t>(r, m, static_cast<scalar_t>(scale) * (rsp ? rsp[i] : scalar_t(1)), csp, cbp);
+          if (exclude_self) r[i] = -std::numeric_limits<scalar_t>::infinity();
+          const V vmax(row_max(r, m));
+          V vsum(0);
+          for (int64_t j = 0; j < m; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), m - j);
+            // Lanes past the row end are not stored, but must not be summed: zero them.
+            V e = (V::loadu(r + j, k) - vmax).exp();
+            if (k < V::size()) e = V::set(V(0), e, k);
+            e.store(r + j, k);
+            vsum = vsum + e;
+          }
+          const V inv(scalar_t(1) / hsum(vsum));
+          for (int64_t j = 0; j < m; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), m - j);
+            (V::loadu(r + j, k) * inv).store(r + j, k);
+          }
+        }
+      });
+    });
+  }
+
+  static at::Tensor softmax_rows_backward(const at::Tensor& grad, const at::Tensor& P, double scale,
+                                          const at::Tensor& rs, const at::Tensor& cs) {
+    at::Tensor w = at::empty_like(P);
+    const int64_t n = P.size(0), m = P.size(1);
+    AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "zslfast_softmax_rows_backward", [&] {
+      using V = Vectorized<scalar_t>;
+      const scalar_t *g = grad.const_data_ptr<scalar_t>(), *p = P.const_data_ptr<scalar_t>();
+      const scalar_t *rsp = ptr_or_null<scalar_t>(rs), *csp = ptr_or_null<scalar_t>(cs);
+      scalar_t* wp = w.data_ptr<scalar_t>();
+      at::parallel_for(0, n, grain_for(m, 16384), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t off = i * m;
+          V acc(0);  // zero-filled tail lanes contribute nothing
+          for (int64_t j = 0; j < m; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), m - j);
+            acc = acc + V::loadu(g + off + j, k) * V::loadu(p + off + j, k);
+          }
+          const V c(hsum(acc));
+          const V a(static_cast<scalar_t>(scale) * (rsp ? rsp[i] : scalar_t(1)));
+          for (int64_t j = 0; j < m; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), m - j);
+            V v = V::loadu(p + off + j, k) * (V::loadu(g + off + j, k) - c) * a;
+            if (csp) v = v * V::loadu(csp + j, k);
+            v.store(wp + off + j, k);
+          }
+        }
+      });
+    });
+    return w;
+  }
+
+  static void project_rows(at::Tensor& a, const at::Tensor& x, const at::Tensor& norm, double eps) {
+    const int64_t n = a.size(0), d = a.size(1);
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "zslfast_project_rows", [&] {
+      using V = Vectorized<scalar_t>;
+      scalar_t* ap = a.data_ptr<scalar_t>();
+      const scalar_t *xp = x.const_data_ptr<scalar_t>(), *np = norm.const_data_ptr<scalar_t>();
+      at::parallel_for(0, n, grain_for(d), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          if (np[i] < eps) continue;  // normalisation was clamped: its Jacobian is a plain scale
+          scalar_t* r = ap + i * d;
+          const scalar_t* xr = xp + i * d;
+          V acc(0);
+          for (int64_t j = 0; j < d; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), d - j);
+            acc = acc + V::loadu(r + j, k) * V::loadu(xr + j, k);
+          }
+          const V coef(hsum(acc) / (np[i] * np[i]));
+          for (int64_t j = 0; j < d; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), d - j);
+            (V::loadu(r + j, k) - V::loadu(xr + j, k) * coef).store(r + j, k);
+          }
+        }
+      });
+    });
+  }
+
+  static void argmax_rows(at::Tensor& s, double scale, const at::Tensor& cs, const at::Tensor& cb,
+                          at::Tensor& out) {
+    const int64_t n = s.size(0), m = s.size(1);
+    AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "zslfast_argmax_rows", [&] {
+      scalar_t* sp = s.data_ptr<scalar_t>();
+      const scalar_t *csp = ptr_or_null<scalar_t>(cs), *cbp = ptr_or_null<scalar_t>(cb);
+      int64_t* op = out.data_ptr<int64_t>();
+      at::parallel_for(0, n, grain_for(m), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          scalar_t* r = sp + i * m;
+          affine_row<scalar_t>(r, m, static_cast<scalar_t>(scale), csp, cbp);
+          const scalar_t best = row_max(r, m);
+          int64_t j = 0;
+          while (j < m - 1 && r[j] != best) ++j;  // first maximiser, like torch.argmax
+          op[i] = j;
+        }
+      });
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Affine coupling
+  // -------------------------------------------------------------------------------------------
+  // s = clamp_fn(u) and ds/du, for one vector of raw log-scales.
+  template <typename T>
+  static inline void clamp_fn(const Vectorized<T>& u, ClampMode mode, T clamp, Vectorized<T>& s,
+                              Vectorized<T>& ds) {
+    using V = Vectorized<T>;
+    constexpr T kAtan = T(0.636);  // FrEIA's stand-in for 2/π, kept for parity
+    switch (mode) {
+      case ClampMode::Atan:
+        s = V(clamp * kAtan) * u.atan();
+        ds = V(clamp * kAtan) / (V(1) + u * u);
+        break;
+      case ClampMode::AtanScaled: {
+        const V v = u / V(clamp);
+        s = V(clamp * kAtan) * v.atan();
+        ds = V(kAtan) / (V(1) + v * v);
+        break;
+      }
+      case ClampMode::Tanh: {
+        const V th = (u / V(clamp)).tanh();
+        s = V(clamp) * th;
+        ds = V(1) - th * th;
+        break;
+      }
+      default:
+        s = u;
+        ds = V(1);
+    }
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& s_raw,
+                                                             const at::Tensor& t, double clamp, ClampMode mode,
+                                                             bool reverse) {
+    at::Tensor y = at::empty_like(x);
+    at::Tensor logdet = at::empty({x.size(0)}, x.options());
+    const int64_t b = x.size(0), l = x.size(1);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zslfast_coupling_forward", [&] {
+      using V = Vectorized<scalar_t>;
+      const scalar_t *xp = x.const_data_ptr<scalar_t>(), *sp = s_raw.const_data_ptr<scalar_t>(),
+                     *tp = t.const_data_ptr<scalar_t>();
+      scalar_t *yp = y.data_ptr<scalar_t>(), *lp = logdet.data_ptr<scalar_t>();
+      const scalar_t c = static_cast<scalar_t>(clamp);
+      at::parallel_for(0, b, grain_for(l, 8192), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t off = i * l;
+          V acc(0);
+          for (int64_t j = 0; j < l; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), l - j);
+            V s, ds;
+            clamp_fn<scalar_t>(V::loadu(sp + off + j, k), mode, c, s, ds);  // tail lanes: u=0 → s=0
+            const V xv = V::loadu(xp + off + j, k), tv = V::loadu(tp + off + j, k);
+            const V yv = reverse ? (xv - tv) * s.neg().exp() : xv * s.exp() + tv;
+            yv.store(yp + off + j, k);
+            acc = acc + s;
+          }
+          lp[i] = reverse ? -hsum(acc) : hsum(acc);
+        }
+      });
+    });
+    return {y, logdet};
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& gy, const at::Tensor& glogdet,
+                                                              const at::Tensor& x, const at::Tensor& s_raw,
+                                                              const at::Tensor& t, double clamp, ClampMode mode,
+                                                              bool reverse) {
+    at::Tensor gx = at::empty_like(x), gs = at::empty_like(x);
+    const int64_t b = x.size(0), l = x.size(1);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zslfast_coupling_backward", [&] {
+      using V = Vectorized<scalar_t>;
+      const scalar_t *gyp = gy.const_data_ptr<scalar_t>(), *glp = glogdet.const_data_ptr<scalar_t>(),
+                     *xp = x.const_data_ptr<scalar_t>(), *sp = s_raw.const_data_ptr<scalar_t>(),
+                     *tp = reverse ? t.const_data_ptr<scalar_t>() : nullptr;
+      scalar_t *gxp = gx.data_ptr<scalar_t>(), *gsp = gs.data_ptr<scalar_t>();
+      const scalar_t c = static_cast<scalar_t>(clamp);
+      at::parallel_for(0, b, grain_for(l, 8192), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t off = i * l;
+          const V gl(glp[i]);
+          for (int64_t j = 0; j < l; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), l - j);
+            V s, ds;
+            clamp_fn<scalar_t>(V::loadu(sp + off + j, k), mode, c, s, ds);
+            const V g = V::loadu(gyp + off + j, k), xv = V::loadu(xp + off + j, k);
+            V gxv, gsv;
+            if (reverse) {  // y = (x − t)·e^{−s}, logdet = −Σs
+              const V e = s.neg().exp();
+              gxv = g * e;
+              gsv = (V(0) - gxv * (xv - V::loadu(tp + off + j, k)) - gl) * ds;
+            } else {  // y = x·e^{s} + t, logdet = Σs
+              gxv = g * s.exp();
+              gsv = (gxv * xv + gl) * ds;
+            }
+            gxv.store(gxp + off + j, k);
+            gsv.store(gsp + off + j, k);
+          }
+        }
+      });
+    });
+    return {gx, gs};
+  }
+};
+
+}  // namespace
+}  // namespace zslfast
+
+TORCH_LIBRARY_IMPL(zslfast, CPU, m) { ZSLFAST_REGISTER_IMPLS(m, zslfast::CpuKernels); }

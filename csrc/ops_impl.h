@@ -1,0 +1,335 @@
+// Device-generic implementations of every zslfast operator.
+//
+// Each operator is "a GEMM through ATen (MKL/cuBLAS) plus a fused element-wise epilogue". The GEMMs
+// and small reductions are written once here; the epilogues are the device kernels, supplied by a
+// `Kernels` policy class: CpuKernels (cpu/kernels_cpu.cpp) or CudaKernels (cuda/ops_cuda.cu). The
+// same template is instantiated for both devices, so the math cannot drift between them.
+//
+// Kernel policy interface (all tensors contiguous, same dtype, float or double; "opt" = may be an
+// undefined Tensor):
+//   pairwise_epilogue(out, xr, yr, metric)          in place on out = x·yᵀ
+//   pairwise_grad_epilogue(grad, out, xr, yr, metric) -> grad wrt the inner product x·yᵀ
+//   softmax_rows(S, scale, rs opt, cs opt, cb opt, exclude_self)   in place:
+//        S_ij <- softmax_j(scale·S_ij·rs_i·cs_j + cb_j), diagonal removed if exclude_self
+//   softmax_rows_backward(G, P, scale, rs opt, cs opt) -> P_ij (G_ij − Σ_k G_ik P_ik)·scale·rs_i·cs_j
+//   project_rows(A, x, norm, eps)                   in place: A_i −= x_i (x_i·A_i)/|x_i|² if |x_i|≥eps
+//   argmax_rows(S, scale, cs opt, cb opt, out)      out_i = argmax_j scale·S_ij·cs_j + cb_j
+//   coupling_forward(x, s_raw, t, clamp, mode, reverse) -> (y, logdet)
+//   coupling_backward(gy, glogdet, x, s_raw, t opt, clamp, mode, reverse) -> (gx, gs_raw)
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/string_view.h>
+
+#include <string>
+#include <tuple>
+
+namespace zslfast {
+
+enum class Metric { SqEuclidean, Euclidean, Cosine, Dot };
+enum class ClampMode { Atan, AtanScaled, Tanh, None };
+
+// Norms below this are clamped when normalising (the same eps as torch.nn.functional.normalize).
+constexpr double kNormEps = 1e-12;
+
+inline Metric parse_metric(c10::string_view name) {
+  if (name == "sqeuclidean") return Metric::SqEuclidean;
+  if (name == "euclidean") return Metric::Euclidean;
+  if (name == "cosine") return Metric::Cosine;
+  if (name == "dot") return Metric::Dot;
+  TORCH_CHECK(false, "zslfast: unknown metric '", std::string(name),
+              "'; expected one of sqeuclidean, euclidean, cosine, dot");
+}
+
+inline ClampMode parse_clamp_mode(c10::string_view name) {
+  if (name == "atan") return ClampMode::Atan;
+  if (name == "atan_scaled") return ClampMode::AtanScaled;
+  if (name == "tanh") return ClampMode::Tanh;
+  if (name == "none") return ClampMode::None;
+  TORCH_CHECK(false, "zslfast: unknown clamp_mode '", std::string(name),
+              "'; expected one of atan, atan_scaled, tanh, none");
+}
+
+inline void check_matrix(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2, "zslfast: ", name, " must be 2-D, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+              "zslfast: ", name, " must be float32 or float64, got ", t.scalar_type());
+}
+
+inline void check_pair(const at::Tensor& x, const at::Tensor& y, const char* xn, const char* yn) {
+  check_matrix(x, xn);
+  check_matrix(y, yn);
+  TORCH_CHECK(x.size(1) == y.size(1), "zslfast: ", xn, " and ", yn, " must have the same feature size, got ",
+              x.size(1), " and ", y.size(1));
+  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "zslfast: ", xn, " and ", yn, " must have the same dtype");
+  TORCH_CHECK(x.device() == y.device(), "zslfast: ", xn, " and ", yn, " must be on the same device");
+}
+
+inline at::Tensor row_sqnorm(const at::Tensor& x) { return x.mul(x).sum(1); }
+inline at::Tensor row_norm(const at::Tensor& x) { return at::linalg_vector_norm(x, 2, {1}); }
+inline at::Tensor inv_norm(const at::Tensor& norm) { return norm.clamp_min(kNormEps).reciprocal(); }
+
+// Per-row (xr) and per-column (yr) auxiliaries of the pairwise epilogue: squared norms for the
+// euclidean metrics, inverse norms for cosine, nothing for dot.
+inline std::tuple<at::Tensor, at::Tensor> pairwise_aux(const at::Tensor& x, const at::Tensor& y, Metric m) {
+  switch (m) {
+    case Metric::SqEuclidean:
+    case Metric::Euclidean:
+      return {row_sqnorm(x), row_sqnorm(y)};
+    case Metric::Cosine:
+      return {inv_norm(row_norm(x)), inv_norm(row_norm(y))};
+    default:
+      return {at::Tensor(), at::Tensor()};
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pairwise_distance
+// ---------------------------------------------------------------------------------------------
+template <class K>
+at::Tensor pairwise_distance(const at::Tensor& x_, const at::Tensor& y_, c10::string_view metric) {
+  check_pair(x_, y_, "x", "y");
+  const Metric m = parse_metric(metric);
+  auto x = x_.contiguous(), y = y_.contiguous();
+  at::Tensor out = at::mm(x, y.t());
+  if (m == Metric::Dot || out.numel() == 0) return out;
+  auto [xr, yr] = pairwise_aux(x, y, m);
+  K::pairwise_epilogue(out, xr, yr, m);
+  return out;
+}
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward(const at::Tensor& grad_, const at::Tensor& x_,
+                                                              const at::Tensor& y_, const at::Tensor& out_,
+                                                              c10::string_view metric) {
+  const Metric m = parse_metric(metric);
+  auto x = x_.contiguous(), y = y_.contiguous(), grad = grad_.contiguous(), out = out_.contiguous();
+  if (m == Metric::Dot) return {at::mm(grad, y), at::mm(grad.t(), x)};
+  auto [xr, yr] = pairwise_aux(x, y, m);
+  if (m == Metric::Cosine) {
+    // out = 1 − (x·y)·ix·iy. With W = −G·ix·iy, the gradient is W·y (resp. Wᵀ·x) with the
+    // component along x_i (resp. y_j) projected out, the normalisation's Jacobian.
+    at::Tensor w = K::pairwise_grad_epilogue(grad, out, xr, yr, m);
+    at::Tensor gx = at::mm(w, y), gy = at::mm(w.t(), x);
+    K::project_rows(gx, x, row_norm(x), kNormEps);
+    K::project_rows(gy, y, row_norm(y), kNormEps);
+    return {gx, gy};
+  }
+  // d(|x|²+|y|²−2x·y) = 2(x·rowsum(G) − G·y) and 2(y·colsum(G) − Gᵀ·x); for euclidean G is first
+  // divided by 2·out (zero where the distance is zero).
+  at::Tensor g = m == Metric::Euclidean ? K::pairwise_grad_epilogue(grad, out, xr, yr, m) : grad;
+  at::Tensor gx = at::mm(g, y).mul_(-2).addcmul_(x, g.sum(1, true), 2);
+  at::Tensor gy = at::mm(g.t(), x).mul_(-2).addcmul_(y, g.sum(0).unsqueeze(1), 2);
+  return {gx, gy};
+}
+
+// ---------------------------------------------------------------------------------------------
+// nearest_prototype: blocks of rows, each one GEMM plus a fused row-argmax. Never forms N×C.
+// ---------------------------------------------------------------------------------------------
+template <class K>
+at::Tensor nearest_prototype(const at::Tensor& x_, const at::Tensor& protos_, c10::string_view metric,
+                             int64_t block_rows) {
+  check_pair(x_, protos_, "x", "prototypes");
+  const Metric m = parse_metric(metric);
+  TORCH_CHECK(block_rows > 0, "zslfast: block_rows must be positive, got ", block_rows);
+  const int64_t n = x_.size(0), c = protos_.size(0);
+  at::Tensor idx = at::empty({n}, x_.options().dtype(at::kLong));
+  if (n == 0) return idx;
+  TORCH_CHECK(c > 0, "zslfast: nearest_prototype needs at least one prototype");
+  auto x = x_.contiguous(), p = protos_.contiguous();
+  // Maximise a score that orders prototypes like the distance: the per-row terms are dropped.
+  double scale = 1.0;
+  at::Tensor cs, cb;
+  if (m == Metric::SqEuclidean || m == Metric::Euclidean) {
+    scale = 2.0;
+    cb = row_sqnorm(p).neg_();  // argmax 2x·p − |p|²  ==  argmin |x−p|²
+  } else if (m == Metric::Cosine) {
+    cs = inv_norm(row_norm(p));  // argmax x·p/|p|  ==  argmin 1 − cos (|x| > 0 is a row constant)
+  }
+  const at::Tensor pt = p.t();
+  at::Tensor buf = at::empty({std::min(block_rows, n), c}, x.options());
+  for (int64_t start = 0; start < n; start += block_rows) {
+    const int64_t rows = std::min(block_rows, n - start);
+    at::Tensor s = buf.narrow(0, 0, rows);
+    at::mm_out(s, x.narrow(0, start, rows), pt);
+    at::Tensor out = idx.narrow(0, start, rows);
+    K::argmax_rows(s, scale, cs, cb, out);
+  }
+  return idx;
+}
+
+// ---------------------------------------------------------------------------------------------
+// transition_matrix: P = softmax_j(sim(x_i, y_j)/T), fused epilogue on the GEMM result.
+// ---------------------------------------------------------------------------------------------
+// The epilogue parameters (scale, rs, cs, cb) turning x·yᵀ into sim/T. For −|x−y|² the row term
+// −|x_i|² is dropped: it is constant along the softmax axis and cancels exactly.
+struct SimParams {
+  double scale;
+  at::Tensor rs, cs, cb;
+};
+
+inline SimParams sim_params(const at::Tensor& x, const at::Tensor& y, double temperature, Metric m) {
+  if (m == Metric::Cosine) return {1.0 / temperature, inv_norm(row_norm(x)), inv_norm(row_norm(y)), at::Tensor()};
+  return {2.0 / temperature, at::Tensor(), at::Tensor(), row_sqnorm(y).mul_(-1.0 / temperature)};
+}
+
+inline Metric transition_metric(c10::string_view metric) {
+  const Metric m = parse_metric(metric);
+  TORCH_CHECK(m == Metric::Cosine || m == Metric::SqEuclidean,
+              "zslfast: transition metric must be 'cosine' or 'sqeuclidean', got '", std::string(metric), "'");
+  return m;
+}
+
+inline void check_transition(const at::Tensor& x, const at::Tensor& y, double temperature, bool exclude_self) {
+  check_pair(x, y, "x", "y");
+  TORCH_CHECK(temperature > 0, "zslfast: temperature must be positive, got ", temperature);
+  if (exclude_self) {
+    TORCH_CHECK(x.size(0) == y.size(0), "zslfast: exclude_self needs as many rows in x as in y, got ",
+                x.size(0), " and ", y.size(0));
+    TORCH_CHECK(x.size(0) != 1, "zslfast: exclude_self with a single point leaves no transition");
+  }
+}
+
+template <class K>
+at::Tensor transition_matrix(const at::Tensor& x_, const at::Tensor& y_, double temperature,
+                             c10::string_view metric, bool exclude_self) {
+  check_transition(x_, y_, temperature, exclude_self);
+  const Metric m = transition_metric(metric);
+  auto x = x_.contiguous(), y = y_.contiguous();
+  at::Tensor s = at::mm(x, y.t());
+  if (s.numel() == 0) return s;
+  SimParams p = sim_params(x, y, temperature, m);
+  K::softmax_rows(s, p.scale, p.rs, p.cs, p.cb, exclude_self);
+  return s;
+}
+
+// Gradient wrt x and y given dL/dP. dsim = P ⊙ (G − rowsum(G⊙P)) / T (zero on a masked diagonal
+// because P is zero there), then back through the similarity.
+template <class K>
+std::tuple<at::Tensor, at::Tensor> transition_backward_impl(const at::Tensor& grad, const at::Tensor& P,
+                                                            const at::Tensor& x, const at::Tensor& y,
+                                                            double temperature, Metric m) {
+  if (P.numel() == 0) return {at::zeros_like(x), at::zeros_like(y)};
+  SimParams p = sim_params(x, y, temperature, m);
+  // W = dL/d(x·yᵀ): the softmax backward times the epilogue's scales, in one pass.
+  at::Tensor w = K::softmax_rows_backward(grad, P, p.scale, p.rs, p.cs);
+  at::Tensor gx = at::mm(w, y), gy = at::mm(w.t(), x);
+  if (m == Metric::Cosine) {
+    K::project_rows(gx, x, row_norm(x), kNormEps);
+    K::project_rows(gy, y, row_norm(y), kNormEps);
+  } else {
+    // sim/T = (2x·y − |y|²)/T: the |y_j|² term adds −y_j·colsum(W) (the 2/T is already in W).
+    gy.sub_(y * w.sum(0).unsqueeze(1));
+  }
+  return {gx, gy};
+}
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor> transition_matrix_backward(const at::Tensor& grad, const at::Tensor& P,
+                                                              const at::Tensor& x, const at::Tensor& y,
+                                                              double temperature, c10::string_view metric,
+                                                              bool /*exclude_self: already zero in P*/) {
+  return transition_backward_impl<K>(grad.contiguous(), P.contiguous(), x.contiguous(), y.contiguous(),
+                                     temperature, transition_metric(metric));
+}
+
+// ---------------------------------------------------------------------------------------------
+// random_walk_landing: T_t = P_cx · P_xx^t · P_xc by propagating Q_{t+1} = Q_t · P_xx (K×M), never
+// forming P_xx^t. Cost O(steps·K·M²) instead of O(steps·M³).
+// ---------------------------------------------------------------------------------------------
+template <class K>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> random_walk_landing(
+    const at::Tensor& centers_, const at::Tensor& points_, int64_t steps, double temperature,
+    c10::string_view metric) {
+  check_pair(centers_, points_, "centers", "points");
+  TORCH_CHECK(steps >= 0, "zslfast: steps must be non-negative, got ", steps);
+  check_transition(points_, points_, temperature, true);
+  auto c = centers_.contiguous(), x = points_.contiguous();
+  const int64_t kk = c.size(0), mm = x.size(0);
+  at::Tensor p_cx = transition_matrix<K>(c, x, temperature, metric, false);
+  at::Tensor p_xx = transition_matrix<K>(x, x, temperature, metric, true);
+  at::Tensor p_xc = transition_matrix<K>(x, c, temperature, metric, false);
+  at::Tensor q = at::empty({steps + 1, kk, mm}, c.options());
+  q[0].copy_(p_cx);
+  for (int64_t t = 0; t < steps; ++t) {
+    at::Tensor next = q[t + 1];
+    at::mm_out(next, q[t], p_xx);
+  }
+  // All landings in one GEMM: [(steps+1)·K, M] × [M, K].
+  at::Tensor land = at::mm(q.view({(steps + 1) * kk, mm}), p_xc).view({steps + 1, kk, kk});
+  return {land, q, p_xx, p_xc};
+}
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor> random_walk_landing_backward(const at::Tensor& grad_, const at::Tensor& q,
+                                                                const at::Tensor& p_xx, const at::Tensor& p_xc,
+                                                                const at::Tensor& centers_,
+                                                                const at::Tensor& points_, double temperature,
+                                                                c10::string_view metric) {
+  const Metric m = transition_metric(metric);
+  auto c = centers_.contiguous(), x = points_.contiguous(), grad = grad_.contiguous();
+  const int64_t s1 = grad.size(0), kk = c.size(0), mm = x.size(0), steps = s1 - 1;
+  at::Tensor qf = q.view({s1 * kk, mm}), gf = grad.view({s1 * kk, kk});
+  // dP_xc = Σ_t Q_tᵀ G_t, one GEMM over all steps.
+  at::Tensor d_xc = at::mm(qf.t(), gf);
+  // R_t = dL/dQ_t = G_t P_xcᵀ + R_{t+1} P_xxᵀ, swept backwards.
+  at::Tensor r = at::mm(gf, p_xc.t()).view({s1, kk, mm});
+  for (int64_t t = steps - 1; t >= 0; --t) r[t].addmm_(r[t + 1], p_xx.t());
+  // dP_xx = Σ_{t<steps} Q_tᵀ R_{t+1}, one GEMM; dP_cx = R_0.
+  at::Tensor d_xx = at::mm(q.narrow(0, 0, steps).reshape({steps * kk, mm}).t(),
+                           r.narrow(0, 1, steps).reshape({steps * kk, mm}));
+  auto [gc1, gx1] = transition_backward_impl<K>(r[0].contiguous(), q[0], c, x, temperature, m);
+  auto [gx2, gx3] = transition_backward_impl<K>(d_xx, p_xx.contiguous(), x, x, temperature, m);
+  auto [gx4, gc2] = transition_backward_impl<K>(d_xc, p_xc.contiguous(), x, c, temperature, m);
+  return {gc1.add_(gc2), gx1.add_(gx2).add_(gx3).add_(gx4)};
+}
+
+// ---------------------------------------------------------------------------------------------
+// affine_coupling: pure element-wise; the device kernels do all of it in one pass.
+// ---------------------------------------------------------------------------------------------
+inline void check_coupling(const at::Tensor& x, const at::Tensor& s, const at::Tensor& t) {
+  check_matrix(x, "x");
+  TORCH_CHECK(s.sizes() == x.sizes() && t.sizes() == x.sizes(), "zslfast: affine_coupling needs x, s_raw and t of ",
+              "the same shape, got ", x.sizes(), ", ", s.sizes(), ", ", t.sizes());
+  TORCH_CHECK(s.scalar_type() == x.scalar_type() && t.scalar_type() == x.scalar_type(),
+              "zslfast: affine_coupling inputs must share one dtype");
+  TORCH_CHECK(s.device() == x.device() && t.device() == x.device(),
+              "zslfast: affine_coupling inputs must be on one device");
+}
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor> affine_coupling(const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
+                                                   double clamp, c10::string_view clamp_mode, bool reverse) {
+  check_coupling(x, s_raw, t);
+  const ClampMode mode = parse_clamp_mode(clamp_mode);
+  TORCH_CHECK(mode == ClampMode::None || clamp > 0, "zslfast: clamp must be positive, got ", clamp);
+  return K::coupling_forward(x.contiguous(), s_raw.contiguous(), t.contiguous(), clamp, mode, reverse);
+}
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor> affine_coupling_backward(const at::Tensor& gy, const at::Tensor& glogdet,
+                                                            const at::Tensor& x, const at::Tensor& s_raw,
+                                                            const c10::optional<at::Tensor>& t, double clamp,
+                                                            c10::string_view clamp_mode, bool reverse) {
+  const ClampMode mode = parse_clamp_mode(clamp_mode);
+  TORCH_CHECK(!reverse || (t.has_value() && t->defined()), "zslfast: reverse coupling backward needs t");
+  at::Tensor tt = reverse ? t->contiguous() : at::Tensor();
+  return K::coupling_backward(gy.contiguous(), glogdet.contiguous(), x.contiguous(), s_raw.contiguous(), tt, clamp,
+                              mode, reverse);
+}
+
+}  // namespace zslfast
+
+// Registers every operator of the library for one dispatch key with the kernels of policy K.
+#define ZSLFAST_REGISTER_IMPLS(m, K)                                                          \
+  do {                                                                                        \
+    m.impl("pairwise_distance", &zslfast::pairwise_distance<K>);                              \
+    m.impl("pairwise_distance_backward", &zslfast::pairwise_distance_backward<K>);            \
+    m.impl("nearest_prototype", &zslfast::nearest_prototype<K>);                              \
+    m.impl("transition_matrix", &zslfast::transition_matrix<K>);                              \
+    m.impl("transition_matrix_backward", &zslfast::transition_matrix_backward<K>);            \
+    m.impl("random_walk_landing", &zslfast::random_walk_landing<K>);                          \
+    m.impl("random_walk_landing_backward", &zslfast::random_walk_landing_backward<K>);        \
+    m.impl("affine_coupling", &zslfast::affine_coupling<K>);                                  \
+    m.impl("affine_coupling_backward", &zslfast::affine_coupling_backward<K>);                \
+  } while (0)

@@ -1,0 +1,112 @@
+"""Fake (meta) kernels and autograd formulas of the compiled operators.
+
+Registered only when zslfast._C loaded. Each backward is itself a custom operator with a fused
+kernel, so autograd, torch.compile and export all see opaque, shape-inferable ops.
+"""
+import torch
+
+from zslfast import _ext
+
+ops = torch.ops.zslfast
+
+
+def _register():
+    lib = "zslfast::"
+
+    # --- fake kernels: output shapes only --------------------------------------------------
+    @torch.library.register_fake(lib + "pairwise_distance")
+    def _(x, y, metric):
+        return x.new_empty(x.shape[0], y.shape[0])
+
+    @torch.library.register_fake(lib + "pairwise_distance_backward")
+    def _(grad, x, y, out, metric):
+        return torch.empty_like(x), torch.empty_like(y)
+
+    @torch.library.register_fake(lib + "nearest_prototype")
+    def _(x, prototypes, metric, block_rows):
+        return x.new_empty(x.shape[0], dtype=torch.long)
+
+    @torch.library.register_fake(lib + "transition_matrix")
+    def _(x, y, temperature, metric, exclude_self):
+        return x.new_empty(x.shape[0], y.shape[0])
+
+    @torch.library.register_fake(lib + "transition_matrix_backward")
+    def _(grad, P, x, y, temperature, metric, exclude_self):
+        return torch.empty_like(x), torch.empty_like(y)
+
+    @torch.library.register_fake(lib + "random_walk_landing")
+    def _(centers, points, steps, temperature, metric):
+        k, m = centers.shape[0], points.shape[0]
+        return (centers.new_empty(steps + 1, k, k), centers.new_empty(steps + 1, k, m),
+                centers.new_empty(m, m), centers.new_empty(m, k))
+
+    @torch.library.register_fake(lib + "random_walk_landing_backward")
+    def _(grad, Q, P_xx, P_xc, centers, points, temperature, metric):
+        return torch.empty_like(centers), torch.empty_like(points)
+
+    @torch.library.register_fake(lib + "affine_coupling")
+    def _(x, s_raw, t, clamp, clamp_mode, reverse):
+        return torch.empty_like(x), x.new_empty(x.shape[0])
+
+    @torch.library.register_fake(lib + "affine_coupling_backward")
+    def _(grad_y, grad_logdet, x, s_raw, t, clamp, clamp_mode, reverse):
+        return torch.empty_like(x), torch.empty_like(x)
+
+    # --- autograd ------------------------------------------------------------------------------
+    def pd_setup(ctx, inputs, output):
+        x, y, metric = inputs
+        ctx.save_for_backward(x, y, output)
+        ctx.metric = metric
+
+    def pd_backward(ctx, grad):
+        x, y, out = ctx.saved_tensors
+        gx, gy = ops.pairwise_distance_backward(grad, x, y, out, ctx.metric)
+        return gx, gy, None
+
+    torch.library.register_autograd(lib + "pairwise_distance", pd_backward, setup_context=pd_setup)
+
+    def tm_setup(ctx, inputs, output):
+        x, y, temperature, metric, exclude_self = inputs
+        ctx.save_for_backward(x, y, output)
+        ctx.args = (temperature, metric, exclude_self)
+
+    def tm_backward(ctx, grad):
+        x, y, P = ctx.saved_tensors
+        gx, gy = ops.transition_matrix_backward(grad, P, x, y, *ctx.args)
+        return gx, gy, None, None, None
+
+    torch.library.register_autograd(lib + "transition_matrix", tm_backward, setup_context=tm_setup)
+
+    def rw_setup(ctx, inputs, output):
+        centers, points, steps, temperature, metric = inputs
+        _, q, p_xx, p_xc = output
+        ctx.save_for_backward(q, p_xx, p_xc, centers, points)
+        ctx.args = (temperature, metric)
+
+    def rw_backward(ctx, grad, _gq, _gpxx, _gpxc):
+        # Only the landing probabilities are differentiable; the public wrapper never exposes the
+        # intermediates (Q, P_xx, P_xc), which the op returns solely for this backward.
+        q, p_xx, p_xc, centers, points = ctx.saved_tensors
+        gc, gx = ops.random_walk_landing_backward(grad, q, p_xx, p_xc, centers, points, *ctx.args)
+        return gc, gx, None, None, None
+
+    torch.library.register_autograd(lib + "random_walk_landing", rw_backward, setup_context=rw_setup)
+
+    def ac_setup(ctx, inputs, output):
+        x, s_raw, t, clamp, clamp_mode, reverse = inputs
+        ctx.save_for_backward(x, s_raw, t if reverse else None)
+        ctx.args = (clamp, clamp_mode, reverse)
+
+    def ac_backward(ctx, grad_y, grad_logdet):
+        x, s_raw, t = ctx.saved_tensors
+        clamp, clamp_mode, reverse = ctx.args
+        gx, gs = ops.affine_coupling_backward(grad_y, grad_logdet, x, s_raw, t, clamp, clamp_mode, reverse)
+        # dy/dt is 1 (forward) or -exp(-s) (reverse), so grad_t is grad_y or -grad_x: no extra kernel.
+        gt = -gx if reverse else grad_y
+        return gx, gs, gt, None, None, None
+
+    torch.library.register_autograd(lib + "affine_coupling", ac_backward, setup_context=ac_setup)
+
+
+if _ext._C is not None:
+    _register()
