@@ -106,7 +106,8 @@ def extensions():
     omp_cflags, omp_lflags = _openmp_flags()
 
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = ["-std=c++17", *opt, *omp_cflags]
+    # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 for 2.13).
+    cxx = [*opt, *omp_cflags]
     if not debug:
         cxx += _simd_flags()
     define_macros = [("Py_LIMITED_API", "0x03090000")]
@@ -118,7 +119,7 @@ def extensions():
         return [cpp_extension.CUDAExtension(
             "zslfast._C", sources + cuda_sources,
             define_macros=define_macros + [("WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": [*opt, "-std=c++17", "--expt-relaxed-constexpr",
+            extra_compile_args={"cxx": cxx, "nvcc": [*opt, "--expt-relaxed-constexpr",
                                                      *( ["-lineinfo"] if not debug else ["-G"])]},
             extra_link_args=omp_lflags, py_limited_api=True)]
     print(f"zslfast: building CPU kernels only ({why})")
