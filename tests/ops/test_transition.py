@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from zslfast import ops
+from zslfast.ops import reference
+from zslfast.testing import REL_TOL, backends, devices, dtypes, product, randn, rel_err
+
+METRICS = ["cosine", "sqeuclidean"]
+
+
+@pytest.mark.parametrize("backend,dtype,device,metric,exclude_self",
+                         product(backends, dtypes, devices, METRICS, [False, True]))
+def test_matches_reference_and_invariants(backend, dtype, device, metric, exclude_self, gen, use_backend):
+    use_backend(backend, device)
+    n = 29
+    x = randn(n, 13, dtype=dtype, device=device, generator=gen, requires_grad=True)
+    y = x if exclude_self else randn(17, 13, dtype=dtype, device=device, generator=gen, requires_grad=True)
+    temperature = 0.3 if metric == "cosine" else 5.0
+    P = ops.transition_matrix(x, y, temperature, metric, exclude_self)
+    xr = x.detach().clone().requires_grad_()
+    yr = xr if exclude_self else y.detach().clone().requires_grad_()
+    R = reference.transition_matrix(xr, yr, temperature, metric, exclude_self)
+    assert rel_err(P, R) < REL_TOL[dtype]
+    # Invariants: row-stochastic, non-negative, a masked diagonal is exactly zero.
+    torch.testing.assert_close(P.sum(1), torch.ones(n, dtype=dtype, device=device),
+                               rtol=0, atol=10 * torch.finfo(dtype).eps * P.shape[1])
+    assert (P >= 0).all()
+    if exclude_self:
+        assert torch.equal(P.diagonal(), torch.zeros(n, dtype=dtype, device=device))
+    g = randn(*P.shape, dtype=dtype, device=device, generator=gen)
+    inputs, ref_inputs = ((x,), (xr,)) if exclude_self else ((x, y), (xr, yr))
+    for a, b in zip(torch.autograd.grad(P, inputs, g), torch.autograd.grad(R, ref_inputs, g)):
+        assert rel_err(a, b) < REL_TOL[dtype] * 10  # gradients accumulate two GEMMs of rounding
+
+
+@pytest.mark.parametrize("backend,device,metric,exclude_self", product(backends, devices, METRICS, [False, True]))
+def test_gradcheck(backend, device, metric, exclude_self, gen, use_backend):
+    use_backend(backend, device)
+    x = randn(6, 4, dtype=torch.float64, device=device, generator=gen, requires_grad=True)
+    if exclude_self:
+        assert torch.autograd.gradcheck(lambda a: ops.transition_matrix(a, a, 0.7, metric, True), (x,))
+    else:
+        y = randn(5, 4, dtype=torch.float64, device=device, generator=gen, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda a, b: ops.transition_matrix(a, b, 0.7, metric), (x, y))
+
+
+def test_hand_computed():
+    # Two orthogonal unit vectors and their sum: cosine similarities are known in closed form.
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    P = ops.transition_matrix(x, x, temperature=0.5, metric="cosine", exclude_self=True)
+    c = 2 ** -0.5 / 0.5  # cos 45° / T
+    e0, ec = 1.0, torch.exp(torch.tensor(c, dtype=torch.float64))  # exp(0/T) = 1
+    expected = torch.stack([
+        torch.stack([torch.tensor(0.0, dtype=torch.float64), e0 / (e0 + ec), ec / (e0 + ec)]),
+        torch.stack([e0 / (e0 + ec), torch.tensor(0.0, dtype=torch.float64), ec / (e0 + ec)]),
+        torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64)])
+    torch.testing.assert_close(P, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", product(backends, devices))
+def test_non_contiguous_and_empty(backend, device, gen, use_backend):
+    use_backend(backend, device)
+    x = randn(12, 20, dtype=torch.float64, device=device, generator=gen)[:, 1::2]
+    y = randn(10, 9, dtype=torch.float64, device=device, generator=gen).T
+    assert rel_err(ops.transition_matrix(x, y), reference.transition_matrix(x.contiguous(), y.contiguous())) < 1e-10
+    e = torch.zeros(0, 10, dtype=torch.float64, device=device, requires_grad=True)
+    P = ops.transition_matrix(e, y.contiguous())
+    assert P.shape == (0, 9)
+    P.sum().backward()
+    assert e.grad.shape == (0, 10)
+
+
+def test_bad_input():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="temperature"):
+        ops.transition_matrix(x, x, temperature=0)
+    with pytest.raises(ValueError, match="metric"):
+        ops.transition_matrix(x, x, metric="dot")
+    with pytest.raises(ValueError, match="same number of rows"):
+        ops.transition_matrix(x, x[:3], exclude_self=True)
+    with pytest.raises(ValueError, match="single point"):
+        ops.transition_matrix(x[:1], x[:1], exclude_self=True)
