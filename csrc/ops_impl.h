@@ -190,6 +190,63 @@ inline void check_transition(const at::Tensor& x, const at::Tensor& y, double te
   }
 }
 
+// x·xᵀ computing only the blocks on and below the diagonal and mirroring the rest: (nb+1)/(2·nb) of
+// the FLOPs of a full GEMM (62.5% with 4 blocks). Blocks stay ≥ 256 rows so each GEMM runs at speed.
+inline at::Tensor self_gram(const at::Tensor& x) {
+  const int64_t n = x.size(0);
+  at::Tensor out = at::empty({n, n}, x.options());
+  const int64_t nb = std::min<int64_t>(4, n / 256);
+  if (nb <= 1) return at::mm_out(out, x, x.t());
+  const int64_t bs = (n + nb - 1) / nb;
+  for (int64_t i = 0; i < nb; ++i) {
+    const int64_t r0 = i * bs, rl = std::min(bs, n - r0);
+    for (int64_t j = 0; j <= i; ++j) {
+      const int64_t c0 = j * bs, cl = std::min(bs, n - c0);
+      at::Tensor blk = out.narrow(0, r0, rl).narrow(1, c0, cl);
+      at::mm_out(blk, x.narrow(0, r0, rl), x.narrow(0, c0, cl).t());
+      if (i != j) out.narrow(0, c0, cl).narrow(1, r0, rl).copy_(blk.t());
+    }
+  }
+  return out;
+}
+
+// dL/d(sim) for P = softmax(sim/T) given dL/dP, times the cosine normalisation scales:
+// W_ij = P_ij (G_ij − Σ_k G_ik P_ik) / T · (ix_i · iy_j for cosine). Zero on a masked diagonal.
+template <class K>
+at::Tensor dsim(const at::Tensor& grad, const at::Tensor& P, const SimParams& p, double temperature, Metric m) {
+  return m == Metric::Cosine ? K::softmax_rows_backward(grad, P, 1.0 / temperature, p.rs, p.cs)
+                             : K::softmax_rows_backward(grad, P, 1.0 / temperature, at::Tensor(), at::Tensor());
+}
+
+// Gradients of L wrt x and y given W = dL/dsim (scaled as dsim() does), sim_ij = sim(x_i, y_j).
+//   cosine:       gx = Π_x(W·y), gy = Π_y(Wᵀ·x), Π the projection of the normalisation Jacobian;
+//   −|x − y|²:    gx = 2(W·y − x·rowsum W),  gy = 2(Wᵀ·x − y·colsum W).
+template <class K>
+std::tuple<at::Tensor, at::Tensor> sim_grads(const at::Tensor& w, const at::Tensor& x, const at::Tensor& y, Metric m) {
+  at::Tensor gx = at::mm(w, y), gy = at::mm(w.t(), x);
+  if (m == Metric::Cosine) {
+    K::project_rows(gx, x, row_norm(x), kNormEps);
+    K::project_rows(gy, y, row_norm(y), kNormEps);
+  } else {
+    gx.sub_(x * w.sum(1, true)).mul_(2);
+    gy.sub_(y * w.sum(0).unsqueeze(1)).mul_(2);
+  }
+  return {gx, gy};
+}
+
+// The same when y is x: both gradient paths meet in one GEMM, (W + Wᵀ)·x.
+template <class K>
+at::Tensor self_sim_grad(const at::Tensor& w, const at::Tensor& x, Metric m) {
+  at::Tensor ws = w + w.t();
+  at::Tensor gx = at::mm(ws, x);
+  if (m == Metric::Cosine) {
+    K::project_rows(gx, x, row_norm(x), kNormEps);
+  } else {
+    gx.sub_(x * ws.sum(1, true)).mul_(2);
+  }
+  return gx;
+}
+
 template <class K>
 at::Tensor transition_matrix(const at::Tensor& x_, const at::Tensor& y_, double temperature,
                              c10::string_view metric, bool exclude_self) {
@@ -203,39 +260,46 @@ at::Tensor transition_matrix(const at::Tensor& x_, const at::Tensor& y_, double 
   return s;
 }
 
-// Gradient wrt x and y given dL/dP. dsim = P ⊙ (G − rowsum(G⊙P)) / T (zero on a masked diagonal
-// because P is zero there), then back through the similarity.
 template <class K>
-std::tuple<at::Tensor, at::Tensor> transition_backward_impl(const at::Tensor& grad, const at::Tensor& P,
-                                                            const at::Tensor& x, const at::Tensor& y,
-                                                            double temperature, Metric m) {
+std::tuple<at::Tensor, at::Tensor> transition_matrix_backward(const at::Tensor& grad, const at::Tensor& P,
+                                                              const at::Tensor& x_, const at::Tensor& y_,
+                                                              double temperature, c10::string_view metric,
+                                                              bool /*exclude_self: already zero in P*/) {
+  const Metric m = transition_metric(metric);
+  auto x = x_.contiguous(), y = y_.contiguous();
   if (P.numel() == 0) return {at::zeros_like(x), at::zeros_like(y)};
-  SimParams p = sim_params(x, y, temperature, m);
-  // W = dL/d(x·yᵀ): the softmax backward times the epilogue's scales, in one pass.
-  at::Tensor w = K::softmax_rows_backward(grad, P, p.scale, p.rs, p.cs);
-  at::Tensor gx = at::mm(w, y), gy = at::mm(w.t(), x);
-  if (m == Metric::Cosine) {
-    K::project_rows(gx, x, row_norm(x), kNormEps);
-    K::project_rows(gy, y, row_norm(y), kNormEps);
-  } else {
-    // sim/T = (2x·y − |y|²)/T: the |y_j|² term adds −y_j·colsum(W) (the 2/T is already in W).
-    gy.sub_(y * w.sum(0).unsqueeze(1));
-  }
-  return {gx, gy};
+  at::Tensor w = dsim<K>(grad.contiguous(), P.contiguous(), sim_params(x, y, temperature, m), temperature, m);
+  return sim_grads<K>(w, x, y, m);
+}
+
+// Transitions of a set to itself (y is x): symmetric Gram matrix and a one-GEMM backward.
+template <class K>
+at::Tensor self_transition_matrix(const at::Tensor& x_, double temperature, c10::string_view metric,
+                                  bool exclude_self) {
+  check_transition(x_, x_, temperature, exclude_self);
+  const Metric m = transition_metric(metric);
+  auto x = x_.contiguous();
+  at::Tensor s = self_gram(x);
+  if (s.numel() == 0) return s;
+  SimParams p = sim_params(x, x, temperature, m);
+  K::softmax_rows(s, p.scale, p.rs, p.cs, p.cb, exclude_self);
+  return s;
 }
 
 template <class K>
-std::tuple<at::Tensor, at::Tensor> transition_matrix_backward(const at::Tensor& grad, const at::Tensor& P,
-                                                              const at::Tensor& x, const at::Tensor& y,
-                                                              double temperature, c10::string_view metric,
-                                                              bool /*exclude_self: already zero in P*/) {
-  return transition_backward_impl<K>(grad.contiguous(), P.contiguous(), x.contiguous(), y.contiguous(),
-                                     temperature, transition_metric(metric));
+at::Tensor self_transition_matrix_backward(const at::Tensor& grad, const at::Tensor& P, const at::Tensor& x_,
+                                           double temperature, c10::string_view metric, bool /*exclude_self*/) {
+  const Metric m = transition_metric(metric);
+  auto x = x_.contiguous();
+  if (P.numel() == 0) return at::zeros_like(x);
+  at::Tensor w = dsim<K>(grad.contiguous(), P.contiguous(), sim_params(x, x, temperature, m), temperature, m);
+  return self_sim_grad<K>(w, x, m);
 }
 
 // ---------------------------------------------------------------------------------------------
 // random_walk_landing: T_t = P_cx · P_xx^t · P_xc by propagating Q_{t+1} = Q_t · P_xx (K×M), never
-// forming P_xx^t. Cost O(steps·K·M²) instead of O(steps·M³).
+// forming P_xx^t. Cost O(steps·K·M²) instead of O(steps·M³). P_xc and P_cx share one GEMM
+// (S_cx = S_xcᵀ), P_xx uses the symmetric Gram matrix.
 // ---------------------------------------------------------------------------------------------
 template <class K>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> random_walk_landing(
@@ -244,11 +308,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> random_walk_landing(
   check_pair(centers_, points_, "centers", "points");
   TORCH_CHECK(steps >= 0, "zslfast: steps must be non-negative, got ", steps);
   check_transition(points_, points_, temperature, true);
+  const Metric m = transition_metric(metric);
   auto c = centers_.contiguous(), x = points_.contiguous();
   const int64_t kk = c.size(0), mm = x.size(0);
-  at::Tensor p_cx = transition_matrix<K>(c, x, temperature, metric, false);
-  at::Tensor p_xx = transition_matrix<K>(x, x, temperature, metric, true);
-  at::Tensor p_xc = transition_matrix<K>(x, c, temperature, metric, false);
+  at::Tensor p_xc = at::mm(x, c.t());
+  at::Tensor p_cx = p_xc.t().contiguous();
+  {
+    SimParams pxc = sim_params(x, c, temperature, m), pcx = sim_params(c, x, temperature, m);
+    K::softmax_rows(p_xc, pxc.scale, pxc.rs, pxc.cs, pxc.cb, false);
+    K::softmax_rows(p_cx, pcx.scale, pcx.rs, pcx.cs, pcx.cb, false);
+  }
+  at::Tensor p_xx = self_transition_matrix<K>(x, temperature, metric, true);
   at::Tensor q = at::empty({steps + 1, kk, mm}, c.options());
   q[0].copy_(p_cx);
   for (int64_t t = 0; t < steps; ++t) {
@@ -272,16 +342,21 @@ std::tuple<at::Tensor, at::Tensor> random_walk_landing_backward(const at::Tensor
   at::Tensor qf = q.view({s1 * kk, mm}), gf = grad.view({s1 * kk, kk});
   // dP_xc = Σ_t Q_tᵀ G_t, one GEMM over all steps.
   at::Tensor d_xc = at::mm(qf.t(), gf);
-  // R_t = dL/dQ_t = G_t P_xcᵀ + R_{t+1} P_xxᵀ, swept backwards.
+  // R_t = dL/dQ_t = G_t P_xcᵀ + R_{t+1} P_xxᵀ, swept backwards; dP_cx = R_0.
   at::Tensor r = at::mm(gf, p_xc.t()).view({s1, kk, mm});
   for (int64_t t = steps - 1; t >= 0; --t) r[t].addmm_(r[t + 1], p_xx.t());
-  // dP_xx = Σ_{t<steps} Q_tᵀ R_{t+1}, one GEMM; dP_cx = R_0.
-  at::Tensor d_xx = at::mm(q.narrow(0, 0, steps).reshape({steps * kk, mm}).t(),
-                           r.narrow(0, 1, steps).reshape({steps * kk, mm}));
-  auto [gc1, gx1] = transition_backward_impl<K>(r[0].contiguous(), q[0], c, x, temperature, m);
-  auto [gx2, gx3] = transition_backward_impl<K>(d_xx, p_xx.contiguous(), x, x, temperature, m);
-  auto [gx4, gc2] = transition_backward_impl<K>(d_xc, p_xc.contiguous(), x, c, temperature, m);
-  return {gc1.add_(gc2), gx1.add_(gx2).add_(gx3).add_(gx4)};
+  // P_xc and P_cx come from one similarity matrix: their dsim add up (P_cx's transposed) and go
+  // through one pair of GEMMs.
+  at::Tensor w_xc = dsim<K>(d_xc, p_xc.contiguous(), sim_params(x, c, temperature, m), temperature, m);
+  at::Tensor w_cx = dsim<K>(r[0].contiguous(), q[0], sim_params(c, x, temperature, m), temperature, m);
+  auto [gx, gc] = sim_grads<K>(w_xc.add_(w_cx.t()), x, c, m);
+  if (steps > 0) {
+    // dP_xx = Σ_{t<steps} Q_tᵀ R_{t+1}, one GEMM.
+    at::Tensor d_xx = at::mm(q.narrow(0, 0, steps).reshape({steps * kk, mm}).t(),
+                             r.narrow(0, 1, steps).reshape({steps * kk, mm}));
+    gx.add_(self_transition_matrix_backward<K>(d_xx, p_xx, x, temperature, metric, true));
+  }
+  return {gc, gx};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,6 +403,8 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward(const at::Tensor& gy
     m.impl("nearest_prototype", &zslfast::nearest_prototype<K>);                              \
     m.impl("transition_matrix", &zslfast::transition_matrix<K>);                              \
     m.impl("transition_matrix_backward", &zslfast::transition_matrix_backward<K>);            \
+    m.impl("self_transition_matrix", &zslfast::self_transition_matrix<K>);                    \
+    m.impl("self_transition_matrix_backward", &zslfast::self_transition_matrix_backward<K>);  \
     m.impl("random_walk_landing", &zslfast::random_walk_landing<K>);                          \
     m.impl("random_walk_landing_backward", &zslfast::random_walk_landing_backward<K>);        \
     m.impl("affine_coupling", &zslfast::affine_coupling<K>);                                  \

@@ -41,6 +41,11 @@ TORCH_LIBRARY(zslfast, m) {
   m.def("transition_matrix_backward(Tensor grad, Tensor P, Tensor x, Tensor y, float temperature, str metric, "
         "bool exclude_self) -> (Tensor, Tensor)");
 
+  // Transitions of a set to itself (the y-is-x case of transition_matrix): half-cost symmetric GEMM.
+  m.def("self_transition_matrix(Tensor x, float temperature, str metric, bool exclude_self) -> Tensor");
+  m.def("self_transition_matrix_backward(Tensor grad, Tensor P, Tensor x, float temperature, str metric, "
+        "bool exclude_self) -> Tensor");
+
   // Returns the landing probabilities T [steps+1,K,K] plus what the backward needs: the propagated
   // walks Q [steps+1,K,M] (Q[0] = P_cx), P_xx [M,M] and P_xc [M,K].
   m.def("random_walk_landing(Tensor centers, Tensor points, int steps, float temperature, str metric) "

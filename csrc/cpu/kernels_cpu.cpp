@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "../ops_impl.h"
 
@@ -80,6 +81,67 @@ inline T row_max(const T* r, int64_t m) {
   for (; j < m; ++j) best = std::max(best, r[j]);
   return best;
 }
+
+// float32 atan for the coupling clamp: Sleef's 1-ULP atan dominated the coupling's run time (it cost
+// ~4x the memory traffic of the whole op). Here: atan(x) = sign(x)·(|x| ≤ 1 ? r·P(r²) : π/2 − r·P(r²))
+// with r = min(|x|, 1/|x|) and P a degree-7 polynomial fitted by us (iteratively reweighted least
+// squares toward minimax relative error on [0, 1]). Max relative error 2.3e-7 over all floats
+// (measured against float64 atan), i.e. about 2 ULP. float64 keeps Sleef's atan.
+inline Vectorized<float> fast_atan(const Vectorized<float>& x) {
+  using V = Vectorized<float>;
+  static constexpr float c[8] = {0.9999998807907104f, -0.33331990242004395f, 0.1996973603963852f,
+                                 -0.14019560813903809f, 0.09914541244506836f, -0.05949031561613083f,
+                                 0.024255450814962387f, -0.004694201983511448f};
+  const V t = x.abs();
+  const V r = at::vec::minimum(t, V(1.0f) / t);  // t = 0 gives 1/t = inf and r = 0
+  const V z = r * r;
+  V p(c[7]);
+  for (int k = 6; k >= 0; --k) p = at::vec::fmadd(p, z, V(c[k]));
+  p = p * r;
+  const V res = V::blendv(p, V(1.5707963267948966f) - p, t > V(1.0f));
+  return V::blendv(res, res.neg(), x < V(0.0f));
+}
+
+template <typename T>
+inline Vectorized<T> clamp_atan(const Vectorized<T>& x) {
+  return x.atan();
+}
+template <>
+inline Vectorized<float> clamp_atan<float>(const Vectorized<float>& x) {
+  return fast_atan(x);
+}
+
+// float32 exp for arguments known to satisfy |x| ≤ 80 (coupling log-scales under a clamp mode):
+// x = n·ln2 + r, |r| ≤ ln2/2, e^r by a degree-6 polynomial fitted by us like fast_atan, 2^n built in
+// the exponent bits. Max relative error 1.1e-7 on [-87, 88]. No overflow/underflow handling, which
+// is why it is used only on bounded inputs; elsewhere Sleef's exp runs.
+#if defined(CPU_CAPABILITY_AVX2)
+inline Vectorized<float> fast_exp_bounded(const Vectorized<float>& xv) {
+  static constexpr float c[7] = {1.0f, 1.0f, 0.49999991059303284f, 0.16666419804096222f,
+                                 0.04166822507977486f, 0.008374799974262714f, 0.0013836900470778346f};
+  const __m256 x = xv;
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);  // ln2 split hi + lo
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+  __m256 p = _mm256_set1_ps(c[6]);
+  for (int k = 5; k >= 0; --k) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c[k]));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#endif
+
+// e^s for the coupling: the fast float path when the clamp mode bounds |s| (Bounded), else Sleef.
+template <typename T, bool Bounded>
+inline Vectorized<T> coupling_exp(const Vectorized<T>& s) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (Bounded && std::is_same_v<T, float>) return fast_exp_bounded(s);
+#endif
+  return s.exp();
+}
+
+// Clamp modes bound |s| by about `clamp` (atan: clamp·0.636·π/2 < clamp; tanh: clamp).
+inline bool log_scale_bounded(ClampMode mode, double clamp) { return mode != ClampMode::None && clamp <= 80.0; }
 
 struct CpuKernels {
   static void pairwise_epilogue(at::Tensor& out, const at::Tensor& xr, const at::Tensor& yr, Metric metric) {
@@ -261,12 +323,12 @@ struct CpuKernels {
     constexpr T kAtan = T(0.636);  // FrEIA's stand-in for 2/π, kept for parity
     switch (mode) {
       case ClampMode::Atan:
-        s = V(clamp * kAtan) * u.atan();
+        s = V(clamp * kAtan) * clamp_atan(u);
         ds = V(clamp * kAtan) / (V(1) + u * u);
         break;
       case ClampMode::AtanScaled: {
         const V v = u / V(clamp);
-        s = V(clamp * kAtan) * v.atan();
+        s = V(clamp * kAtan) * clamp_atan(v);
         ds = V(kAtan) / (V(1) + v * v);
         break;
       }
@@ -282,34 +344,67 @@ struct CpuKernels {
     }
   }
 
+  template <typename T, bool Bounded>
+  static void coupling_forward_rows(const T* xp, const T* sp, const T* tp, T* yp, T* lp, int64_t b, int64_t l,
+                                    T c, ClampMode mode, bool reverse) {
+    using V = Vectorized<T>;
+    at::parallel_for(0, b, grain_for(l, 8192), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t off = i * l;
+        V acc(0);
+        for (int64_t j = 0; j < l; j += V::size()) {
+          const int64_t k = std::min<int64_t>(V::size(), l - j);
+          V s, ds;
+          clamp_fn<T>(V::loadu(sp + off + j, k), mode, c, s, ds);  // tail lanes: u = 0 gives s = 0
+          const V xv = V::loadu(xp + off + j, k), tv = V::loadu(tp + off + j, k);
+          const V yv = reverse ? (xv - tv) * coupling_exp<T, Bounded>(s.neg()) : xv * coupling_exp<T, Bounded>(s) + tv;
+          yv.store(yp + off + j, k);
+          acc = acc + s;
+        }
+        lp[i] = reverse ? -hsum(acc) : hsum(acc);
+      }
+    });
+  }
+
+  template <typename T, bool Bounded>
+  static void coupling_backward_rows(const T* gyp, const T* glp, const T* xp, const T* sp, const T* tp, T* gxp,
+                                     T* gsp, int64_t b, int64_t l, T c, ClampMode mode, bool reverse) {
+    using V = Vectorized<T>;
+    at::parallel_for(0, b, grain_for(l, 8192), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t off = i * l;
+        const V gl(glp[i]);
+        for (int64_t j = 0; j < l; j += V::size()) {
+          const int64_t k = std::min<int64_t>(V::size(), l - j);
+          V s, ds;
+          clamp_fn<T>(V::loadu(sp + off + j, k), mode, c, s, ds);
+          const V g = V::loadu(gyp + off + j, k), xv = V::loadu(xp + off + j, k);
+          V gxv, gsv;
+          if (reverse) {  // y = (x − t)·e^{−s}, logdet = −Σs
+            gxv = g * coupling_exp<T, Bounded>(s.neg());
+            gsv = (V(0) - gxv * (xv - V::loadu(tp + off + j, k)) - gl) * ds;
+          } else {  // y = x·e^{s} + t, logdet = Σs
+            gxv = g * coupling_exp<T, Bounded>(s);
+            gsv = (gxv * xv + gl) * ds;
+          }
+          gxv.store(gxp + off + j, k);
+          gsv.store(gsp + off + j, k);
+        }
+      }
+    });
+  }
+
   static std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& s_raw,
                                                              const at::Tensor& t, double clamp, ClampMode mode,
                                                              bool reverse) {
     at::Tensor y = at::empty_like(x);
     at::Tensor logdet = at::empty({x.size(0)}, x.options());
-    const int64_t b = x.size(0), l = x.size(1);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zslfast_coupling_forward", [&] {
-      using V = Vectorized<scalar_t>;
-      const scalar_t *xp = x.const_data_ptr<scalar_t>(), *sp = s_raw.const_data_ptr<scalar_t>(),
-                     *tp = t.const_data_ptr<scalar_t>();
-      scalar_t *yp = y.data_ptr<scalar_t>(), *lp = logdet.data_ptr<scalar_t>();
-      const scalar_t c = static_cast<scalar_t>(clamp);
-      at::parallel_for(0, b, grain_for(l, 8192), [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t off = i * l;
-          V acc(0);
-          for (int64_t j = 0; j < l; j += V::size()) {
-            const int64_t k = std::min<int64_t>(V::size(), l - j);
-            V s, ds;
-            clamp_fn<scalar_t>(V::loadu(sp + off + j, k), mode, c, s, ds);  // tail lanes: u=0 → s=0
-            const V xv = V::loadu(xp + off + j, k), tv = V::loadu(tp + off + j, k);
-            const V yv = reverse ? (xv - tv) * s.neg().exp() : xv * s.exp() + tv;
-            yv.store(yp + off + j, k);
-            acc = acc + s;
-          }
-          lp[i] = reverse ? -hsum(acc) : hsum(acc);
-        }
-      });
+      auto run = log_scale_bounded(mode, clamp) ? &coupling_forward_rows<scalar_t, true>
+                                                : &coupling_forward_rows<scalar_t, false>;
+      run(x.const_data_ptr<scalar_t>(), s_raw.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
+          y.data_ptr<scalar_t>(), logdet.data_ptr<scalar_t>(), x.size(0), x.size(1), static_cast<scalar_t>(clamp),
+          mode, reverse);
     });
     return {y, logdet};
   }
@@ -319,37 +414,13 @@ struct CpuKernels {
                                                               const at::Tensor& t, double clamp, ClampMode mode,
                                                               bool reverse) {
     at::Tensor gx = at::empty_like(x), gs = at::empty_like(x);
-    const int64_t b = x.size(0), l = x.size(1);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zslfast_coupling_backward", [&] {
-      using V = Vectorized<scalar_t>;
-      const scalar_t *gyp = gy.const_data_ptr<scalar_t>(), *glp = glogdet.const_data_ptr<scalar_t>(),
-                     *xp = x.const_data_ptr<scalar_t>(), *sp = s_raw.const_data_ptr<scalar_t>(),
-                     *tp = reverse ? t.const_data_ptr<scalar_t>() : nullptr;
-      scalar_t *gxp = gx.data_ptr<scalar_t>(), *gsp = gs.data_ptr<scalar_t>();
-      const scalar_t c = static_cast<scalar_t>(clamp);
-      at::parallel_for(0, b, grain_for(l, 8192), [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t off = i * l;
-          const V gl(glp[i]);
-          for (int64_t j = 0; j < l; j += V::size()) {
-            const int64_t k = std::min<int64_t>(V::size(), l - j);
-            V s, ds;
-            clamp_fn<scalar_t>(V::loadu(sp + off + j, k), mode, c, s, ds);
-            const V g = V::loadu(gyp + off + j, k), xv = V::loadu(xp + off + j, k);
-            V gxv, gsv;
-            if (reverse) {  // y = (x − t)·e^{−s}, logdet = −Σs
-              const V e = s.neg().exp();
-              gxv = g * e;
-              gsv = (V(0) - gxv * (xv - V::loadu(tp + off + j, k)) - gl) * ds;
-            } else {  // y = x·e^{s} + t, logdet = Σs
-              gxv = g * s.exp();
-              gsv = (gxv * xv + gl) * ds;
-            }
-            gxv.store(gxp + off + j, k);
-            gsv.store(gsp + off + j, k);
-          }
-        }
-      });
+      auto run = log_scale_bounded(mode, clamp) ? &coupling_backward_rows<scalar_t, true>
+                                                : &coupling_backward_rows<scalar_t, false>;
+      run(gy.const_data_ptr<scalar_t>(), glogdet.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+          s_raw.const_data_ptr<scalar_t>(), reverse ? t.const_data_ptr<scalar_t>() : nullptr,
+          gx.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(), x.size(0), x.size(1), static_cast<scalar_t>(clamp),
+          mode, reverse);
     });
     return {gx, gs};
   }

@@ -63,3 +63,19 @@ def test_bad_input():
         ops.random_walk_landing(c, torch.randn(5, 3), 2)
     with pytest.raises(ValueError, match="single point"):
         ops.random_walk_landing(c, x[:1], 2)
+
+
+@pytest.mark.parametrize("backend,device,metric", product(backends, devices, METRICS))
+def test_large_set_matches_dense(backend, device, metric, gen, use_backend):
+    # M = 600 points: the symmetric-GEMM path of P_xx is taken.
+    use_backend(backend, device)
+    c = randn(20, 16, dtype=torch.float64, device=device, generator=gen, requires_grad=True)
+    x = randn(600, 16, dtype=torch.float64, device=device, generator=gen, requires_grad=True)
+    temperature = 0.3 if metric == "cosine" else 6.0
+    T = ops.random_walk_landing(c, x, 3, temperature, metric)
+    cd, xd = c.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    D = reference.random_walk_landing_dense(cd, xd, 3, temperature, metric)
+    assert rel_err(T, D) < 1e-10
+    g = randn(*T.shape, dtype=torch.float64, device=device, generator=gen)
+    for a, b in zip(torch.autograd.grad(T, (c, x), g), torch.autograd.grad(D, (cd, xd), g)):
+        assert rel_err(a, b) < 1e-9

@@ -80,3 +80,20 @@ def test_bad_input():
         ops.transition_matrix(x, x[:3], exclude_self=True)
     with pytest.raises(ValueError, match="single point"):
         ops.transition_matrix(x[:1], x[:1], exclude_self=True)
+
+
+@pytest.mark.parametrize("backend,device,metric", product(backends, devices, METRICS))
+@pytest.mark.parametrize("n", [530, 1100])  # 2 and 4 diagonal blocks in the symmetric GEMM, ragged ends
+def test_self_transition_large(backend, device, metric, n, gen, use_backend):
+    use_backend(backend, device)
+    x = randn(n, 24, dtype=torch.float64, device=device, generator=gen, requires_grad=True)
+    temperature = 0.2 if metric == "cosine" else 10.0
+    P = ops.transition_matrix(x, x, temperature, metric, exclude_self=True)  # y is x: the self path
+    xr = x.detach().clone().requires_grad_()
+    R = reference.transition_matrix(xr, xr, temperature, metric, exclude_self=True)
+    assert rel_err(P, R) < 1e-10
+    g = randn(n, n, dtype=torch.float64, device=device, generator=gen)
+    assert rel_err(torch.autograd.grad(P, x, g)[0], torch.autograd.grad(R, xr, g)[0]) < 1e-9
+    # and the general path (a distinct but equal y) agrees with the self path
+    y = x.detach().clone()
+    assert rel_err(ops.transition_matrix(x.detach(), y, temperature, metric, True), P.detach()) < 1e-12

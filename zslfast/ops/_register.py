@@ -34,6 +34,14 @@ def _register():
     def _(grad, P, x, y, temperature, metric, exclude_self):
         return torch.empty_like(x), torch.empty_like(y)
 
+    @torch.library.register_fake(lib + "self_transition_matrix")
+    def _(x, temperature, metric, exclude_self):
+        return x.new_empty(x.shape[0], x.shape[0])
+
+    @torch.library.register_fake(lib + "self_transition_matrix_backward")
+    def _(grad, P, x, temperature, metric, exclude_self):
+        return torch.empty_like(x)
+
     @torch.library.register_fake(lib + "random_walk_landing")
     def _(centers, points, steps, temperature, metric):
         k, m = centers.shape[0], points.shape[0]
@@ -76,6 +84,17 @@ def _register():
         return gx, gy, None, None, None
 
     torch.library.register_autograd(lib + "transition_matrix", tm_backward, setup_context=tm_setup)
+
+    def st_setup(ctx, inputs, output):
+        x, temperature, metric, exclude_self = inputs
+        ctx.save_for_backward(x, output)
+        ctx.args = (temperature, metric, exclude_self)
+
+    def st_backward(ctx, grad):
+        x, P = ctx.saved_tensors
+        return ops.self_transition_matrix_backward(grad, P, x, *ctx.args), None, None, None
+
+    torch.library.register_autograd(lib + "self_transition_matrix", st_backward, setup_context=st_setup)
 
     def rw_setup(ctx, inputs, output):
         centers, points, steps, temperature, metric = inputs

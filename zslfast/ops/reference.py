@@ -70,19 +70,21 @@ def random_walk_landing(centers, points, steps, temperature=1.0, metric="cosine"
 
 
 def random_walk_landing_dense(centers, points, steps, temperature=1.0, metric="cosine"):
-    """The formulation of the original GRW code: explicit powers P_xx^t (O(steps·M³)).
-
-    Kept as a baseline for tests and benchmarks; use :func:`random_walk_landing`.
+    """The formulation of the original GRW code (IGCZSL ``rw_loss.py``), kept as a baseline for tests
+    and benchmarks: one similarity matrix S_xc serves P_xc and (transposed) P_cx, and P_xx^t is
+    formed explicitly, starting from the identity and right-multiplied by P_xx after every step,
+    the last product included although it is never used: steps+1 M×M×M GEMMs, O(steps·M³).
+    Use :func:`random_walk_landing`, which gives the same values in O(steps·K·M²).
     """
-    p_cx = transition_matrix(centers, points, temperature, metric)
+    s_xc = similarity(points, centers, metric) / temperature
+    p_xc = torch.softmax(s_xc, dim=1)
+    p_cx = torch.softmax(s_xc.T, dim=1)
     p_xx = transition_matrix(points, points, temperature, metric, exclude_self=True)
-    p_xc = transition_matrix(points, centers, temperature, metric)
     power = torch.eye(points.shape[0], dtype=points.dtype, device=points.device)
     out = []
-    for t in range(steps + 1):
-        if t > 0:
-            power = power @ p_xx
+    for _ in range(steps + 1):
         out.append(p_cx @ power @ p_xc)
+        power = power @ p_xx
     return torch.stack(out)
 
 
