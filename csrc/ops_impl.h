@@ -14,8 +14,9 @@
 //   softmax_rows_backward(G, P, scale, rs opt, cs opt) -> P_ij (G_ij − Σ_k G_ik P_ik)·scale·rs_i·cs_j
 //   project_rows(A, x, norm, eps)                   in place: A_i −= x_i (x_i·A_i)/|x_i|² if |x_i|≥eps
 //   argmax_rows(S, scale, cs opt, cb opt, out)      out_i = argmax_j scale·S_ij·cs_j + cb_j
-//   coupling_forward(x, s_raw, t, clamp, mode, reverse) -> (y, logdet)
-//   coupling_backward(gy, glogdet, x, s_raw, t opt, clamp, mode, reverse) -> (gx, gs_raw)
+//   coupling_forward(x, s_raw, t, clamp, mode, reverse, scale opt) -> (y, logdet); writes exp(±s)
+//        into scale when it is defined
+//   coupling_backward(gy, glogdet, x, s_raw, t opt, scale, clamp, mode, reverse) -> (gx, gs_raw)
 #pragma once
 
 #include <ATen/ATen.h>
@@ -373,24 +374,32 @@ inline void check_coupling(const at::Tensor& x, const at::Tensor& s, const at::T
 }
 
 template <class K>
-std::tuple<at::Tensor, at::Tensor> affine_coupling(const at::Tensor& x, const at::Tensor& s_raw, const at::Tensor& t,
-                                                   double clamp, c10::string_view clamp_mode, bool reverse) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_coupling(const at::Tensor& x, const at::Tensor& s_raw,
+                                                               const at::Tensor& t, double clamp,
+                                                               c10::string_view clamp_mode, bool reverse,
+                                                               bool save_scale) {
   check_coupling(x, s_raw, t);
   const ClampMode mode = parse_clamp_mode(clamp_mode);
   TORCH_CHECK(mode == ClampMode::None || clamp > 0, "zslfast: clamp must be positive, got ", clamp);
-  return K::coupling_forward(x.contiguous(), s_raw.contiguous(), t.contiguous(), clamp, mode, reverse);
+  at::Tensor scale = save_scale ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::empty({0}, x.options());
+  auto [y, logdet] = K::coupling_forward(x.contiguous(), s_raw.contiguous(), t.contiguous(), clamp, mode, reverse,
+                                         save_scale ? scale : at::Tensor());
+  return {y, logdet, scale};
 }
 
 template <class K>
 std::tuple<at::Tensor, at::Tensor> affine_coupling_backward(const at::Tensor& gy, const at::Tensor& glogdet,
                                                             const at::Tensor& x, const at::Tensor& s_raw,
-                                                            const c10::optional<at::Tensor>& t, double clamp,
+                                                            const c10::optional<at::Tensor>& t,
+                                                            const at::Tensor& scale, double clamp,
                                                             c10::string_view clamp_mode, bool reverse) {
   const ClampMode mode = parse_clamp_mode(clamp_mode);
   TORCH_CHECK(!reverse || (t.has_value() && t->defined()), "zslfast: reverse coupling backward needs t");
+  TORCH_CHECK(scale.sizes() == x.sizes(), "zslfast: coupling backward needs the scale saved by the forward ",
+              "(call affine_coupling with save_scale=True)");
   at::Tensor tt = reverse ? t->contiguous() : at::Tensor();
-  return K::coupling_backward(gy.contiguous(), glogdet.contiguous(), x.contiguous(), s_raw.contiguous(), tt, clamp,
-                              mode, reverse);
+  return K::coupling_backward(gy.contiguous(), glogdet.contiguous(), x.contiguous(), s_raw.contiguous(), tt,
+                              scale.contiguous(), clamp, mode, reverse);
 }
 
 }  // namespace zslfast

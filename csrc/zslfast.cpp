@@ -53,10 +53,12 @@ TORCH_LIBRARY(zslfast, m) {
   m.def("random_walk_landing_backward(Tensor grad, Tensor Q, Tensor P_xx, Tensor P_xc, Tensor centers, "
         "Tensor points, float temperature, str metric) -> (Tensor, Tensor)");
 
-  m.def("affine_coupling(Tensor x, Tensor s_raw, Tensor t, float clamp, str clamp_mode, bool reverse) "
-        "-> (Tensor, Tensor)");
+  // Also returns the per-element scale e = exp(±s) when save_scale (else an empty tensor): the
+  // backward reads it instead of recomputing atan/tanh and exp. Only y and logdet are differentiable.
+  m.def("affine_coupling(Tensor x, Tensor s_raw, Tensor t, float clamp, str clamp_mode, bool reverse, "
+        "bool save_scale) -> (Tensor, Tensor, Tensor)");
   // grad wrt x and s_raw; the grad wrt t is grad_y (forward) or -grad_x (reverse) and is formed in
   // Python without another pass. t is needed only in reverse mode.
   m.def("affine_coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor s_raw, Tensor? t, "
-        "float clamp, str clamp_mode, bool reverse) -> (Tensor, Tensor)");
+        "Tensor scale, float clamp, str clamp_mode, bool reverse) -> (Tensor, Tensor)");
 }

@@ -15,10 +15,10 @@ namespace zc = zslfast::cuda;
   template __global__ void zc::project_rows_kernel<T>(T*, const T*, const T*, int64_t, int64_t, T);          \
   template __global__ void zc::argmax_rows_kernel<T>(const T*, int64_t, int64_t, T, const T*, const T*,      \
                                                      int64_t*);                                             \
-  template __global__ void zc::coupling_forward_kernel<T>(const T*, const T*, const T*, T*, T*, int64_t,     \
+  template __global__ void zc::coupling_forward_kernel<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, \
                                                           int64_t, T, int, bool);                           \
   template __global__ void zc::coupling_backward_kernel<T>(const T*, const T*, const T*, const T*, const T*, \
-                                                           T*, T*, int64_t, int64_t, T, int, bool);
+                                                           const T*, T*, T*, int64_t, int64_t, T, int, bool);
 
 ZSLFAST_INSTANTIATE(float)
 ZSLFAST_INSTANTIATE(double)

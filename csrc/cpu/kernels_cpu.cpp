@@ -20,6 +20,9 @@ namespace {
 
 using at::vec::Vectorized;
 
+template <typename T>
+constexpr T kFreiaAtan = T(0.636);  // FrEIA's stand-in for 2/π in its atan clamp, kept for parity
+
 // Rows per parallel task so that each task touches roughly `work` elements.
 inline int64_t grain_for(int64_t row_len, int64_t work = 32768) {
   return std::max<int64_t>(1, work / std::max<int64_t>(1, row_len));
@@ -92,8 +95,18 @@ inline Vectorized<float> fast_atan(const Vectorized<float>& x) {
   static constexpr float c[8] = {0.9999998807907104f, -0.33331990242004395f, 0.1996973603963852f,
                                  -0.14019560813903809f, 0.09914541244506836f, -0.05949031561613083f,
                                  0.024255450814962387f, -0.004694201983511448f};
+#if defined(CPU_CAPABILITY_AVX2)
+  // 1/t by the hardware estimate refined with one Newton step (~23 bits), cheaper than a division.
+  // t is capped at FLT_MAX so that atan(±inf) works (rcp(FLT_MAX) is 0 and gives inv = 0); the cap
+  // keeps a NaN (min_ps returns its second operand when one is NaN), and NaN stays NaN below.
+  const __m256 t8 = _mm256_min_ps(_mm256_set1_ps(std::numeric_limits<float>::max()), x.abs());
+  const __m256 est = _mm256_rcp_ps(t8);
+  const V t = t8, inv = _mm256_mul_ps(est, _mm256_fnmadd_ps(t8, est, _mm256_set1_ps(2.0f)));
+  const V r = V::blendv(t, inv, t > V(1.0f));
+#else
   const V t = x.abs();
   const V r = at::vec::minimum(t, V(1.0f) / t);  // t = 0 gives 1/t = inf and r = 0
+#endif
   const V z = r * r;
   V p(c[7]);
   for (int k = 6; k >= 0; --k) p = at::vec::fmadd(p, z, V(c[k]));
@@ -315,112 +328,112 @@ struct CpuKernels {
   // -------------------------------------------------------------------------------------------
   // Affine coupling
   // -------------------------------------------------------------------------------------------
-  // s = clamp_fn(u) and ds/du, for one vector of raw log-scales.
+  // s = clamp_fn(u), for one vector of raw log-scales.
   template <typename T>
-  static inline void clamp_fn(const Vectorized<T>& u, ClampMode mode, T clamp, Vectorized<T>& s,
-                              Vectorized<T>& ds) {
+  static inline Vectorized<T> clamp_fn(const Vectorized<T>& u, ClampMode mode, T clamp) {
     using V = Vectorized<T>;
-    constexpr T kAtan = T(0.636);  // FrEIA's stand-in for 2/π, kept for parity
     switch (mode) {
-      case ClampMode::Atan:
-        s = V(clamp * kAtan) * clamp_atan(u);
-        ds = V(clamp * kAtan) / (V(1) + u * u);
-        break;
+      case ClampMode::Atan: return V(clamp * kFreiaAtan<T>) * clamp_atan(u);
+      case ClampMode::AtanScaled: return V(clamp * kFreiaAtan<T>) * clamp_atan(u / V(clamp));
+      case ClampMode::Tanh: return V(clamp) * (u / V(clamp)).tanh();
+      default: return u;
+    }
+  }
+
+  // ds/du. Rational for the atan modes, so the backward needs no transcendental function there.
+  template <typename T>
+  static inline Vectorized<T> clamp_deriv(const Vectorized<T>& u, ClampMode mode, T clamp) {
+    using V = Vectorized<T>;
+    switch (mode) {
+      case ClampMode::Atan: return V(clamp * kFreiaAtan<T>) / (V(1) + u * u);
       case ClampMode::AtanScaled: {
         const V v = u / V(clamp);
-        s = V(clamp * kAtan) * clamp_atan(v);
-        ds = V(kAtan) / (V(1) + v * v);
-        break;
+        return V(kFreiaAtan<T>) / (V(1) + v * v);
       }
       case ClampMode::Tanh: {
         const V th = (u / V(clamp)).tanh();
-        s = V(clamp) * th;
-        ds = V(1) - th * th;
-        break;
+        return V(1) - th * th;
       }
-      default:
-        s = u;
-        ds = V(1);
+      default: return V(1);
     }
   }
 
   template <typename T, bool Bounded>
-  static void coupling_forward_rows(const T* xp, const T* sp, const T* tp, T* yp, T* lp, int64_t b, int64_t l,
-                                    T c, ClampMode mode, bool reverse) {
+  static void coupling_forward_rows(const T* xp, const T* sp, const T* tp, T* yp, T* lp, T* ep, int64_t b,
+                                    int64_t l, T c, ClampMode mode, bool reverse) {
     using V = Vectorized<T>;
     at::parallel_for(0, b, grain_for(l, 8192), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t off = i * l;
-        V acc(0);
-        for (int64_t j = 0; j < l; j += V::size()) {
-          const int64_t k = std::min<int64_t>(V::size(), l - j);
-          V s, ds;
-          clamp_fn<T>(V::loadu(sp + off + j, k), mode, c, s, ds);  // tail lanes: u = 0 gives s = 0
+        V acc0(0), acc1(0);
+        // One element group: s, e = exp(±s), y (and e saved); `k` lanes valid.
+        auto step = [&](int64_t j, int64_t k, V& acc) {
+          const V s = clamp_fn<T>(V::loadu(sp + off + j, k), mode, c);  // tail lanes: u = 0 gives s = 0
+          const V e = coupling_exp<T, Bounded>(reverse ? s.neg() : s);
           const V xv = V::loadu(xp + off + j, k), tv = V::loadu(tp + off + j, k);
-          const V yv = reverse ? (xv - tv) * coupling_exp<T, Bounded>(s.neg()) : xv * coupling_exp<T, Bounded>(s) + tv;
-          yv.store(yp + off + j, k);
+          (reverse ? (xv - tv) * e : xv * e + tv).store(yp + off + j, k);
+          if (ep) e.store(ep + off + j, k);
           acc = acc + s;
+        };
+        int64_t j = 0;
+        // Two independent groups per iteration: the atan and exp polynomials are long dependency
+        // chains, and interleaving two of them keeps the FMA units busy.
+        for (; j + 2 * V::size() <= l; j += 2 * V::size()) {
+          step(j, V::size(), acc0);
+          step(j + V::size(), V::size(), acc1);
         }
-        lp[i] = reverse ? -hsum(acc) : hsum(acc);
-      }
-    });
-  }
-
-  template <typename T, bool Bounded>
-  static void coupling_backward_rows(const T* gyp, const T* glp, const T* xp, const T* sp, const T* tp, T* gxp,
-                                     T* gsp, int64_t b, int64_t l, T c, ClampMode mode, bool reverse) {
-    using V = Vectorized<T>;
-    at::parallel_for(0, b, grain_for(l, 8192), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t off = i * l;
-        const V gl(glp[i]);
-        for (int64_t j = 0; j < l; j += V::size()) {
-          const int64_t k = std::min<int64_t>(V::size(), l - j);
-          V s, ds;
-          clamp_fn<T>(V::loadu(sp + off + j, k), mode, c, s, ds);
-          const V g = V::loadu(gyp + off + j, k), xv = V::loadu(xp + off + j, k);
-          V gxv, gsv;
-          if (reverse) {  // y = (x − t)·e^{−s}, logdet = −Σs
-            gxv = g * coupling_exp<T, Bounded>(s.neg());
-            gsv = (V(0) - gxv * (xv - V::loadu(tp + off + j, k)) - gl) * ds;
-          } else {  // y = x·e^{s} + t, logdet = Σs
-            gxv = g * coupling_exp<T, Bounded>(s);
-            gsv = (gxv * xv + gl) * ds;
-          }
-          gxv.store(gxp + off + j, k);
-          gsv.store(gsp + off + j, k);
-        }
+        for (; j < l; j += V::size()) step(j, std::min<int64_t>(V::size(), l - j), acc0);
+        const T total = hsum(acc0 + acc1);
+        lp[i] = reverse ? -total : total;
       }
     });
   }
 
   static std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& s_raw,
                                                              const at::Tensor& t, double clamp, ClampMode mode,
-                                                             bool reverse) {
+                                                             bool reverse, const at::Tensor& scale) {
     at::Tensor y = at::empty_like(x);
     at::Tensor logdet = at::empty({x.size(0)}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zslfast_coupling_forward", [&] {
       auto run = log_scale_bounded(mode, clamp) ? &coupling_forward_rows<scalar_t, true>
                                                 : &coupling_forward_rows<scalar_t, false>;
       run(x.const_data_ptr<scalar_t>(), s_raw.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-          y.data_ptr<scalar_t>(), logdet.data_ptr<scalar_t>(), x.size(0), x.size(1), static_cast<scalar_t>(clamp),
-          mode, reverse);
+          y.data_ptr<scalar_t>(), logdet.data_ptr<scalar_t>(), scale.defined() ? scale.data_ptr<scalar_t>() : nullptr,
+          x.size(0), x.size(1), static_cast<scalar_t>(clamp), mode, reverse);
     });
     return {y, logdet};
   }
 
+  // forward (y = x·e + t, e = e^{s}):      gx = gy·e, gs = (gx·x + glogdet)·ds/du
+  // reverse (y = (x − t)·e, e = e^{−s}):   gx = gy·e, gs = (−gx·(x − t) − glogdet)·ds/du
   static std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& gy, const at::Tensor& glogdet,
                                                               const at::Tensor& x, const at::Tensor& s_raw,
-                                                              const at::Tensor& t, double clamp, ClampMode mode,
-                                                              bool reverse) {
+                                                              const at::Tensor& t, const at::Tensor& scale,
+                                                              double clamp, ClampMode mode, bool reverse) {
     at::Tensor gx = at::empty_like(x), gs = at::empty_like(x);
+    const int64_t b = x.size(0), l = x.size(1);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zslfast_coupling_backward", [&] {
-      auto run = log_scale_bounded(mode, clamp) ? &coupling_backward_rows<scalar_t, true>
-                                                : &coupling_backward_rows<scalar_t, false>;
-      run(gy.const_data_ptr<scalar_t>(), glogdet.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-          s_raw.const_data_ptr<scalar_t>(), reverse ? t.const_data_ptr<scalar_t>() : nullptr,
-          gx.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(), x.size(0), x.size(1), static_cast<scalar_t>(clamp),
-          mode, reverse);
+      using V = Vectorized<scalar_t>;
+      const scalar_t *gyp = gy.const_data_ptr<scalar_t>(), *glp = glogdet.const_data_ptr<scalar_t>(),
+                     *xp = x.const_data_ptr<scalar_t>(), *sp = s_raw.const_data_ptr<scalar_t>(),
+                     *tp = reverse ? t.const_data_ptr<scalar_t>() : nullptr, *ep = scale.const_data_ptr<scalar_t>();
+      scalar_t *gxp = gx.data_ptr<scalar_t>(), *gsp = gs.data_ptr<scalar_t>();
+      const scalar_t c = static_cast<scalar_t>(clamp);
+      at::parallel_for(0, b, grain_for(l, 8192), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t off = i * l;
+          const V gl(glp[i]);
+          for (int64_t j = 0; j < l; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), l - j);
+            const V ds = clamp_deriv<scalar_t>(V::loadu(sp + off + j, k), mode, c);
+            const V xv = V::loadu(xp + off + j, k);
+            const V gxv = V::loadu(gyp + off + j, k) * V::loadu(ep + off + j, k);
+            const V gsv = reverse ? (V(0) - gxv * (xv - V::loadu(tp + off + j, k)) - gl) * ds : (gxv * xv + gl) * ds;
+            gxv.store(gxp + off + j, k);
+            gsv.store(gsp + off + j, k);
+          }
+        }
+      });
     });
     return {gx, gs};
   }

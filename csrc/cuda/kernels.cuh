@@ -192,64 +192,69 @@ __global__ void argmax_rows_kernel(const T* __restrict__ s, int64_t n, int64_t m
 // ------------------------------------------------------------------------------------------
 // Affine coupling
 // ------------------------------------------------------------------------------------------
-// s = clamp_fn(u) and ds/du.
 template <typename T>
-__device__ __forceinline__ void clamp_fn(T u, int mode, T clamp, T& s, T& ds) {
-  const T k = T(0.636);  // FrEIA's stand-in for 2/π, kept for parity
-  if (mode == kClampAtan) {
-    s = clamp * k * atan(u);
-    ds = clamp * k / (T(1) + u * u);
-  } else if (mode == kClampAtanScaled) {
-    const T v = u / clamp;
-    s = clamp * k * atan(v);
-    ds = k / (T(1) + v * v);
-  } else if (mode == kClampTanh) {
-    const T th = tanh(u / clamp);
-    s = clamp * th;
-    ds = T(1) - th * th;
-  } else {
-    s = u;
-    ds = T(1);
-  }
+__device__ __forceinline__ T freia_atan_const() {
+  return T(0.636);  // FrEIA's stand-in for 2/π in its atan clamp, kept for parity
 }
 
-// One block per row: y element-wise, logdet = ±Σ s reduced in the block.
+// s = clamp_fn(u).
+template <typename T>
+__device__ __forceinline__ T clamp_fn(T u, int mode, T clamp) {
+  if (mode == kClampAtan) return clamp * freia_atan_const<T>() * atan(u);
+  if (mode == kClampAtanScaled) return clamp * freia_atan_const<T>() * atan(u / clamp);
+  if (mode == kClampTanh) return clamp * tanh(u / clamp);
+  return u;
+}
+
+// ds/du (rational for the atan modes).
+template <typename T>
+__device__ __forceinline__ T clamp_deriv(T u, int mode, T clamp) {
+  if (mode == kClampAtan) return clamp * freia_atan_const<T>() / (T(1) + u * u);
+  if (mode == kClampAtanScaled) {
+    const T v = u / clamp;
+    return freia_atan_const<T>() / (T(1) + v * v);
+  }
+  if (mode == kClampTanh) {
+    const T th = tanh(u / clamp);
+    return T(1) - th * th;
+  }
+  return T(1);
+}
+
+// One block per row: y element-wise, logdet = ±Σ s reduced in the block; e = exp(±s) written to
+// `scale` when it is not null (saved for the backward).
 template <typename T>
 __global__ void coupling_forward_kernel(const T* __restrict__ x, const T* __restrict__ s_raw, const T* __restrict__ t,
-                                        T* __restrict__ y, T* __restrict__ logdet, int64_t b, int64_t l, T clamp,
-                                        int mode, bool reverse) {
+                                        T* __restrict__ y, T* __restrict__ logdet, T* __restrict__ scale, int64_t b,
+                                        int64_t l, T clamp, int mode, bool reverse) {
   __shared__ T shared[kThreads / 32];
   const int64_t off = (int64_t)blockIdx.x * l;
   T acc = 0;
   for (int64_t j = threadIdx.x; j < l; j += blockDim.x) {
-    T s, ds;
-    clamp_fn(s_raw[off + j], mode, clamp, s, ds);
-    y[off + j] = reverse ? (x[off + j] - t[off + j]) * exp(-s) : x[off + j] * exp(s) + t[off + j];
+    const T s = clamp_fn(s_raw[off + j], mode, clamp);
+    const T e = exp(reverse ? -s : s);
+    y[off + j] = reverse ? (x[off + j] - t[off + j]) * e : x[off + j] * e + t[off + j];
+    if (scale) scale[off + j] = e;
     acc += s;
   }
   acc = block_reduce<T, false>(acc, shared);
   if (threadIdx.x == 0) logdet[blockIdx.x] = reverse ? -acc : acc;
 }
 
+// forward (e = e^{s}): gx = gy·e, gs = (gx·x + glogdet)·ds; reverse (e = e^{−s}): gx = gy·e,
+// gs = (−gx·(x − t) − glogdet)·ds.
 template <typename T>
 __global__ void coupling_backward_kernel(const T* __restrict__ gy, const T* __restrict__ glogdet,
                                          const T* __restrict__ x, const T* __restrict__ s_raw,
-                                         const T* __restrict__ t, T* __restrict__ gx, T* __restrict__ gs, int64_t b,
-                                         int64_t l, T clamp, int mode, bool reverse) {
+                                         const T* __restrict__ t, const T* __restrict__ scale, T* __restrict__ gx,
+                                         T* __restrict__ gs, int64_t b, int64_t l, T clamp, int mode, bool reverse) {
   const int64_t total = b * l;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-    T s, ds;
-    clamp_fn(s_raw[e], mode, clamp, s, ds);
+    const T ds = clamp_deriv(s_raw[e], mode, clamp);
     const T gl = glogdet[e / l];
-    if (reverse) {  // y = (x − t)·e^{−s}, logdet = −Σs
-      const T g = gy[e] * exp(-s);
-      gx[e] = g;
-      gs[e] = (-g * (x[e] - t[e]) - gl) * ds;
-    } else {  // y = x·e^{s} + t, logdet = Σs
-      const T g = gy[e] * exp(s);
-      gx[e] = g;
-      gs[e] = (g * x[e] + gl) * ds;
-    }
+    const T g = gy[e] * scale[e];
+    gx[e] = g;
+    gs[e] = reverse ? (-g * (x[e] - t[e]) - gl) * ds : (g * x[e] + gl) * ds;
   }
 }
 

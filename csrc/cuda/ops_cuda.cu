@@ -123,7 +123,7 @@ struct CudaKernels {
 
   static std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& s_raw,
                                                              const at::Tensor& t, double clamp, ClampMode mode,
-                                                             bool reverse) {
+                                                             bool reverse, const at::Tensor& scale) {
     const c10::cuda::CUDAGuard guard(x.device());
     at::Tensor y = at::empty_like(x);
     at::Tensor logdet = at::zeros({x.size(0)}, x.options());
@@ -132,8 +132,8 @@ struct CudaKernels {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zslfast_coupling_forward_cuda", [&] {
       cuda::coupling_forward_kernel<scalar_t><<<row_grid(x.size(0)), kThreads, 0, stream>>>(
           x.const_data_ptr<scalar_t>(), s_raw.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-          y.data_ptr<scalar_t>(), logdet.data_ptr<scalar_t>(), x.size(0), x.size(1), static_cast<scalar_t>(clamp),
-          clamp_code(mode), reverse);
+          y.data_ptr<scalar_t>(), logdet.data_ptr<scalar_t>(), scale.defined() ? scale.data_ptr<scalar_t>() : nullptr,
+          x.size(0), x.size(1), static_cast<scalar_t>(clamp), clamp_code(mode), reverse);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {y, logdet};
@@ -141,8 +141,8 @@ struct CudaKernels {
 
   static std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& gy, const at::Tensor& glogdet,
                                                               const at::Tensor& x, const at::Tensor& s_raw,
-                                                              const at::Tensor& t, double clamp, ClampMode mode,
-                                                              bool reverse) {
+                                                              const at::Tensor& t, const at::Tensor& scale,
+                                                              double clamp, ClampMode mode, bool reverse) {
     const c10::cuda::CUDAGuard guard(x.device());
     at::Tensor gx = at::empty_like(x), gs = at::empty_like(x);
     if (x.numel() == 0) return {gx, gs};
@@ -151,8 +151,8 @@ struct CudaKernels {
       cuda::coupling_backward_kernel<scalar_t><<<cuda::elementwise_blocks(x.numel()), kThreads, 0, stream>>>(
           gy.const_data_ptr<scalar_t>(), glogdet.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
           s_raw.const_data_ptr<scalar_t>(), reverse ? t.const_data_ptr<scalar_t>() : nullptr,
-          gx.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(), x.size(0), x.size(1), static_cast<scalar_t>(clamp),
-          clamp_code(mode), reverse);
+          scale.const_data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(), x.size(0), x.size(1),
+          static_cast<scalar_t>(clamp), clamp_code(mode), reverse);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {gx, gs};

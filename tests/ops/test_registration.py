@@ -21,8 +21,10 @@ def _samples(device, gen):
         (zo.transition_matrix, (r(5, 3), r(5, 3), 0.5, "cosine", True)),
         *[(zo.self_transition_matrix, (r(6, 3), 0.5, m, ex)) for m in ("cosine", "sqeuclidean") for ex in (False, True)],
         *[(zo.random_walk_landing, (r(3, 4), r(6, 4), s, 0.7, m)) for s in (0, 2) for m in ("cosine", "sqeuclidean")],
-        *[(zo.affine_coupling, (r(4, 6), r(4, 6), r(4, 6), 1.0, mode, rev))
+        *[(zo.affine_coupling, (r(4, 6), r(4, 6), r(4, 6), 1.0, mode, rev, True))
           for mode in ("atan", "atan_scaled", "tanh", "none") for rev in (False, True)],
+        (zo.affine_coupling, (r(4, 6, grad=False), r(4, 6, grad=False), r(4, 6, grad=False), 1.0, "atan", False,
+                              False)),
     ]
 
 

@@ -53,11 +53,12 @@ def _register():
         return torch.empty_like(centers), torch.empty_like(points)
 
     @torch.library.register_fake(lib + "affine_coupling")
-    def _(x, s_raw, t, clamp, clamp_mode, reverse):
-        return torch.empty_like(x), x.new_empty(x.shape[0])
+    def _(x, s_raw, t, clamp, clamp_mode, reverse, save_scale):
+        return (torch.empty_like(x), x.new_empty(x.shape[0]),
+                torch.empty_like(x, memory_format=torch.contiguous_format) if save_scale else x.new_empty(0))
 
     @torch.library.register_fake(lib + "affine_coupling_backward")
-    def _(grad_y, grad_logdet, x, s_raw, t, clamp, clamp_mode, reverse):
+    def _(grad_y, grad_logdet, x, s_raw, t, scale, clamp, clamp_mode, reverse):
         return torch.empty_like(x), torch.empty_like(x)
 
     # --- autograd ------------------------------------------------------------------------------
@@ -100,11 +101,15 @@ def _register():
         centers, points, steps, temperature, metric = inputs
         _, q, p_xx, p_xc = output
         ctx.save_for_backward(q, p_xx, p_xc, centers, points)
+        ctx.mark_non_differentiable(q, p_xx, p_xc)
+        ctx.set_materialize_grads(False)  # no zero-filled grads for the three intermediates
         ctx.args = (temperature, metric)
 
     def rw_backward(ctx, grad, _gq, _gpxx, _gpxc):
         # Only the landing probabilities are differentiable; the public wrapper never exposes the
         # intermediates (Q, P_xx, P_xc), which the op returns solely for this backward.
+        if grad is None:
+            return None, None, None, None, None
         q, p_xx, p_xc, centers, points = ctx.saved_tensors
         gc, gx = ops.random_walk_landing_backward(grad, q, p_xx, p_xc, centers, points, *ctx.args)
         return gc, gx, None, None, None
@@ -112,17 +117,28 @@ def _register():
     torch.library.register_autograd(lib + "random_walk_landing", rw_backward, setup_context=rw_setup)
 
     def ac_setup(ctx, inputs, output):
-        x, s_raw, t, clamp, clamp_mode, reverse = inputs
-        ctx.save_for_backward(x, s_raw, t if reverse else None)
+        x, s_raw, t, clamp, clamp_mode, reverse, save_scale = inputs
+        if not save_scale:
+            raise RuntimeError("zslfast::affine_coupling was called with save_scale=False on inputs that "
+                               "require grad; call zslfast.ops.affine_coupling, which sets it")
+        ctx.save_for_backward(x, s_raw, t if reverse else None, output[2])
+        ctx.mark_non_differentiable(output[2])
+        ctx.set_materialize_grads(False)  # no zero-filled B×L grad for the saved scale
         ctx.args = (clamp, clamp_mode, reverse)
 
-    def ac_backward(ctx, grad_y, grad_logdet):
-        x, s_raw, t = ctx.saved_tensors
+    def ac_backward(ctx, grad_y, grad_logdet, _grad_scale):
+        x, s_raw, t, scale = ctx.saved_tensors
         clamp, clamp_mode, reverse = ctx.args
-        gx, gs = ops.affine_coupling_backward(grad_y, grad_logdet, x, s_raw, t, clamp, clamp_mode, reverse)
+        if grad_y is None and grad_logdet is None:
+            return None, None, None, None, None, None, None
+        if grad_y is None:
+            grad_y = torch.zeros_like(x)
+        if grad_logdet is None:
+            grad_logdet = x.new_zeros(x.shape[0])
+        gx, gs = ops.affine_coupling_backward(grad_y, grad_logdet, x, s_raw, t, scale, clamp, clamp_mode, reverse)
         # dy/dt is 1 (forward) or -exp(-s) (reverse), so grad_t is grad_y or -grad_x: no extra kernel.
         gt = -gx if reverse else grad_y
-        return gx, gs, gt, None, None, None
+        return gx, gs, gt, None, None, None, None
 
     torch.library.register_autograd(lib + "affine_coupling", ac_backward, setup_context=ac_setup)
 

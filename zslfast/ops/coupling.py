@@ -28,5 +28,8 @@ def affine_coupling(x, s_raw, t, clamp=1.0, clamp_mode="atan", reverse=False):
     if clamp_mode != "none":
         check_positive("clamp", clamp)
     if _ext.use_ext(x):
-        return torch.ops.zslfast.affine_coupling(x, s_raw, t, float(clamp), clamp_mode, bool(reverse))
+        # The backward reuses exp(±s) from the forward; only worth writing when a backward will run.
+        save = torch.is_grad_enabled() and (x.requires_grad or s_raw.requires_grad or t.requires_grad)
+        y, logdet, _ = torch.ops.zslfast.affine_coupling(x, s_raw, t, float(clamp), clamp_mode, bool(reverse), save)
+        return y, logdet
     return reference.affine_coupling(x, s_raw, t, clamp, clamp_mode, reverse)
