@@ -99,6 +99,13 @@ def peak_memory_bytes(fn, device):
         return None
 
     try:
+        # Return free heap pages to the OS first, or a new allocation may reuse resident memory and
+        # never show up in the resident set.
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current resident set
     except OSError:

@@ -12,6 +12,12 @@ from zslfast.testing import ext_built_for
 SEED = int(os.environ.get("ZSLFAST_TEST_SEED", random.randrange(2**31)))
 
 
+def pytest_configure(config):
+    # CI sets ZSLFAST_REQUIRE_EXT=1: a silently missing extension must fail the run, not skip tests.
+    if os.environ.get("ZSLFAST_REQUIRE_EXT") == "1" and not ops.extension_info()["cpu"]:
+        raise pytest.UsageError(f"ZSLFAST_REQUIRE_EXT=1 but the extension is not loaded: {ops.extension_info()}")
+
+
 def pytest_report_header(config):
     info = ops.extension_info()
     return [f"zslfast test seed: {SEED} (replay with ZSLFAST_TEST_SEED={SEED})",

@@ -358,9 +358,11 @@ struct CpuKernels {
     }
   }
 
-  template <typename T, bool Bounded>
+  // Mode, direction and saving are template parameters so the inner loop has no branches and the
+  // two unrolled element groups can interleave freely.
+  template <typename T, bool Bounded, ClampMode Mode, bool Reverse, bool Save>
   static void coupling_forward_rows(const T* xp, const T* sp, const T* tp, T* yp, T* lp, T* ep, int64_t b,
-                                    int64_t l, T c, ClampMode mode, bool reverse) {
+                                    int64_t l, T c) {
     using V = Vectorized<T>;
     at::parallel_for(0, b, grain_for(l, 8192), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
@@ -368,11 +370,11 @@ struct CpuKernels {
         V acc0(0), acc1(0);
         // One element group: s, e = exp(±s), y (and e saved); `k` lanes valid.
         auto step = [&](int64_t j, int64_t k, V& acc) {
-          const V s = clamp_fn<T>(V::loadu(sp + off + j, k), mode, c);  // tail lanes: u = 0 gives s = 0
-          const V e = coupling_exp<T, Bounded>(reverse ? s.neg() : s);
+          const V s = clamp_fn<T>(V::loadu(sp + off + j, k), Mode, c);  // tail lanes: u = 0 gives s = 0
+          const V e = coupling_exp<T, Bounded>(Reverse ? s.neg() : s);
           const V xv = V::loadu(xp + off + j, k), tv = V::loadu(tp + off + j, k);
-          (reverse ? (xv - tv) * e : xv * e + tv).store(yp + off + j, k);
-          if (ep) e.store(ep + off + j, k);
+          (Reverse ? (xv - tv) * e : xv * e + tv).store(yp + off + j, k);
+          if (Save) e.store(ep + off + j, k);
           acc = acc + s;
         };
         int64_t j = 0;
@@ -384,9 +386,42 @@ struct CpuKernels {
         }
         for (; j < l; j += V::size()) step(j, std::min<int64_t>(V::size(), l - j), acc0);
         const T total = hsum(acc0 + acc1);
-        lp[i] = reverse ? -total : total;
+        lp[i] = Reverse ? -total : total;
       }
     });
+  }
+
+  // Picks the instantiation of coupling_forward_rows for the run-time flags.
+  template <typename T, bool Bounded, ClampMode Mode>
+  static void coupling_forward_mode(const T* xp, const T* sp, const T* tp, T* yp, T* lp, T* ep, int64_t b,
+                                    int64_t l, T c, bool reverse) {
+    if (reverse) {
+      ep ? coupling_forward_rows<T, Bounded, Mode, true, true>(xp, sp, tp, yp, lp, ep, b, l, c)
+         : coupling_forward_rows<T, Bounded, Mode, true, false>(xp, sp, tp, yp, lp, ep, b, l, c);
+    } else {
+      ep ? coupling_forward_rows<T, Bounded, Mode, false, true>(xp, sp, tp, yp, lp, ep, b, l, c)
+         : coupling_forward_rows<T, Bounded, Mode, false, false>(xp, sp, tp, yp, lp, ep, b, l, c);
+    }
+  }
+
+  template <typename T>
+  static void coupling_forward_dispatch(const T* xp, const T* sp, const T* tp, T* yp, T* lp, T* ep, int64_t b,
+                                        int64_t l, T c, ClampMode mode, bool reverse) {
+    const bool bounded = log_scale_bounded(mode, c);
+    switch (mode) {
+      case ClampMode::Atan:
+        return bounded ? coupling_forward_mode<T, true, ClampMode::Atan>(xp, sp, tp, yp, lp, ep, b, l, c, reverse)
+                       : coupling_forward_mode<T, false, ClampMode::Atan>(xp, sp, tp, yp, lp, ep, b, l, c, reverse);
+      case ClampMode::AtanScaled:
+        return bounded ? coupling_forward_mode<T, true, ClampMode::AtanScaled>(xp, sp, tp, yp, lp, ep, b, l, c, reverse)
+                       : coupling_forward_mode<T, false, ClampMode::AtanScaled>(xp, sp, tp, yp, lp, ep, b, l, c,
+                                                                                reverse);
+      case ClampMode::Tanh:
+        return bounded ? coupling_forward_mode<T, true, ClampMode::Tanh>(xp, sp, tp, yp, lp, ep, b, l, c, reverse)
+                       : coupling_forward_mode<T, false, ClampMode::Tanh>(xp, sp, tp, yp, lp, ep, b, l, c, reverse);
+      default:
+        return coupling_forward_mode<T, false, ClampMode::None>(xp, sp, tp, yp, lp, ep, b, l, c, reverse);
+    }
   }
 
   static std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& s_raw,
@@ -395,11 +430,11 @@ struct CpuKernels {
     at::Tensor y = at::empty_like(x);
     at::Tensor logdet = at::empty({x.size(0)}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zslfast_coupling_forward", [&] {
-      auto run = log_scale_bounded(mode, clamp) ? &coupling_forward_rows<scalar_t, true>
-                                                : &coupling_forward_rows<scalar_t, false>;
-      run(x.const_data_ptr<scalar_t>(), s_raw.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-          y.data_ptr<scalar_t>(), logdet.data_ptr<scalar_t>(), scale.defined() ? scale.data_ptr<scalar_t>() : nullptr,
-          x.size(0), x.size(1), static_cast<scalar_t>(clamp), mode, reverse);
+      coupling_forward_dispatch<scalar_t>(x.const_data_ptr<scalar_t>(), s_raw.const_data_ptr<scalar_t>(),
+                                          t.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                                          logdet.data_ptr<scalar_t>(),
+                                          scale.defined() ? scale.data_ptr<scalar_t>() : nullptr, x.size(0),
+                                          x.size(1), static_cast<scalar_t>(clamp), mode, reverse);
     });
     return {y, logdet};
   }
