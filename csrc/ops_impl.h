@@ -7,6 +7,7 @@
 //
 // Kernel policy interface (all tensors contiguous, same dtype, float or double; "opt" = may be an
 // undefined Tensor):
+//   row_sqnorm(x) -> |x_i|², one pass (x.mul(x).sum(1) would materialise a full-size temporary)
 //   pairwise_epilogue(out, xr, yr, metric)          in place on out = x·yᵀ
 //   pairwise_grad_epilogue(grad, out, xr, yr, metric) -> grad wrt the inner product x·yᵀ
 //   softmax_rows(S, scale, rs opt, cs opt, cb opt, exclude_self)   in place:
@@ -66,17 +67,17 @@ inline void check_pair(const at::Tensor& x, const at::Tensor& y, const char* xn,
   TORCH_CHECK(x.device() == y.device(), "zslfast: ", xn, " and ", yn, " must be on the same device");
 }
 
-inline at::Tensor row_sqnorm(const at::Tensor& x) { return x.mul(x).sum(1); }
 inline at::Tensor row_norm(const at::Tensor& x) { return at::linalg_vector_norm(x, 2, {1}); }
 inline at::Tensor inv_norm(const at::Tensor& norm) { return norm.clamp_min(kNormEps).reciprocal(); }
 
 // Per-row (xr) and per-column (yr) auxiliaries of the pairwise epilogue: squared norms for the
 // euclidean metrics, inverse norms for cosine, nothing for dot.
-inline std::tuple<at::Tensor, at::Tensor> pairwise_aux(const at::Tensor& x, const at::Tensor& y, Metric m) {
+template <class K>
+std::tuple<at::Tensor, at::Tensor> pairwise_aux(const at::Tensor& x, const at::Tensor& y, Metric m) {
   switch (m) {
     case Metric::SqEuclidean:
     case Metric::Euclidean:
-      return {row_sqnorm(x), row_sqnorm(y)};
+      return {K::row_sqnorm(x), K::row_sqnorm(y)};
     case Metric::Cosine:
       return {inv_norm(row_norm(x)), inv_norm(row_norm(y))};
     default:
@@ -94,7 +95,7 @@ at::Tensor pairwise_distance(const at::Tensor& x_, const at::Tensor& y_, c10::st
   auto x = x_.contiguous(), y = y_.contiguous();
   at::Tensor out = at::mm(x, y.t());
   if (m == Metric::Dot || out.numel() == 0) return out;
-  auto [xr, yr] = pairwise_aux(x, y, m);
+  auto [xr, yr] = pairwise_aux<K>(x, y, m);
   K::pairwise_epilogue(out, xr, yr, m);
   return out;
 }
@@ -106,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward(const at::Tensor& 
   const Metric m = parse_metric(metric);
   auto x = x_.contiguous(), y = y_.contiguous(), grad = grad_.contiguous(), out = out_.contiguous();
   if (m == Metric::Dot) return {at::mm(grad, y), at::mm(grad.t(), x)};
-  auto [xr, yr] = pairwise_aux(x, y, m);
+  auto [xr, yr] = pairwise_aux<K>(x, y, m);
   if (m == Metric::Cosine) {
     // out = 1 − (x·y)·ix·iy. With W = −G·ix·iy, the gradient is W·y (resp. Wᵀ·x) with the
     // component along x_i (resp. y_j) projected out, the normalisation's Jacobian.
@@ -143,7 +144,7 @@ at::Tensor nearest_prototype(const at::Tensor& x_, const at::Tensor& protos_, c1
   at::Tensor cs, cb;
   if (m == Metric::SqEuclidean || m == Metric::Euclidean) {
     scale = 2.0;
-    cb = row_sqnorm(p).neg_();  // argmax 2x·p − |p|²  ==  argmin |x−p|²
+    cb = K::row_sqnorm(p).neg_();  // argmax 2x·p − |p|²  ==  argmin |x−p|²
   } else if (m == Metric::Cosine) {
     cs = inv_norm(row_norm(p));  // argmax x·p/|p|  ==  argmin 1 − cos (|x| > 0 is a row constant)
   }
@@ -169,9 +170,10 @@ struct SimParams {
   at::Tensor rs, cs, cb;
 };
 
-inline SimParams sim_params(const at::Tensor& x, const at::Tensor& y, double temperature, Metric m) {
+template <class K>
+SimParams sim_params(const at::Tensor& x, const at::Tensor& y, double temperature, Metric m) {
   if (m == Metric::Cosine) return {1.0 / temperature, inv_norm(row_norm(x)), inv_norm(row_norm(y)), at::Tensor()};
-  return {2.0 / temperature, at::Tensor(), at::Tensor(), row_sqnorm(y).mul_(-1.0 / temperature)};
+  return {2.0 / temperature, at::Tensor(), at::Tensor(), K::row_sqnorm(y).mul_(-1.0 / temperature)};
 }
 
 inline Metric transition_metric(c10::string_view metric) {
@@ -256,7 +258,7 @@ at::Tensor transition_matrix(const at::Tensor& x_, const at::Tensor& y_, double 
   auto x = x_.contiguous(), y = y_.contiguous();
   at::Tensor s = at::mm(x, y.t());
   if (s.numel() == 0) return s;
-  SimParams p = sim_params(x, y, temperature, m);
+  SimParams p = sim_params<K>(x, y, temperature, m);
   K::softmax_rows(s, p.scale, p.rs, p.cs, p.cb, exclude_self);
   return s;
 }
@@ -269,7 +271,7 @@ std::tuple<at::Tensor, at::Tensor> transition_matrix_backward(const at::Tensor& 
   const Metric m = transition_metric(metric);
   auto x = x_.contiguous(), y = y_.contiguous();
   if (P.numel() == 0) return {at::zeros_like(x), at::zeros_like(y)};
-  at::Tensor w = dsim<K>(grad.contiguous(), P.contiguous(), sim_params(x, y, temperature, m), temperature, m);
+  at::Tensor w = dsim<K>(grad.contiguous(), P.contiguous(), sim_params<K>(x, y, temperature, m), temperature, m);
   return sim_grads<K>(w, x, y, m);
 }
 
@@ -282,7 +284,7 @@ at::Tensor self_transition_matrix(const at::Tensor& x_, double temperature, c10:
   auto x = x_.contiguous();
   at::Tensor s = self_gram(x);
   if (s.numel() == 0) return s;
-  SimParams p = sim_params(x, x, temperature, m);
+  SimParams p = sim_params<K>(x, x, temperature, m);
   K::softmax_rows(s, p.scale, p.rs, p.cs, p.cb, exclude_self);
   return s;
 }
@@ -293,7 +295,7 @@ at::Tensor self_transition_matrix_backward(const at::Tensor& grad, const at::Ten
   const Metric m = transition_metric(metric);
   auto x = x_.contiguous();
   if (P.numel() == 0) return at::zeros_like(x);
-  at::Tensor w = dsim<K>(grad.contiguous(), P.contiguous(), sim_params(x, x, temperature, m), temperature, m);
+  at::Tensor w = dsim<K>(grad.contiguous(), P.contiguous(), sim_params<K>(x, x, temperature, m), temperature, m);
   return self_sim_grad<K>(w, x, m);
 }
 
@@ -315,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> random_walk_landing(
   at::Tensor p_xc = at::mm(x, c.t());
   at::Tensor p_cx = p_xc.t().contiguous();
   {
-    SimParams pxc = sim_params(x, c, temperature, m), pcx = sim_params(c, x, temperature, m);
+    SimParams pxc = sim_params<K>(x, c, temperature, m), pcx = sim_params<K>(c, x, temperature, m);
     K::softmax_rows(p_xc, pxc.scale, pxc.rs, pxc.cs, pxc.cb, false);
     K::softmax_rows(p_cx, pcx.scale, pcx.rs, pcx.cs, pcx.cb, false);
   }
@@ -348,8 +350,8 @@ std::tuple<at::Tensor, at::Tensor> random_walk_landing_backward(const at::Tensor
   for (int64_t t = steps - 1; t >= 0; --t) r[t].addmm_(r[t + 1], p_xx.t());
   // P_xc and P_cx come from one similarity matrix: their dsim add up (P_cx's transposed) and go
   // through one pair of GEMMs.
-  at::Tensor w_xc = dsim<K>(d_xc, p_xc.contiguous(), sim_params(x, c, temperature, m), temperature, m);
-  at::Tensor w_cx = dsim<K>(r[0].contiguous(), q[0], sim_params(c, x, temperature, m), temperature, m);
+  at::Tensor w_xc = dsim<K>(d_xc, p_xc.contiguous(), sim_params<K>(x, c, temperature, m), temperature, m);
+  at::Tensor w_cx = dsim<K>(r[0].contiguous(), q[0], sim_params<K>(c, x, temperature, m), temperature, m);
   auto [gx, gc] = sim_grads<K>(w_xc.add_(w_cx.t()), x, c, m);
   if (steps > 0) {
     // dP_xx = Σ_{t<steps} Q_tᵀ R_{t+1}, one GEMM.

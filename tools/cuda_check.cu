@@ -5,6 +5,7 @@
 namespace zc = zslfast::cuda;
 
 #define ZSLFAST_INSTANTIATE(T)                                                                              \
+  template __global__ void zc::row_sqnorm_kernel<T>(const T*, T*, int64_t, int64_t);                         \
   template __global__ void zc::pairwise_epilogue_kernel<T>(T*, const T*, const T*, int64_t, int64_t, int);   \
   template __global__ void zc::pairwise_grad_kernel<T>(const T*, const T*, const T*, const T*, T*, int64_t, \
                                                        int64_t, int);                                       \

@@ -157,6 +157,28 @@ inline Vectorized<T> coupling_exp(const Vectorized<T>& s) {
 inline bool log_scale_bounded(ClampMode mode, double clamp) { return mode != ClampMode::None && clamp <= 80.0; }
 
 struct CpuKernels {
+  static at::Tensor row_sqnorm(const at::Tensor& x) {
+    at::Tensor out = at::empty({x.size(0)}, x.options());
+    const int64_t n = x.size(0), d = x.size(1);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zslfast_row_sqnorm", [&] {
+      using V = Vectorized<scalar_t>;
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      scalar_t* op = out.data_ptr<scalar_t>();
+      at::parallel_for(0, n, grain_for(d), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const scalar_t* r = xp + i * d;
+          V acc(0);  // zero-filled tail lanes add nothing
+          for (int64_t j = 0; j < d; j += V::size()) {
+            const V v = V::loadu(r + j, std::min<int64_t>(V::size(), d - j));
+            acc = at::vec::fmadd(v, v, acc);
+          }
+          op[i] = hsum(acc);
+        }
+      });
+    });
+    return out;
+  }
+
   static void pairwise_epilogue(at::Tensor& out, const at::Tensor& xr, const at::Tensor& yr, Metric metric) {
     const int64_t n = out.size(0), m = out.size(1);
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "zslfast_pairwise_epilogue", [&] {

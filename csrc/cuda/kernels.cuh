@@ -53,6 +53,17 @@ __device__ T block_reduce(T v, T* shared) {
   return r;
 }
 
+// |x_i|², one block per row.
+template <typename T>
+__global__ void row_sqnorm_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t n, int64_t d) {
+  __shared__ T shared[kThreads / 32];
+  const T* r = x + (int64_t)blockIdx.x * d;
+  T acc = 0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) acc += r[j] * r[j];
+  acc = block_reduce<T, false>(acc, shared);
+  if (threadIdx.x == 0) out[blockIdx.x] = acc;
+}
+
 // ------------------------------------------------------------------------------------------
 // Pairwise distances (element-wise over the GEMM result out = x·yᵀ)
 // ------------------------------------------------------------------------------------------

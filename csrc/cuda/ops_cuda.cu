@@ -45,6 +45,19 @@ const T* ptr_or_null(const at::Tensor& t) {
 dim3 row_grid(int64_t rows) { return dim3(static_cast<unsigned int>(rows)); }
 
 struct CudaKernels {
+  static at::Tensor row_sqnorm(const at::Tensor& x) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    at::Tensor out = at::empty({x.size(0)}, x.options());
+    if (x.size(0) == 0) return out;
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zslfast_row_sqnorm_cuda", [&] {
+      cuda::row_sqnorm_kernel<scalar_t><<<row_grid(x.size(0)), kThreads, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.size(0), x.size(1));
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return out;
+  }
+
   static void pairwise_epilogue(at::Tensor& out, const at::Tensor& xr, const at::Tensor& yr, Metric metric) {
     const c10::cuda::CUDAGuard guard(out.device());
     auto stream = c10::cuda::getCurrentCUDAStream();
