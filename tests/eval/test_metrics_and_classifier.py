@@ -1,0 +1,84 @@
+import torch
+
+from zslfast.data import make_synthetic
+from zslfast.eval import (continual_summary, harmonic_mean, per_class_accuracy, predict,
+                          train_softmax_classifier, zsl_gzsl_metrics)
+
+
+def test_per_class_accuracy_by_hand():
+    target = torch.tensor([0, 0, 0, 0, 1, 2, 2])
+    pred = torch.tensor([0, 0, 0, 1, 1, 0, 2])
+    # class 0: 3/4, class 1: 1/1, class 2: 1/2 -> mean 0.75
+    assert abs(per_class_accuracy(pred, target) - 0.75) < 1e-12
+    assert per_class_accuracy(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long)) == 0.0
+
+
+def test_harmonic_mean():
+    assert abs(harmonic_mean(0.5, 0.25) - 1 / 3) < 1e-12
+    assert harmonic_mean(0.0, 0.9) == 0.0
+
+
+def test_predict_restriction_and_calibration():
+    scores = torch.tensor([[5.0, 4.0, 1.0], [3.0, 0.0, 2.9]])
+    assert predict(scores).tolist() == [0, 0]
+    assert predict(scores, classes=torch.tensor([1, 2])).tolist() == [1, 2]
+    # calibrated stacking: seen class 0 loses 0.5
+    assert predict(scores, seen_classes=torch.tensor([0]), calibration=0.5).tolist() == [0, 2]
+
+
+def test_zsl_gzsl_metrics_on_a_perfect_and_a_seen_biased_scorer():
+    data = make_synthetic(seed=0)
+    eye = torch.eye(data.num_classes)
+    oracle_scores = {}
+    for k in ("test_seen", "test_unseen"):
+        x, y = data.subset(k)
+        oracle_scores[x.data_ptr()] = eye[y]
+    # A scorer that knows the labels: every metric is 100.
+    lookup = {}
+    for k in ("test_seen", "test_unseen"):
+        x, y = data.subset(k)
+        for row, label in zip(x, y):
+            lookup[row.numpy().tobytes()] = int(label)
+
+    def oracle(x):
+        return eye[[lookup[r.numpy().tobytes()] for r in x]]
+
+    m = zsl_gzsl_metrics(oracle, data)
+    assert m == {"zsl_t1": 100.0, "gzsl_s": 100.0, "gzsl_u": 100.0, "gzsl_h": 100.0}
+
+    # Same oracle plus a large bonus for seen class 0 in GZSL: U = 0, so H = 0; ZSL T1 unaffected.
+    def biased(x):
+        s = oracle(x)
+        s[:, int(data.seen_classes[0])] += 10
+        return s
+
+    m = zsl_gzsl_metrics(biased, data)
+    assert m["zsl_t1"] == 100.0 and m["gzsl_u"] == 0.0 and m["gzsl_h"] == 0.0
+    assert abs(m["gzsl_s"] - 100.0 / len(data.seen_classes)) < 1e-9  # only class 0 right
+    # calibrated stacking by more than the bonus undoes it
+    assert zsl_gzsl_metrics(biased, data, calibration=20.0)["gzsl_s"] < 100.0
+
+
+def test_continual_summary_is_mean_of_per_task_h():
+    tasks = [{"S": 80.0, "U": 20.0, "H": harmonic_mean(80.0, 20.0)}, {"S": 60.0, "U": 40.0, "H": 48.0}]
+    s = continual_summary(tasks)
+    assert s["mSA"] == 70.0 and s["mUA"] == 30.0
+    assert abs(s["mH"] - (32.0 + 48.0) / 2) < 1e-9 and s["mH"] != harmonic_mean(70.0, 30.0)
+
+
+def test_softmax_classifier_learns_and_selects_best_epoch():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(5, 16, generator=g) * 3
+    y = torch.arange(5).repeat(40)
+    x = centers[y] + torch.randn(200, 16, generator=g)
+    calls = []
+
+    def select(clf):
+        acc = per_class_accuracy(clf(x).argmax(1), y)
+        calls.append(acc)
+        return -abs(len(calls) - 3)  # pretend the 3rd epoch is best
+
+    clf, info = train_softmax_classifier(x, y, 5, epochs=6, lr=1e-2, batch_size=32, select_fn=select, generator=g)
+    assert info["best_epoch"] == 2 and len(info["history"]) == 6
+    clf2, _ = train_softmax_classifier(x, y, 5, epochs=10, lr=1e-2, batch_size=32, generator=g)
+    assert per_class_accuracy(clf2(x).argmax(1), y) > 0.9

@@ -1,0 +1,200 @@
+"""The one in-memory form of a ZSL dataset, with its checks, normalisation and validation split."""
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from zslfast.errors import ZSLError
+
+SPLITS_REQUIRED = ("trainval", "test_seen", "test_unseen")
+SPLITS_OPTIONAL = ("train", "val")
+NORMALIZATIONS = ("none", "minmax", "l2")
+
+
+@dataclass
+class ZSLDataset:
+    """Features, labels, class embeddings and splits of one dataset (all indices 0-based).
+
+    Attributes:
+        name: dataset name (e.g. "CUB", "synthetic").
+        features: float32 [N, D] visual features.
+        labels: int64 [N] class ids in [0, C).
+        attributes: float32 [C, d] class embeddings (attributes or sentence embeddings).
+        class_names: C names.
+        splits: int64 index tensors: "trainval", "test_seen", "test_unseen" and, where the source
+            has them, "train" and "val" (xlsa17's older class-disjoint split; see
+            :meth:`validation_split`).
+        source: where the data came from (a path, or a description of the generator).
+    """
+
+    name: str
+    features: torch.Tensor
+    labels: torch.Tensor
+    attributes: torch.Tensor
+    class_names: list
+    splits: dict
+    source: str = ""
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.check()
+
+    # ------------------------------------------------------------------ checks
+    def _fail(self, problem):
+        raise ZSLError(f"{self.source or self.name}: {problem}")
+
+    def check(self):
+        """Refuse inconsistent data with one message naming the source and the problem."""
+        f, y, a = self.features, self.labels, self.attributes
+        if f.dim() != 2:
+            self._fail(f"features must be a 2-D [N, D] matrix, got shape {tuple(f.shape)}")
+        if y.dim() != 1 or y.shape[0] != f.shape[0]:
+            self._fail(f"labels must be a vector with one entry per feature row ({f.shape[0]}), "
+                       f"got shape {tuple(y.shape)}")
+        if a.dim() != 2:
+            self._fail(f"class embeddings must be a 2-D [C, d] matrix, got shape {tuple(a.shape)}")
+        if len(self.class_names) != a.shape[0]:
+            self._fail(f"{len(self.class_names)} class names for {a.shape[0]} classes")
+        if not torch.isfinite(f).all():
+            self._fail(f"features contain {int((~torch.isfinite(f)).sum())} NaN/inf values")
+        if not torch.isfinite(a).all():
+            self._fail(f"class embeddings contain {int((~torch.isfinite(a)).sum())} NaN/inf values")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= a.shape[0]):
+            self._fail(f"labels must lie in [0, {a.shape[0]}) (one per class embedding), "
+                       f"got range [{int(y.min())}, {int(y.max())}]")
+        for name in SPLITS_REQUIRED:
+            if name not in self.splits:
+                self._fail(f"missing split '{name}'")
+        n = f.shape[0]
+        for name, idx in self.splits.items():
+            if idx.dim() != 1:
+                self._fail(f"split '{name}' must be a vector of indices")
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+                self._fail(f"split '{name}' points outside the {n} samples "
+                           f"(range [{int(idx.min())}, {int(idx.max())}])")
+            if torch.unique(idx).numel() != idx.numel():
+                self._fail(f"split '{name}' lists some samples more than once")
+        for name in SPLITS_REQUIRED:
+            if self.splits[name].numel() == 0:
+                self._fail(f"split '{name}' is empty")
+        for i, a_name in enumerate(SPLITS_REQUIRED):
+            for b_name in SPLITS_REQUIRED[i + 1:]:
+                both = _intersect(self.splits[a_name], self.splits[b_name])
+                if both:
+                    self._fail(f"splits '{a_name}' and '{b_name}' overlap in {both} samples")
+        seen, unseen = self.seen_classes, self.unseen_classes
+        overlap = _intersect(seen, unseen)
+        if overlap:
+            self._fail(f"{overlap} classes are both seen (in trainval) and unseen (in test_unseen)")
+        extra = torch.unique(self.labels[self.splits["test_seen"]])
+        if (~torch.isin(extra, seen)).any():
+            self._fail("test_seen contains classes that have no trainval samples")
+
+    # ------------------------------------------------------------------ views
+    @property
+    def seen_classes(self):
+        """Sorted class ids with trainval samples."""
+        return torch.unique(self.labels[self.splits["trainval"]])
+
+    @property
+    def unseen_classes(self):
+        """Sorted class ids of the unseen test samples."""
+        return torch.unique(self.labels[self.splits["test_unseen"]])
+
+    @property
+    def num_classes(self):
+        return self.attributes.shape[0]
+
+    @property
+    def feature_dim(self):
+        return self.features.shape[1]
+
+    @property
+    def attribute_dim(self):
+        return self.attributes.shape[1]
+
+    def subset(self, split):
+        """(features, labels) of one split."""
+        idx = self.splits[split]
+        return self.features[idx], self.labels[idx]
+
+    def to(self, device):
+        """A copy with features, labels and class embeddings on ``device`` (splits stay on CPU)."""
+        return replace(self, features=self.features.to(device), labels=self.labels.to(device),
+                       attributes=self.attributes.to(device))
+
+    def summary(self):
+        s = {k: int(v.numel()) for k, v in self.splits.items()}
+        return (f"{self.name}: {self.features.shape[0]} samples × {self.feature_dim}-d features, "
+                f"{self.num_classes} classes ({len(self.seen_classes)} seen / {len(self.unseen_classes)} unseen), "
+                f"{self.attribute_dim}-d class embeddings; splits {s}")
+
+    # ------------------------------------------------------------------ transforms
+    def normalized(self, method="none"):
+        """A copy with normalised features, statistics fitted on trainval only.
+
+        ``none``; ``minmax``: per dimension to [0, 1] by trainval's min and max (test values may
+        fall outside, as in the methods' original code); ``l2``: each sample to unit length.
+        """
+        if method not in NORMALIZATIONS:
+            raise ZSLError(f"feature normalisation must be one of {', '.join(NORMALIZATIONS)}, got {method!r}")
+        f = self.features
+        if method == "minmax":
+            tv = f[self.splits["trainval"]]
+            lo, hi = tv.min(0).values, tv.max(0).values
+            f = (f - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+        elif method == "l2":
+            f = torch.nn.functional.normalize(f, dim=1)
+        return replace(self, features=f.contiguous(), info={**self.info, "normalization": method})
+
+    def validation_split(self, seed=0, unseen_fraction=0.2, seen_test_fraction=0.2):
+        """A dataset for model selection built from trainval only: the test data is never touched.
+
+        The seen classes are split class-disjointly into "train" classes and "validation-unseen"
+        classes: xlsa17's official ``val_loc`` classes where the source provides them (only its
+        class partition is used; its samples are taken from trainval, because ``train_loc`` /
+        ``val_loc`` are not subsets of trainval and include test images), otherwise a seeded random
+        ``unseen_fraction`` of the seen classes. A seeded ``seen_test_fraction`` of the train-class
+        samples is held out as validation-seen test data. The result has the usual split names, so
+        any method trains and evaluates on it exactly as on the real splits.
+        """
+        seen = self.seen_classes
+        tv = self.splits["trainval"]
+        g = torch.Generator().manual_seed(seed)
+        val_classes = None
+        if "val" in self.splits and self.splits["val"].numel():
+            official = torch.unique(self.labels[self.splits["val"]])
+            official = official[torch.isin(official, seen)]
+            if 0 < official.numel() < seen.numel():
+                val_classes = official
+        if val_classes is None:
+            k = max(1, round(unseen_fraction * seen.numel()))
+            if k >= seen.numel():
+                raise ZSLError(f"{self.name}: {seen.numel()} seen classes are too few for a class-disjoint "
+                               "validation split")
+            val_classes = seen[torch.randperm(seen.numel(), generator=g)[:k]].sort().values
+        in_val = torch.isin(self.labels[tv], val_classes)
+        val_unseen = tv[in_val]
+        pool = tv[~in_val]
+        train, test = stratified_holdout(pool, self.labels[pool], seen_test_fraction, g)
+        splits = {"trainval": train, "test_seen": test, "test_unseen": val_unseen}
+        return replace(self, name=f"{self.name}[validation]", splits=splits,
+                       info={**self.info, "validation": {"seed": seed, "val_classes": val_classes.tolist()}})
+
+
+def _intersect(a, b):
+    return int(torch.isin(a, b).sum())
+
+
+def stratified_holdout(indices, labels, fraction, generator):
+    """Split ``indices`` into (kept, held_out), holding out round(fraction·n_c) random samples of each
+    class c but always keeping at least one. Both parts are returned sorted."""
+    perm = torch.randperm(indices.numel(), generator=generator)
+    indices, labels = indices[perm], labels[perm]
+    order = torch.argsort(labels, stable=True)  # random order within each class
+    indices, labels = indices[order], labels[order]
+    _, counts = torch.unique_consecutive(labels, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(labels.numel()) - torch.repeat_interleave(starts, counts)
+    n_out = torch.minimum(torch.round(counts * fraction).long(), counts - 1)
+    out = rank < torch.repeat_interleave(n_out, counts)
+    return indices[~out].sort().values, indices[out].sort().values

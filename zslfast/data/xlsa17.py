@@ -1,0 +1,151 @@
+"""Reader for the xlsa17 benchmark format (Xian et al., "Zero-Shot Learning — The Good, the Bad and
+the Ugly"): ``<root>/<DATASET>/res101.mat`` and ``att_splits.mat``.
+
+Traps of the original files handled here: locations are 1-based **uint16** (cast before any
+arithmetic); some files lack ``train_loc``/``val_loc``/``original_att``/``allclasses_names``;
+``train_loc ∪ val_loc ≠ trainval_loc``; AWA's ``att`` has tiny negative values (kept as they are).
+"""
+import os
+
+import numpy as np
+import scipy.io
+import torch
+
+from zslfast.data.dataset import ZSLDataset
+from zslfast.errors import ZSLError
+
+DATASETS = ("AWA1", "AWA2", "CUB", "SUN", "APY", "FLO")
+ATTRIBUTE_SOURCES = ("att", "original_att", "sent")
+LOCATIONS = {"trainval": "trainval_loc", "test_seen": "test_seen_loc", "test_unseen": "test_unseen_loc",
+             "train": "train_loc", "val": "val_loc"}
+REQUIRED_LOCATIONS = ("trainval", "test_seen", "test_unseen")
+
+
+def dataset_name(name):
+    """The canonical name of an xlsa17 dataset (case-insensitive), or a ZSLError."""
+    for known in DATASETS:
+        if str(name).upper() == known:
+            return known
+    raise ZSLError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} (or 'synthetic')")
+
+
+def read_mat(path, what):
+    """scipy.io.loadmat with a clear error for a missing or unreadable file."""
+    if not os.path.isfile(path):
+        raise ZSLError(f"{path}: file not found ({what}); see README 'Real data' for where xlsa17 comes from")
+    try:
+        return scipy.io.loadmat(path)
+    except Exception as exc:  # scipy raises several types for corrupt files
+        raise ZSLError(f"{path}: cannot read as a MATLAB .mat file ({type(exc).__name__}: {exc})") from None
+
+
+def _locations(mat, path, n=None):
+    """0-based int64 split indices from the ``*_loc`` fields (1-based, usually uint16)."""
+    out = {}
+    for split, key in LOCATIONS.items():
+        if key not in mat:
+            if split in REQUIRED_LOCATIONS:
+                raise ZSLError(f"{path}: missing field '{key}'")
+            continue
+        loc = np.asarray(mat[key]).reshape(-1).astype(np.int64)  # uint16 would wrap on 0 - 1
+        if loc.size and loc.min() < 1:
+            raise ZSLError(f"{path}: '{key}' must hold 1-based sample locations, found {loc.min()}")
+        if n is not None and loc.size and loc.max() > n:
+            raise ZSLError(f"{path}: '{key}' points to sample {loc.max()} but there are only {n} samples")
+        out[split] = torch.from_numpy(loc - 1)
+    return out
+
+
+def _class_names(mat, num_classes):
+    if "allclasses_names" not in mat:
+        return [f"class_{i:03d}" for i in range(num_classes)]
+    return [str(np.asarray(v).reshape(-1)[0]) for v in np.asarray(mat["allclasses_names"]).reshape(-1)]
+
+
+def _matrix(mat, key, path):
+    if key not in mat:
+        raise ZSLError(f"{path}: missing field '{key}'")
+    m = np.asarray(mat[key])
+    if m.ndim != 2 or not np.issubdtype(m.dtype, np.number):
+        raise ZSLError(f"{path}: field '{key}' must be a numeric matrix, got shape {m.shape} dtype {m.dtype}")
+    return m
+
+
+def read_att_splits(path, attributes="att", sent_path=None):
+    """Class embeddings, class names and split locations of an ``att_splits.mat`` file.
+
+    Returns a dict with ``attributes`` (float32 [C, d]), ``class_names``, ``splits`` (0-based int64)
+    and ``num_samples`` (the largest location, a lower bound on N). ``attributes`` chooses the
+    class embedding: ``att`` (L2-normalised per class), ``original_att``, or ``sent`` (CUB's 1024-d
+    sentence embeddings from ``sent_splits.mat``, at ``sent_path`` or beside ``path``).
+    """
+    if attributes not in ATTRIBUTE_SOURCES:
+        raise ZSLError(f"attributes must be one of {', '.join(ATTRIBUTE_SOURCES)}, got {attributes!r}")
+    mat = read_mat(path, "class attributes and splits")
+    splits = _locations(mat, path)
+    if attributes == "sent":
+        sent_path = sent_path or os.path.join(os.path.dirname(path), "sent_splits.mat")
+        emb_mat, emb_path = read_mat(sent_path, "sentence embeddings"), sent_path
+        # sent_splits.mat also carries train_loc/val_loc, which some att_splits copies lack
+        for split, loc in _locations(emb_mat, emb_path).items():
+            splits.setdefault(split, loc)
+        att = _matrix(emb_mat, "att", emb_path)
+    else:
+        emb_mat, emb_path = mat, path
+        att = _matrix(mat, attributes, path)
+    att = torch.from_numpy(att.T.astype(np.float32).copy())  # stored d × C
+    names = _class_names(mat, att.shape[0])
+    if len(names) != att.shape[0]:
+        raise ZSLError(f"{path}: {len(names)} class names but {att.shape[0]} classes in '{attributes}' of {emb_path}")
+    n = max(int(v.max()) + 1 for v in splits.values() if v.numel())
+    return {"attributes": att, "class_names": names, "splits": splits, "num_samples": n}
+
+
+def load_xlsa17(root, name, attributes="att", features_file="res101.mat"):
+    """Load ``<root>/<name>/`` in xlsa17 format as a :class:`ZSLDataset`.
+
+    Args:
+        root: the folder holding one sub-folder per dataset.
+        name: AWA1, AWA2, CUB, SUN, APY or FLO (case-insensitive).
+        attributes: ``att`` (default), ``original_att``, or ``sent`` (CUB sentence embeddings).
+        features_file: the features file inside the dataset folder.
+
+    Raises:
+        ZSLError: naming the file and the problem, for an unknown name, a missing file or field,
+            wrong shapes, NaN/inf, labels or locations out of range, or overlapping splits.
+    """
+    name = dataset_name(name)
+    return read_xlsa17_folder(os.path.join(root, name), attributes, features_file, name=name)
+
+
+def read_xlsa17_folder(folder, attributes="att", features_file="res101.mat", name=None):
+    """Read one xlsa17-format folder (``res101.mat`` + ``att_splits.mat``) whatever its name."""
+    name = name or os.path.basename(os.path.normpath(folder))
+    if not os.path.isdir(folder):
+        raise ZSLError(f"{folder}: dataset folder not found (expected res101.mat and att_splits.mat in it)")
+    att_path = os.path.join(folder, "att_splits.mat")
+    meta = read_att_splits(att_path, attributes)
+    feat_path = os.path.join(folder, features_file)
+    mat = read_mat(feat_path, "image features and labels")
+    feats = _matrix(mat, "features", feat_path)
+    labels = np.asarray(mat.get("labels", np.empty((0,)))).reshape(-1)
+    if "labels" not in mat:
+        raise ZSLError(f"{feat_path}: missing field 'labels'")
+    # xlsa17 stores features as D × N; accept N × D too, decided by the label count.
+    if feats.shape[1] == labels.size and feats.shape[0] != labels.size:
+        feats = feats.T
+    if feats.shape[0] != labels.size:
+        raise ZSLError(f"{feat_path}: 'features' has shape {mat['features'].shape} but there are "
+                       f"{labels.size} labels")
+    labels = labels.astype(np.int64)
+    num_classes = meta["attributes"].shape[0]
+    if labels.size and (labels.min() < 1 or labels.max() > num_classes):
+        raise ZSLError(f"{feat_path}: labels must be 1-based class ids in [1, {num_classes}] "
+                       f"(the classes of {att_path}), got range [{labels.min()}, {labels.max()}]")
+    if meta["num_samples"] > labels.size:
+        raise ZSLError(f"{att_path}: split locations go up to {meta['num_samples']} but {feat_path} has "
+                       f"{labels.size} samples")
+    features = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+    return ZSLDataset(name=name, features=features, labels=torch.from_numpy(labels - 1),
+                      attributes=meta["attributes"], class_names=meta["class_names"], splits=meta["splits"],
+                      source=feat_path, info={"attributes": attributes, "format": "xlsa17"})

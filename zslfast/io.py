@@ -1,0 +1,33 @@
+"""Atomic output files: written to a temporary name in the same folder, then renamed, so a crash or
+a full disk never leaves a truncated results file or checkpoint behind."""
+import json
+import os
+import tempfile
+
+import torch
+
+
+def _atomic(path, write):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    _atomic(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=False).encode() + b"\n"))
+
+
+def save_checkpoint(path, obj):
+    """torch.save ``obj`` to ``path`` atomically."""
+    _atomic(path, lambda f: torch.save(obj, f))
