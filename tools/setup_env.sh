@@ -14,7 +14,7 @@ PY="$VENV/bin/python"
 # torch==2.13.0 exactly: on these machines that is the CPU wheel on local disk; any looser spec
 # would download a multi-GB CUDA build. Build tools: ninja (fast parallel builds), pybind11.
 "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0 numpy scipy scikit-learn pyyaml tqdm \
-  pybind11 ninja pytest setuptools wheel
+  pybind11 ninja pytest setuptools wheel freia  # freia: test-only (FrEIA parity tests, bench_train baseline)
 
 stamp="$VENV/.zslfast-build-stamp"
 sources_hash=$(cat setup.py pyproject.toml $(find csrc -type f | sort) | sha1sum | cut -d' ' -f1)
