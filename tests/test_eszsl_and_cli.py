@@ -61,3 +61,14 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
         lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("[zslfast]")]
         assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_set_values_are_parsed_as_yaml_with_numbers_in_e_notation():
+    from zslfast.config import parse_set, resolve_config
+
+    assert parse_set("lr=3e-4") == {"lr": 3e-4}  # YAML 1.1 alone would give the string "3e-4"
+    assert parse_set("a.b=[1, 2]") == {"a": {"b": [1, 2]}}
+    assert parse_set("schedule=two_step") == {"schedule": "two_step"}
+    cfg = resolve_config("grw", "CUB", overrides=["rw.steps=2", "lr=1e-3"])
+    assert cfg["rw"]["steps"] == 2 and cfg["lr"] == 1e-3
+    assert cfg["lsr"]["margin"] == 0.04 and cfg["rw"]["decay"] == 0.7  # dataset layer and defaults kept

@@ -48,6 +48,11 @@ def parse_set(item):
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string; a number is meant
+            value = float(value)
+        except ValueError:
+            pass
     out = value
     for part in reversed(key.strip().split(".")):
         out = {part: out}

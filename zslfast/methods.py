@@ -1,6 +1,7 @@
 """The method registry and the run context that the training CLI hands to a method.
 
-A method is a class with ``name``, ``setting`` and ``run(data, config, ctx) -> MethodResult``;
+A method is a class with ``name``, ``setting``, ``selection`` (how it chooses its model, for the
+log line) and ``run(data, config, ctx) -> MethodResult``;
 registering it with :func:`register` makes it available as ``python -m zslfast.train --method NAME``
 with its configuration in ``zslfast/configs/NAME.yaml``.
 """

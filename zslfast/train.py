@@ -124,7 +124,7 @@ def run(args):
     load_s = time.perf_counter() - t0
     print(f"[zslfast] {method.name} on {data.summary()}", file=sys.stderr)
     print(f"[zslfast] device {device}, operator backend {ops.backend(device)}, seed {args.seed}, "
-          f"selection on {'TEST (original protocol)' if args.select_on_test else 'validation'}", file=sys.stderr)
+          f"selection on {'TEST (original protocol)' if args.select_on_test else method.selection}", file=sys.stderr)
 
     ctx = RunContext(device=device, seed=args.seed, quick=args.quick, select_on_test=args.select_on_test,
                      progress=not args.no_progress)

@@ -48,6 +48,7 @@ def fit_eszsl(features, labels, attributes, gamma, lam):
 class ESZSLMethod:
     name = "eszsl"
     setting = "zsl+gzsl"
+    selection = "validation"
 
     def run(self, data, config, ctx):
         t0 = time.perf_counter()

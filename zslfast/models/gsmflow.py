@@ -33,6 +33,7 @@ from zslfast.eval.classifier import train_softmax_classifier
 from zslfast.eval.metrics import harmonic_mean, per_class_accuracy, predict
 from zslfast.methods import MethodResult, register
 from zslfast.nn import ConditionalFlow
+from zslfast.optim import adam
 
 
 def select_anchors(att):
@@ -96,8 +97,7 @@ def train_flow(data, cfg, ctx, evaluate=None, epochs=None, desc="gsmflow"):
     anchor_pool = att[seen] if cfg["anchors"] == "seen" else att
     anchors = anchor_pool[select_anchors(anchor_pool)]
     model = GSMFlowModel(data.feature_dim, anchors, cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                           fused=device.type in ("cpu", "cuda"))
+    opt = adam(model.parameters(), device, cfg["lr"], cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["lr_step_epochs"], gamma=cfg["lr_gamma"])
     # Class means of the real training features: the prototype targets (§2f).
     counts = torch.bincount(y_all, minlength=data.num_classes).clamp_min(1).to(x_all.dtype)
@@ -178,6 +178,7 @@ def evaluate_model(model, data, cfg, ctx, split_data=None, select_on_split=False
 class GSMFlowMethod:
     name = "gsmflow"
     setting = "zsl+gzsl"
+    selection = "validation"
 
     def run(self, data, config, ctx):
         t0 = time.perf_counter()

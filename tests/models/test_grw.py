@@ -1,0 +1,181 @@
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zslfast.config import resolve_config
+from zslfast.data import make_synthetic
+from zslfast.models.grw import (Formulation, GRWTrainer, OriginalFormulation, attribute_neighbours, class_means,
+                                random_walk_loss)
+from zslfast.train import main
+
+
+@pytest.mark.parametrize("backend", ["ext", "torch"])
+@pytest.mark.parametrize("target", ["diag", "uniform"])
+def test_walk_loss_with_uniform_transitions_is_its_closed_form(backend, target, use_backend):
+    # All centers equal and all points equal: every transition is uniform, so every T_t is the
+    # uniform K×K matrix (ℓ_t = log K for both targets) and every point is visited alike (log M).
+    use_backend(backend)
+    k, m, steps, decay = 4, 9, 3, 0.7
+    centers = torch.ones(k, 6, dtype=torch.float64)
+    points = torch.full((m, 6), 2.0, dtype=torch.float64)
+    loss = random_walk_loss(centers, points, steps, decay, target, visit_weight=0.5)
+    expected = math.log(k) * sum(decay ** t for t in range(steps + 1)) + 0.5 * math.log(m)
+    assert float(loss) == pytest.approx(expected, rel=1e-10)
+
+
+def test_walk_loss_rejects_unknown_target():
+    with pytest.raises(ValueError, match="target"):
+        random_walk_loss(torch.rand(2, 3), torch.rand(4, 3), 1, 0.7, "diagonal")
+
+
+def test_euclidean_loss_by_hand():
+    # class 0: mean of (0,0) and (2,0) is (1,0), 3 away from μ_0 = (1,3); class 1 absent; K = 2.
+    x = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    y = torch.tensor([0, 0])
+    mu = torch.tensor([[1.0, 3.0], [5.0, 5.0]])
+    assert float(Formulation().euclidean_loss(x, y, mu)) == pytest.approx(1.5)
+
+
+def test_correlation_loss_by_hand():
+    # Class 0's generated mean (1,1) has cosine 1/√2 to both real means (1,0) and (0,1).
+    # Neighbour 0 (itself, σ=1): lower bound 0.99 violated by 0.99 − 1/√2.
+    # Neighbour 1 (σ=0.5): upper bound 0.51 violated by 1/√2 − 0.51. Class 1 is absent.
+    x = torch.tensor([[1.0, 1.0]])
+    y = torch.tensor([0])
+    mu = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    neighbours = torch.tensor([[0, 1], [1, 0]])
+    sigma = torch.tensor([[1.0, 0.5], [1.0, 0.5]])
+    c = 1 / math.sqrt(2)
+    expected = 20 * ((0.99 - c) ** 2 + (c - 0.51) ** 2)
+    for f in (Formulation(), OriginalFormulation()):
+        got = f.correlation_loss(x, y, mu, neighbours, sigma, margin=0.01, lower=0.01, weight=20, reduction="sum")
+        assert float(got) == pytest.approx(expected, rel=1e-6)
+    mean = Formulation().correlation_loss(x, y, mu, neighbours, sigma, 0.01, 0.01, 1.0, "mean")
+    assert float(mean) == pytest.approx(expected / 20 / 2, rel=1e-6)
+
+
+def test_class_means_and_neighbours():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0]])
+    means, counts = class_means(x, torch.tensor([2, 2, 0]), 3)
+    torch.testing.assert_close(means, torch.tensor([[10.0, 0.0], [0.0, 0.0], [2.0, 3.0]]))
+    assert counts.tolist() == [1, 0, 2]
+    att = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    idx, val = attribute_neighbours(att, 2)
+    assert idx[:, 0].tolist() == [0, 1, 2]  # each class is its own first neighbour (σ = 1)
+    assert idx[0, 1] == 1 and idx[2, 1] == 1
+    torch.testing.assert_close(val[:, 0], torch.ones(3))
+
+
+@pytest.mark.parametrize("target", ["diag", "uniform"])
+def test_walk_loss_equals_the_dense_original(target):
+    g = torch.Generator().manual_seed(0)
+    centers = torch.rand(5, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    points = torch.rand(30, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    ours = random_walk_loss(centers, points, 4, 0.7, target, 1.0)
+    theirs = OriginalFormulation().walk_loss(centers, points, 4, 0.7, target, 1.0, 1.0)
+    torch.testing.assert_close(ours, theirs)
+    g1 = torch.autograd.grad(ours, (centers, points))
+    g2 = torch.autograd.grad(theirs, (centers, points))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+def _trainer(formulation="zslfast", k=20, method="interpolation", schedule="one_step", dtype=torch.float32):
+    data = make_synthetic(seed=0)
+    cfg = resolve_config("grw", "synthetic", overrides=[f"attribute_generation={method}", f"schedule={schedule}",
+                                                         "hidden=64"])
+    tr = GRWTrainer(data, cfg, torch.device("cpu"), seed=0, formulation=formulation)
+    tr.model.to(dtype)
+    tr.att, tr.mu = tr.att.to(dtype), tr.mu.to(dtype)
+    x = data.features.to(dtype)
+    idx = torch.nonzero(data.labels < k).squeeze(1)
+    tr.start_task(k, torch.arange(k), x[idx], data.labels[idx])
+    return tr, x[idx[::7][:64]], data.labels[idx[::7][:64]]
+
+
+@pytest.mark.parametrize("method", ["interpolation", "learnable"])
+def test_training_step_equals_the_original_formulation(method):
+    """Same seed, same batch: zslfast's step and the original formulation's give the same losses and
+    the same updated weights (D on repeated rows, dense walks and class loops are only slower).
+    In float64: Adam's first steps move every weight by ±lr whatever the gradient's size, so float32
+    rounding of near-zero gradients would flip some updates."""
+    ours, x, y = _trainer("zslfast", method=method, dtype=torch.float64)
+    theirs, _, _ = _trainer("original", method=method, dtype=torch.float64)
+    for _ in range(2):
+        a, b = ours.step(x, y), theirs.step(x, y)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-9, atol=1e-9)
+    for (name, p), q in zip(ours.model.named_parameters(), theirs.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_seen_scores_equal_the_repeated_embedder():
+    tr, x, _ = _trainer()
+    att = tr.att[:20]
+    protos = tr.model.embedder(att)
+    torch.testing.assert_close(Formulation().seen_scores(tr.model.embedder, att, protos, x, 10.0),
+                               OriginalFormulation().seen_scores(tr.model.embedder, att, protos, x, 10.0),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_learnable_dictionary_rows_stay_within_max_norm():
+    tr, x, y = _trainer(method="learnable")
+    max_norm = float(tr.att.norm(dim=1).max())
+    assert tr.dictionary.max_norm == pytest.approx(max_norm)
+    assert float(tr.dictionary.weight.detach().norm(dim=1).max()) <= max_norm * (1 + 1e-6)  # interpolations of rows
+    before = tr.dictionary.weight.detach().clone()
+    for _ in range(5):
+        tr.step(x, y)
+        rows = tr.hallucinate(y)  # a lookup renormalises the rows it returns
+        assert float(rows.detach().norm(dim=1).max()) <= max_norm * (1 + 1e-5)
+    assert not torch.equal(before, tr.dictionary.weight)  # the dictionary is trained
+
+
+def test_interpolated_attributes_are_convex_mixtures_of_batch_classes():
+    tr, _, _ = _trainer()
+    c = tr.att.shape[0]
+    tr.att = torch.eye(c)  # one-hot attributes make the mixing weights readable
+    y = torch.arange(16)
+    a = tr.hallucinate(y)
+    torch.testing.assert_close(a.sum(1), torch.ones(16))
+    top = a.max(1).values
+    assert ((top >= 0.5 - 1e-6) & (top <= 0.8 + 1e-6) | (top > 1 - 1e-6)).all()
+    assert (a[:, 16:] == 0).all()  # only classes of the batch are mixed
+
+
+@pytest.mark.parametrize("schedule,steps", [("one_step", 1), ("two_step", 2)])
+def test_schedules_take_one_or_two_generator_steps(schedule, steps):
+    tr, x, y = _trainer(schedule=schedule)
+    tr.step(x, y)
+    state = tr.opt_g.state[next(tr.model.generator.parameters())]
+    assert int(state["step"]) == steps
+    assert int(tr.opt_d.state[next(tr.model.embedder.parameters())]["step"]) == 1
+
+
+def test_continual_run_reports_every_trained_task(tmp_path):
+    out = tmp_path / "grw"
+    assert main(["--method", "grw", "--quick", "--no-progress", "--out", str(out),
+                 "--set", "num_tasks=4", "--set", "hidden=128"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    tasks = res["per_task"]
+    assert [t["task"] for t in tasks] == [1, 2, 3]  # T−1 tasks, the last one is never trained
+    assert [t["seen_classes"] for t in tasks] == [10, 20, 30]
+    for t in tasks:
+        assert t["H"] == pytest.approx(0 if t["S"] == 0 or t["U"] == 0 else 2 * t["S"] * t["U"] / (t["S"] + t["U"]))
+    m = res["metrics"]
+    assert m["mH"] == pytest.approx(sum(t["H"] for t in tasks) / 3)
+    assert m["mSA"] == pytest.approx(sum(t["S"] for t in tasks) / 3)
+    assert m["mUA"] == pytest.approx(sum(t["U"] for t in tasks) / 3)
+    assert m["mSA"] > 20  # well above chance (1/50 of all classes), even after one epoch per task
+
+
+def test_continual_run_rejects_bad_settings(tmp_path, capsys):
+    assert main(["--method", "grw", "--quick", "--no-progress", "--out", str(tmp_path / "a"),
+                 "--set", "attribute_generation=random"]) == 2
+    assert "attribute_generation" in capsys.readouterr().err
+    assert main(["--method", "grw", "--quick", "--no-progress", "--out", str(tmp_path / "b"),
+                 "--select-on-test"]) == 2
+    assert "select-on-test" in capsys.readouterr().err

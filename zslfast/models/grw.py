@@ -1,0 +1,478 @@
+"""GRW-CZSL: "Continual Zero-Shot Learning through Semantically Guided Generative Random Walks"
+(Zhang et al., ICCV 2023; reference note grw_czsl.md, section numbers below refer to it).
+
+Classes arrive in tasks (:class:`zslfast.data.ContinualSplit`). A generator G(z, a) produces visual
+features from class attributes, and an embedder D(a) maps attributes to visual prototypes; every
+classification is the scaled cosine between a feature and the prototypes D(a_k) (§2). Per batch, D
+takes one step on its loss (§3.1) and G one step on the seen loss, the creativity loss on features
+generated from hallucinated attributes, and four random-walk losses (§3.2–3.4). Hallucinated
+attributes are interpolations of the batch's attributes or rows of a learnable dictionary (§2). Real
+features of old classes are replayed from a buffer (§1.2). After each task the prototypes of all C
+classes are scored on the test images: S over the seen-so-far classes, U over the rest (§1.3, §5).
+
+Conscious choices (§7), each a config key:
+- ``schedule: one_step`` (default): one G step per batch on all G losses after D's step, with D's
+  prototypes recomputed after its update (the ``beta`` branch, which runs on modern PyTorch).
+  ``two_step`` is the ``main`` branch's schedule: a G step on the seen losses, then, without zeroing
+  the gradients, a second step on the creativity and walk losses, so the seen gradients are applied
+  twice (§3.5, §7.3). Modern autograd cannot backpropagate through activations of weights updated in
+  place, so the second half's forward runs on the once-updated G.
+- Loss formulas follow ``main`` (the source of the paper's Table 1): the neighbour-correlation loss
+  is a sum over the classes present in the batch × 3 neighbours with weight 20 and the CUB margin
+  0.04; the Euclidean loss sums over present classes and divides by K (§3.2, §7.4). Class means are
+  true per-class means of the generated batch (``beta`` broadcasts them wrongly, §10).
+  ``lsr.reduction: mean`` with ``lsr.weight: 1`` and ``lsr.margin: 0.01`` gives ``beta``'s scaling.
+- The walks run on raw generator outputs with temperature 1 over cosines, like the original (§7.6);
+  ``class_visit_loss`` is not added (it is dead code in the original, §7.7); the "discr" walks train
+  G only (§7.8).
+- The learnable dictionary has one row per class of the whole dataset, is rebuilt every task and
+  renormalised to max_norm = the largest attribute norm on lookup (§7.9).
+- log(mean cosine) gets an ε (``log_eps``) so that a dead embedder cannot give −inf (§7.10).
+- Features are used raw, as in the original (§7.11); the replay buffer keeps the first q rows per
+  class (§7.12); evaluation scores all C classes without calibration (§7.14).
+- There is no model selection: every task trains a fixed number of epochs and is evaluated after
+  the last one, as in the original, so no test data influences training (``--select-on-test`` has
+  nothing to select and is refused).
+
+Efficiency the original lacks (§8): walks propagate Q_{t+1} = Q_t·P_xx through the fused
+``random_walk_landing`` operator instead of forming P_xx^t; the seen-class prototypes D(A_seen) are
+computed once per step and scored with one cosine GEMM (``pairwise_distance``) instead of running D on
+B×K repeated rows; the neighbour-correlation and Euclidean losses are segment means and gathers, not
+Python loops over classes; evaluation uses the blocked ``nearest_prototype``. The original
+formulation of those pieces is kept in :class:`OriginalFormulation` as a test oracle and the
+benchmark baseline (``benchmarks/bench_train.py --method grw``).
+"""
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from zslfast import ops
+from zslfast.data.continual import CONTINUAL_SETTINGS, ContinualSplit, ReplayBuffer
+from zslfast.errors import ZSLError
+from zslfast.eval.metrics import continual_summary, harmonic_mean, per_class_accuracy
+from zslfast.methods import MethodResult, register
+from zslfast.optim import adam
+from zslfast.ops import reference
+
+ATTRIBUTE_GENERATION = ("interpolation", "learnable")
+SCHEDULES = ("one_step", "two_step")
+
+
+# ----------------------------------------------------------------------------------------- networks
+def _xavier(module):
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    """G(z, a) = Sigmoid(W2 · ReLU(W1 · [z, a] + b1) + b2), z of the attribute's size (§2).
+
+    ``forward(z, a, index)`` takes per-class attributes ``a`` [n_cls, d_a] and the class row of each
+    sample ``index`` [n]: the attribute half of the first layer is then computed once per class.
+    """
+
+    def __init__(self, attribute_dim, feature_dim, hidden=1024):
+        super().__init__()
+        self.attribute_dim = attribute_dim
+        self.fc1 = nn.Linear(2 * attribute_dim, hidden)
+        self.fc2 = nn.Linear(hidden, feature_dim)
+        _xavier(self)
+
+    def forward(self, z, a, index=None):
+        d = self.attribute_dim
+        cond = torch.addmm(self.fc1.bias, a, self.fc1.weight[:, d:].T)  # per attribute row
+        if index is not None:
+            cond = cond[index]
+        h = torch.relu(torch.addmm(cond, z, self.fc1.weight[:, :d].T))
+        return torch.sigmoid(self.fc2(h))
+
+
+class Embedder(nn.Module):
+    """D(a) = ReLU(W2 · ReLU(W1 · a + b1) + b2): class attributes to visual prototypes (§2)."""
+
+    def __init__(self, attribute_dim, feature_dim, hidden=1024):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(attribute_dim, hidden), nn.ReLU(), nn.Linear(hidden, feature_dim),
+                                 nn.ReLU())
+        _xavier(self)
+
+    def forward(self, a):
+        return self.net(a)
+
+
+class GRWModel(nn.Module):
+    def __init__(self, attribute_dim, feature_dim, hidden=1024):
+        super().__init__()
+        self.generator = Generator(attribute_dim, feature_dim, hidden)
+        self.embedder = Embedder(attribute_dim, feature_dim, hidden)
+
+    def generate_per_class(self, att, n, generator):
+        """n samples for every row of ``att`` [K, d_a], class-major ([K·n, D])."""
+        k = att.shape[0]
+        z = torch.randn(k * n, att.shape[1], generator=generator, device=att.device, dtype=att.dtype)
+        index = torch.arange(k, device=att.device).repeat_interleave(n)
+        return self.generator(z, att, index)
+
+
+# ------------------------------------------------------------------------------------------- losses
+def cosine_scores(x, prototypes, scale):
+    """scale · cos(x_b, p_k), [B, K] (one GEMM through ``ops.pairwise_distance``)."""
+    return scale * (1 - ops.pairwise_distance(x, prototypes, "cosine"))
+
+
+def log_mean_cosine(a, b, scale, eps):
+    """log(mean_b scale·cos(a_b, b_b) + eps), the alignment term of §3.1–3.2."""
+    return torch.log(scale * F.cosine_similarity(a, b, dim=1).mean() + eps)
+
+
+def class_means(x, y, num_classes):
+    """Per-class means of ``x`` [B, D] by labels ``y`` (segment mean) and the class counts."""
+    counts = torch.bincount(y, minlength=num_classes)
+    sums = x.new_zeros(num_classes, x.shape[1]).index_add_(0, y, x)
+    return sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype), counts
+
+
+def attribute_neighbours(att, n=3):
+    """The n classes with the highest attribute cosine to each class (itself first) and those
+    cosines σ: ([K, n] indices, [K, n] values)."""
+    a = F.normalize(att, dim=1)
+    sim = a @ a.T
+    values, index = sim.topk(min(n, att.shape[0]), dim=1)
+    return index, values
+
+
+def random_walk_loss(centers, points, steps, decay, target, visit_weight=1.0, temperature=1.0, clamp=1e-10):
+    """The generative random-walk loss of §3.4: Σ_t γ^t ℓ_t + visit_weight · L_visit.
+
+    Walks start at each center, step to a point, take t point-to-point steps and land on a center
+    (T_t = P_cx·P_xx^t·P_xc, t = 0..steps). ``target="diag"``: ℓ_t = −mean_i log T_t[i,i] (return to
+    the start); ``"uniform"``: ℓ_t = −mean_ij log T_t[i,j] (land anywhere alike). L_visit =
+    −mean_j log v_j with v the mean over centers of P_cx (every point visited alike).
+    Probabilities are clamped to [clamp, 1−clamp] before the logs, as in the original.
+    """
+    if target not in ("diag", "uniform"):
+        raise ValueError(f"target must be 'diag' or 'uniform', got {target!r}")
+    landing = ops.random_walk_landing(centers, points, steps, temperature).clamp(clamp, 1 - clamp).log()
+    if target == "diag":
+        per_step = -landing.diagonal(dim1=1, dim2=2).mean(1)
+    else:
+        per_step = -landing.mean((1, 2))
+    weights = decay ** torch.arange(steps + 1, device=per_step.device, dtype=per_step.dtype)
+    loss = (weights * per_step).sum()
+    if visit_weight:
+        visit = ops.transition_matrix(centers, points, temperature).mean(0)
+        loss = loss + visit_weight * -visit.clamp(clamp, 1 - clamp).log().mean()
+    return loss
+
+
+class Formulation:
+    """How the hot pieces of a GRW step are computed. This class is zslfast's formulation (§8);
+    :class:`OriginalFormulation` is the original code's, kept as test oracle and benchmark baseline."""
+
+    name = "zslfast"
+
+    def seen_scores(self, embedder, att_seen, prototypes, x, scale):
+        """scale·cos(x_b, D(a_k)) for k < K, [B, K], from the prototypes computed once per step."""
+        return cosine_scores(x, prototypes, scale)
+
+    def walk_loss(self, centers, points, steps, decay, target, visit_weight, temperature):
+        return random_walk_loss(centers, points, steps, decay, target, visit_weight, temperature)
+
+    def euclidean_loss(self, x_gen, y, mu_seen):
+        """(1/K) Σ_{k in batch} ‖mean_{b: y_b=k} x̃_b − μ_k‖₂ (§3.2)."""
+        k = mu_seen.shape[0]
+        means, counts = class_means(x_gen, y, k)
+        present = counts > 0
+        return (means[present] - mu_seen[present]).norm(dim=1).sum() / k
+
+    def correlation_loss(self, x_gen, y, mu_seen, neighbours, sigma, margin, lower, weight, reduction):
+        """The neighbour-correlation loss of §3.2: the cosine c_kn between class k's generated mean
+        and the real mean of its n-th attribute neighbour must stay within [σ_kn − lower, σ_kn + margin]."""
+        means, counts = class_means(x_gen, y, mu_seen.shape[0])
+        present = torch.nonzero(counts > 0).squeeze(1)
+        nb = neighbours[present]
+        c = (F.normalize(means[present], dim=1).unsqueeze(1) * F.normalize(mu_seen, dim=1)[nb]).sum(-1)
+        s = sigma[present]
+        pen = torch.relu(c - (s + margin)) ** 2 + torch.relu((s - lower) - c) ** 2
+        return weight * (pen.sum() if reduction == "sum" else pen.mean())
+
+
+class OriginalFormulation(Formulation):
+    """The original code's formulation of the same quantities (IGCZSL ``main``): D run on B×K
+    repeated attribute rows, walks through explicit matrix powers P_xx^t with one shared S_xc, Python
+    loops over classes. Same values as :class:`Formulation` up to rounding; much slower."""
+
+    name = "original"
+
+    def seen_scores(self, embedder, att_seen, prototypes, x, scale):
+        b, k = x.shape[0], att_seen.shape[0]
+        protos = embedder(att_seen.unsqueeze(0).expand(b, k, -1).reshape(b * k, -1)).view(b, k, -1)
+        return scale * F.cosine_similarity(protos, x.unsqueeze(1).expand(b, k, -1), dim=2)
+
+    def walk_loss(self, centers, points, steps, decay, target, visit_weight, temperature, clamp=1e-10):
+        s_xc = reference.similarity(points, centers, "cosine") / temperature
+        p_cx = torch.softmax(s_xc.T, dim=1)
+        landing = reference.random_walk_landing_dense(centers, points, steps, temperature).clamp(clamp, 1 - clamp)
+        loss = 0.0
+        for t in range(steps + 1):
+            lt = torch.log(landing[t])
+            loss = loss + decay ** t * -(torch.diagonal(lt).mean() if target == "diag" else lt.mean())
+        if visit_weight:
+            loss = loss + visit_weight * -torch.log(p_cx.mean(0).clamp(clamp, 1 - clamp)).mean()
+        return loss
+
+    def euclidean_loss(self, x_gen, y, mu_seen):
+        loss = 0.0
+        for k in torch.unique(y).tolist():
+            loss = loss + (x_gen[y == k].mean(0) - mu_seen[k]).norm()
+        return loss / mu_seen.shape[0]
+
+    def correlation_loss(self, x_gen, y, mu_seen, neighbours, sigma, margin, lower, weight, reduction):
+        terms = []
+        for k in torch.unique(y).tolist():
+            m = x_gen[y == k].mean(0)
+            for n in range(neighbours.shape[1]):
+                c = F.cosine_similarity(m, mu_seen[neighbours[k, n]], dim=0)
+                s = sigma[k, n]
+                terms.append(torch.relu(c - (s + margin)) ** 2 + torch.relu((s - lower) - c) ** 2)
+        pen = torch.stack(terms)
+        return weight * (pen.sum() if reduction == "sum" else pen.mean())
+
+
+FORMULATIONS = {"zslfast": Formulation, "original": OriginalFormulation}
+
+
+# ------------------------------------------------------------------------------------------ trainer
+class GRWTrainer:
+    """One continual GRW run: the networks, the per-task optimisers, the class means and the step.
+
+    Args:
+        data: a :class:`zslfast.data.ZSLDataset` already on the training device.
+        cfg: the resolved ``grw`` config.
+        device, seed: where to run and the seed of all random draws.
+        formulation: ``"zslfast"`` or ``"original"`` (the benchmark baseline, same values).
+    """
+
+    def __init__(self, data, cfg, device, seed=0, formulation="zslfast"):
+        if cfg["attribute_generation"] not in ATTRIBUTE_GENERATION:
+            raise ZSLError(f"attribute_generation must be one of {', '.join(ATTRIBUTE_GENERATION)}, "
+                           f"got {cfg['attribute_generation']!r}")
+        if cfg["schedule"] not in SCHEDULES:
+            raise ZSLError(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg['schedule']!r}")
+        if cfg["lsr"]["reduction"] not in ("sum", "mean"):
+            raise ZSLError(f"lsr.reduction must be 'sum' or 'mean', got {cfg['lsr']['reduction']!r}")
+        self.data, self.cfg, self.device = data, cfg, device
+        self.method = cfg["attribute_generation"]
+        self.f = FORMULATIONS[formulation]()
+        torch.manual_seed(seed)  # network initialisation
+        self.model = GRWModel(data.attribute_dim, data.feature_dim, cfg["hidden"]).to(device)
+        self.att = data.attributes.to(device)
+        self.mu = torch.zeros(data.num_classes, data.feature_dim, device=device)  # real class means
+        self.gen = torch.Generator(device=device).manual_seed(seed)  # noise, drawn on the device
+        self.dictionary = None
+        self.num_seen = 0
+
+    # --------------------------------------------------------------------------- per task
+    def start_task(self, seen, new_classes, new_x, new_y):
+        """Prepare task training: K = ``seen`` classes, real means of the new classes from their
+        training features, fresh optimisers (the original re-creates them every task), neighbour lists
+        and, for the learnable method, a freshly initialised dictionary."""
+        cfg = self.cfg
+        self.num_seen = seen
+        means, counts = class_means(new_x, new_y, self.data.num_classes)
+        new = new_classes.to(self.device)
+        if (counts[new] == 0).any():
+            raise ZSLError(f"task with classes {new.tolist()}: some classes have no training samples")
+        self.mu[new] = means[new]
+        self.neighbours, self.sigma = attribute_neighbours(self.att[:seen], cfg["neighbours"])
+        m = self.model
+        self.opt_d = adam(m.embedder.parameters(), self.device, cfg["lr"], cfg["weight_decay"])
+        self.opt_g = adam(m.generator.parameters(), self.device, cfg["lr"], cfg["weight_decay"])
+        if self.method == "learnable":
+            c, d_a = self.att.shape
+            lo, hi = cfg["interpolation_range"]
+            i = torch.randint(seen, (c,), generator=self.gen, device=self.device)
+            j = torch.randint(seen, (c,), generator=self.gen, device=self.device)
+            alpha = lo + (hi - lo) * torch.rand(c, 1, generator=self.gen, device=self.device, dtype=self.att.dtype)
+            self.dictionary = nn.Embedding(c, d_a, max_norm=float(self.att.norm(dim=1).max())).to(self.att)
+            with torch.no_grad():
+                self.dictionary.weight.copy_(alpha * self.att[i] + (1 - alpha) * self.att[j])
+            self.opt_dict = adam(self.dictionary.parameters(), self.device, cfg["dic_lr"], cfg["weight_decay"])
+
+    def hallucinate(self, y):
+        """One hallucinated attribute per batch element (§2): an interpolation of two batch
+        attributes with α ~ U[lo, hi], or a uniformly drawn dictionary row."""
+        b = y.shape[0]
+        if self.method == "learnable":
+            return self.dictionary(torch.randint(self.att.shape[0], (b,), generator=self.gen, device=self.device))
+        lo, hi = self.cfg["interpolation_range"]
+        a = self.att[y]
+        p1 = torch.randperm(b, generator=self.gen, device=self.device)
+        p2 = torch.randperm(b, generator=self.gen, device=self.device)
+        alpha = lo + (hi - lo) * torch.rand(b, 1, generator=self.gen, device=self.device, dtype=a.dtype)
+        return alpha * a[p1] + (1 - alpha) * a[p2]
+
+    # --------------------------------------------------------------------------- losses
+    def d_loss(self, x, y, x_fake):
+        cfg, k = self.cfg, self.num_seen
+        protos = self.model.embedder(self.att[:k])
+        scale, eps = cfg["scale"], cfg["log_eps"]
+        scores = self.f.seen_scores(self.model.embedder, self.att[:k], protos, x, scale)
+        return (-log_mean_cosine(protos[y], x, scale, eps) + log_mean_cosine(protos[y], x_fake, scale, eps)
+                + cfg["cls_weight"] * F.cross_entropy(scores, y) + F.mse_loss(protos, self.mu[:k]))
+
+    def g_seen_loss(self, x_gen, y, protos):
+        cfg, k = self.cfg, self.num_seen
+        scale, lsr = cfg["scale"], cfg["lsr"]
+        scores = self.f.seen_scores(self.model.embedder, self.att[:k], protos, x_gen, scale)
+        loss = (-log_mean_cosine(protos[y], x_gen, scale, cfg["log_eps"]) + cfg["cls_weight"] * F.cross_entropy(scores, y)
+                + self.f.correlation_loss(x_gen, y, self.mu[:k], self.neighbours, self.sigma, lsr["margin"],
+                                          lsr["lower"], lsr["weight"], lsr["reduction"]))
+        if cfg["euclidean"]:
+            loss = loss + self.f.euclidean_loss(x_gen, y, self.mu[:k])
+        return loss
+
+    def g_creative_loss(self, x, y, protos):
+        """The creativity loss (§3.3) and the four random-walk losses (§3.4)."""
+        cfg, k, rw = self.cfg, self.num_seen, self.cfg["rw"]
+        scale, n = cfg["scale"], rw["samples_per_class"]
+        att_h = self.hallucinate(y)
+        z = torch.randn(y.shape[0], att_h.shape[1], generator=self.gen, device=self.device, dtype=att_h.dtype)
+        x_h = F.normalize(self.model.generator(z, att_h), dim=1)
+        scores_h = self.f.seen_scores(self.model.embedder, self.att[:k], protos, x_h, scale)
+        loss = (-cfg["creative_weight"][self.method] * F.log_softmax(scores_h, dim=1).mean() / k
+                - scale * F.cosine_similarity(self.model.embedder(att_h), x_h, dim=1).mean())
+
+        def walk(centers, points, target):
+            return self.f.walk_loss(centers, points, rw["steps"], rw["decay"], target, rw["visit_weight"],
+                                    rw["temperature"])
+
+        def fresh_prototypes():
+            samples = self.model.generate_per_class(self.att[:k], n, self.gen)
+            return samples, samples.view(k, n, -1).mean(1)
+
+        w = rw["weights"]
+        samples, centers = fresh_prototypes()
+        loss = loss + w["discr_imitative"] * walk(centers, samples, "diag")
+        _, centers = fresh_prototypes()
+        loss = loss + w["discr_real"] * walk(centers[torch.unique(y)], x, "diag")
+        samples, centers = fresh_prototypes()
+        loss = loss + w["gen_imitative"] * walk(centers, samples, "diag")
+        _, centers = fresh_prototypes()
+        return loss + cfg["grw_creative_weight"][self.method] * walk(centers, x_h, "uniform")
+
+    # --------------------------------------------------------------------------- one batch
+    def step(self, x, y):
+        """One training batch: a D step, then the G step(s) of the configured schedule. Returns the
+        loss values (floats are synchronised only when the caller reads them)."""
+        m, k = self.model, self.num_seen
+        z = torch.randn(y.shape[0], self.att.shape[1], generator=self.gen, device=self.device, dtype=self.att.dtype)
+        with torch.no_grad():
+            x_fake = m.generator(z, self.att[:k], y)
+        loss_d = self.d_loss(x, y, x_fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # G step(s): D is fixed, and D(A_seen) is a constant for G (it depends on no G output).
+        m.embedder.requires_grad_(False)
+        try:
+            with torch.no_grad():
+                protos = m.embedder(self.att[:k])
+            self.opt_g.zero_grad(set_to_none=True)
+            if self.dictionary is not None:
+                self.opt_dict.zero_grad(set_to_none=True)
+            loss_seen = self.g_seen_loss(m.generator(z, self.att[:k], y), y, protos)
+            if self.cfg["schedule"] == "two_step":
+                loss_seen.backward()
+                self.opt_g.step()  # the seen gradients stay and are applied again below (§3.5)
+                loss_cr = self.g_creative_loss(x, y, protos)
+                loss_cr.backward()
+            else:
+                loss_cr = self.g_creative_loss(x, y, protos)
+                (loss_seen + loss_cr).backward()
+            self.opt_g.step()
+            if self.dictionary is not None:
+                self.opt_dict.step()
+        finally:
+            m.embedder.requires_grad_(True)
+        return {"d": loss_d.detach(), "g_seen": loss_seen.detach(), "g_creative": loss_cr.detach()}
+
+    # --------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def predict(self, x, batch=8192):
+        """Nearest prototype D(a_c) by cosine over all C classes (§5)."""
+        protos = self.model.embedder(self.att)
+        return torch.cat([ops.nearest_prototype(x[i:i + batch], protos, "cosine") for i in range(0, x.shape[0], batch)])
+
+    def evaluate(self, task):
+        """S, U (percent, per-class mean top-1 over all-class predictions) and H after ``task``."""
+        feats, labels = self.data.features, self.data.labels
+        idx_s, idx_u = task.test_seen.to(self.device), task.test_unseen.to(self.device)
+        s = per_class_accuracy(self.predict(feats[idx_s]), labels[idx_s])
+        u = per_class_accuracy(self.predict(feats[idx_u]), labels[idx_u])
+        return {"S": 100 * s, "U": 100 * u, "H": 100 * harmonic_mean(s, u)}
+
+
+def continual_setting(data, cfg):
+    """(classes per task, number of tasks): the config's, else the original's for the dataset name,
+    else five tasks."""
+    s, t = cfg["classes_per_task"], cfg["num_tasks"]
+    if s is None or t is None:
+        ds, dt = CONTINUAL_SETTINGS.get(data.name, (max(1, data.num_classes // 5), 5))
+        s, t = s or ds, t or dt
+    return int(s), int(t)
+
+
+@register
+class GRWMethod:
+    name = "grw"
+    setting = "continual gzsl"
+    selection = "none (fixed epochs per task)"
+
+    def run(self, data, config, ctx):
+        if ctx.select_on_test:
+            raise ZSLError("--select-on-test: GRW has no model selection (each task trains a fixed number of "
+                           "epochs and is evaluated once, as in the original)")
+        t0 = time.perf_counter()
+        s, t = continual_setting(data, config)
+        split = ContinualSplit(data.labels, data.num_classes, s, t, **config["split"])
+        data = data.to(ctx.device)
+        trainer = GRWTrainer(data, config, ctx.device, ctx.seed)
+        buffer = ReplayBuffer(config["buffer_size"])
+        order = ctx.generator(1)  # batch order, on the CPU so that runs match across devices
+        per_task = []
+        for ti in tqdm(split.trained_tasks, desc="grw tasks", disable=not ctx.progress):
+            t_task = time.perf_counter()
+            task = split.task(ti)
+            train_idx = torch.cat([task.train, buffer.indices])
+            new_idx = task.train.to(ctx.device)
+            trainer.start_task(task.seen_classes.numel(), task.new_classes, data.features[new_idx],
+                               data.labels[new_idx])
+            n, b = train_idx.numel(), config["batch_size"]
+            bar = tqdm(range(config["epochs"]), desc=f"task {ti}/{t - 1}", leave=False, disable=not ctx.progress)
+            for _ in bar:
+                perm = train_idx[torch.randperm(n, generator=order)].to(ctx.device)
+                for i in range(0, n, b):
+                    idx = perm[i:i + b]
+                    if idx.numel() < 2:  # the original skips batches of one sample
+                        continue
+                    losses = trainer.step(data.features[idx], data.labels[idx])
+                bar.set_postfix({key: f"{float(v):.3f}" for key, v in losses.items()})
+            buffer.update(task, split.labels)
+            metrics = trainer.evaluate(task)
+            per_task.append({"task": ti, "seen_classes": task.seen_classes.numel(), **metrics,
+                             "train_samples": n, "seconds": time.perf_counter() - t_task})
+            if ctx.progress:
+                tqdm.write(f"[grw] task {ti}: S {metrics['S']:.2f} U {metrics['U']:.2f} H {metrics['H']:.2f}")
+        state = {"model": {k: v.cpu() for k, v in trainer.model.state_dict().items()}, "class_means": trainer.mu.cpu()}
+        if trainer.dictionary is not None:
+            state["dictionary"] = trainer.dictionary.weight.detach().cpu()
+        return MethodResult(metrics=continual_summary(per_task), state=state, per_task=per_task,
+                            selection={"on": "none (fixed epochs per task, evaluated after each task's last epoch)"},
+                            timings={"train_s": time.perf_counter() - t0})
