@@ -1,2 +1,2 @@
 """One module per method; importing this package registers them all (see zslfast.methods)."""
-from zslfast.models import eszsl, gsmflow  # noqa: F401
+from zslfast.models import cvc, eszsl, grw, gsmflow  # noqa: F401

@@ -1,0 +1,102 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zslfast.models.cvc import CVCModel, EpisodeSampler, generalized_cross_entropy, pseudo_labels
+from zslfast.train import main
+
+
+def test_generalized_cross_entropy_closed_form_and_limits():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    p = torch.softmax(logits, 1)[[0, 1], [0, 1]]
+    for q in (0.5, 1.0):
+        expected = ((1 - (p + 1e-8) ** q) / q).mean()
+        torch.testing.assert_close(generalized_cross_entropy(logits, y, q), expected)
+    # q = 1 is the mean absolute error 1 − p_y; q → 0 approaches the cross-entropy.
+    torch.testing.assert_close(generalized_cross_entropy(logits, y, 1.0), (1 - p - 1e-8).mean())
+    ce = F.cross_entropy(logits, y)
+    assert abs(float(generalized_cross_entropy(logits, y, 1e-6) - ce)) < 1e-4
+    with pytest.raises(ValueError, match="loss_q"):
+        generalized_cross_entropy(logits, y, 0.0)
+
+
+def test_pseudo_labels_on_a_hand_made_score_matrix():
+    scores = torch.tensor([
+        [5.0, 1.0, 0.5],   # ratio 5 > 1.2: confident, class 0
+        [2.0, 1.9, 0.1],   # ratio 1.05: not confident
+        [0.2, 0.1, 3.0],   # ratio 15: confident, class 2
+        [1.0, 2.0, 1.5],   # ratio 1.33: confident, class 1
+        [-3.0, -2.6, -4.0],  # top-2 by value are -2.6, -3.0: |−2.6|/|−3.0| < 1.2, not confident
+    ])
+    pos, cls = pseudo_labels(scores, ratio=1.2, top_per_class=2)
+    confident = list(zip(pos[:3].tolist(), cls[:3].tolist()))
+    assert confident == [(0, 0), (2, 2), (3, 1)]
+    # then the two best samples of each class, class by class in rank order
+    per_class = sorted(zip(cls[3:].tolist(), pos[3:].tolist()))
+    assert per_class == sorted([(0, 0), (0, 1), (1, 3), (1, 1), (2, 2), (2, 3)])
+
+
+def test_episode_sampler_draws_distinct_classes_and_samples():
+    labels = torch.tensor([3] * 5 + [7] * 2 + [1] * 9 + [4] * 3)[torch.randperm(19, generator=torch.Generator().manual_seed(1))]
+    sampler = EpisodeSampler(labels, torch.Generator().manual_seed(0))
+    seen_counts = torch.zeros(19)
+    for _ in range(200):
+        pos, cls = sampler.sample(ways=3, shots=2, episodes=4)
+        assert pos.shape == (4, 3, 2) and cls.shape == (4, 3)
+        for e in range(4):
+            assert len(set(cls[e].tolist())) == 3  # distinct classes
+            assert len(set(pos[e].reshape(-1).tolist())) == 6  # distinct samples
+            assert (labels[pos[e]] == cls[e].unsqueeze(1)).all()  # each sample belongs to its class
+        seen_counts += torch.bincount(pos.reshape(-1), minlength=19)
+    assert (seen_counts > 0).all()  # every sample is reachable
+    with pytest.raises(Exception, match="3 shots"):
+        sampler.sample(ways=2, shots=3)
+    with pytest.raises(Exception, match="5 ways"):
+        sampler.sample(ways=5, shots=1)
+
+
+def test_scoring_is_scaled_cosine_plus_bias():
+    torch.manual_seed(0)
+    model = CVCModel(6, 10, hidden=8)
+    with torch.no_grad():
+        model.bias.fill_(0.3)
+    x, w = torch.randn(4, 10), torch.rand(3, 10)
+    expected = 10.0 * (F.normalize(x, dim=1) @ F.normalize(w, dim=1).T + 0.3)
+    torch.testing.assert_close(model.logits(x, w), expected, rtol=1e-5, atol=1e-5)
+
+
+def _run(tmp_path, name, *extra):
+    out = tmp_path / name
+    assert main(["--method", "cvc", "--no-progress", "--out", str(out), *extra]) == 0
+    return json.loads((out / "results.json").read_text()), out
+
+
+def test_inductive_and_transductive_runs(tmp_path):
+    """A short inductive run reaches ZSL T1 well above chance (10 unseen classes: 10%); the
+    transductive run reports its inductive starting point and improves unseen accuracy over it."""
+    res, out = _run(tmp_path, "t", "--set", "transductive=true", "--set", "hidden=256", "--set", "lr=3e-4",
+                    "--set", "epochs=8", "--set", "episodes_per_epoch=100", "--set", "eval_every=4",
+                    "--set", "transductive_training.epochs=8", "--set", "transductive_training.eval_every=4",
+                    "--set", "transductive_training.refresh_every=2")
+    m = res["metrics"]
+    assert m["inductive_zsl_t1"] > 30
+    assert m["zsl_t1"] > m["inductive_zsl_t1"]
+    assert m["gzsl_u"] > m["inductive_gzsl_u"]
+    assert res["selection"]["inductive"]["on"] == "validation"
+    assert res["selection"]["transductive"]["on"] == "validation"
+    # a transductive run can start from the inductive checkpoint just written
+    res2, _ = _run(tmp_path, "t2", "--quick", "--set", "transductive=true", "--set", "hidden=256",
+                   "--set", f"inductive_checkpoint={out / 'checkpoint.pt'}")
+    assert res2["metrics"]["inductive_zsl_t1"] == pytest.approx(m["inductive_zsl_t1"])
+    assert res2["selection"]["inductive"] == {"from": str(out / "checkpoint.pt")}
+
+
+def test_bad_checkpoint_is_one_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["--method", "cvc", "--quick", "--no-progress", "--out", str(tmp_path / "o"),
+                 "--set", "transductive=true", "--set", f"inductive_checkpoint={bad}"]) == 2
+    assert "inductive_checkpoint" in capsys.readouterr().err
