@@ -100,3 +100,23 @@ def test_bad_checkpoint_is_one_clear_error(tmp_path, capsys):
     assert main(["--method", "cvc", "--quick", "--no-progress", "--out", str(tmp_path / "o"),
                  "--set", "transductive=true", "--set", f"inductive_checkpoint={bad}"]) == 2
     assert "inductive_checkpoint" in capsys.readouterr().err
+
+
+def test_batched_episodes_score_each_episode_against_its_own_classes():
+    from zslfast.models.cvc import _episode_logits
+
+    torch.manual_seed(0)
+    model = CVCModel(6, 10, hidden=8)
+    e, n, w = 3, 4, 2
+    x, weights = torch.randn(e * n, 10), torch.rand(e * w, 10)
+    got = _episode_logits(model, x, weights, e)
+    for i in range(e):
+        torch.testing.assert_close(got[i * n:(i + 1) * n], model.logits(x[i * n:(i + 1) * n], weights[i * w:(i + 1) * w]))
+
+
+def test_select_on_test_keeps_the_best_test_epoch(tmp_path):
+    res, _ = _run(tmp_path, "s", "--quick", "--select-on-test", "--set", "transductive=true", "--set", "hidden=128")
+    sel = res["selection"]
+    assert sel["on"] == "test (original protocol)"
+    assert sel["inductive_epoch"] in (1, 2) and sel["transductive_epoch"] in (1, 2)
+    assert {"zsl_t1", "gzsl_h", "inductive_gzsl_h"} <= set(res["metrics"])
