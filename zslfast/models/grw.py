@@ -106,6 +106,8 @@ class Embedder(nn.Module):
 
 
 class GRWModel(nn.Module):
+    """The generator and the attribute embedder of one continual run."""
+
     def __init__(self, attribute_dim, feature_dim, hidden=1024):
         super().__init__()
         self.generator = Generator(attribute_dim, feature_dim, hidden)
@@ -319,6 +321,8 @@ class GRWTrainer:
 
     # --------------------------------------------------------------------------- losses
     def d_loss(self, x, y, x_fake):
+        """L_D (§3.1): −log mean τ·cos(D(a_y), x) + log mean τ·cos(D(a_y), x̃) + α·CE over the K seen
+        prototypes + MSE(D(A_seen), μ_seen); ``x_fake`` is a detached generator batch."""
         cfg, k = self.cfg, self.num_seen
         protos = self.model.embedder(self.att[:k])
         scale, eps = cfg["scale"], cfg["log_eps"]
@@ -327,6 +331,8 @@ class GRWTrainer:
                 + cfg["cls_weight"] * F.cross_entropy(scores, y) + F.mse_loss(protos, self.mu[:k]))
 
     def g_seen_loss(self, x_gen, y, protos):
+        """L_G,seen (§3.2) of generated features ``x_gen`` for labels ``y``, against the fixed
+        prototypes ``protos`` = D(A_seen)."""
         cfg, k = self.cfg, self.num_seen
         scale, lsr = cfg["scale"], cfg["lsr"]
         scores = self.f.seen_scores(self.model.embedder, self.att[:k], protos, x_gen, scale)
