@@ -139,7 +139,13 @@ setup(
     python_requires=">=3.9",
     # torch is a run-time requirement only; a range any recent torch satisfies, so pip never
     # replaces the torch the extension was compiled against.
-    install_requires=["torch>=2.4", "numpy", "scipy", "pyyaml", "tqdm"],
+    # Everything zslfast imports at run time. scikit-learn: GRW-CZSL's continual split is the
+    # original's train_test_split (random_state=42), reproduced by calling it.
+    install_requires=["torch>=2.4", "numpy", "scipy", "scikit-learn", "pyyaml", "tqdm"],
+    extras_require={
+        # pytest for the suite; FrEIA for the flow parity tests and the GSMFlow benchmark baseline
+        "test": ["pytest", "freia"],
+    },
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},

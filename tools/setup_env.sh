@@ -12,9 +12,9 @@ PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
 # torch==2.13.0 exactly: on these machines that is the CPU wheel on local disk; any looser spec
-# would download a multi-GB CUDA build. Build tools: ninja (fast parallel builds), pybind11.
-"$PY" -m pip install -q --disable-pip-version-check torch==2.13.0 numpy scipy scikit-learn pyyaml tqdm \
-  pybind11 ninja pytest setuptools wheel freia  # freia: test-only (FrEIA parity tests, bench_train baseline)
+# would download a multi-GB CUDA build. Build tools: ninja (fast parallel builds), setuptools, wheel.
+# Everything else comes from setup.py: install_requires plus the [test] extra (pytest, freia).
+"$PY" -m pip install -q --disable-pip-version-check torch==2.13.0 ninja setuptools wheel
 
 stamp="$VENV/.zslfast-build-stamp"
 sources_hash=$(cat setup.py pyproject.toml $(find csrc -type f | sort) | sha1sum | cut -d' ' -f1)
@@ -22,7 +22,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sources_hash" ] && ls zslfast/_C*.
   echo "setup_env: extension up to date"
 else
   # --no-build-isolation: compile against the torch installed above (see README, "Install").
-  "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+  "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
   echo "$sources_hash" > "$stamp"
 fi
 "$PY" -c "import zslfast.ops as o; print('setup_env: zslfast ready, extension:', o.extension_info())"

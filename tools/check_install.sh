@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The README's "Install" section, as written, in a brand-new virtual environment: torch first, then
+# `pip install --no-build-isolation .` from install_requires alone (no test extras, nothing
+# preinstalled), then the default job. An undeclared run-time dependency fails here at import.
+#   PYTHON=...  the interpreter to create the environment from (default python3)
+#   TORCH_SPEC  what `pip install` gets for torch (default torch==2.13.0, the wheel on this machine)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# A copy of the tracked (and not-ignored) files, so the build starts from sources only.
+mkdir "$work/src"
+git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work/src"
+"$PYTHON" -m venv "$work/venv"
+pip=("$work/venv/bin/python" -m pip install -q --disable-pip-version-check)
+"${pip[@]}" "$TORCH_SPEC"
+(cd "$work/src" && "${pip[@]}" --no-build-isolation .)
+# Run from outside the source tree, so the installed package (not the copy) is imported.
+cd "$work"
+"$work/venv/bin/python" -m zslfast.train --no-progress --device cpu --out "$work/run"
+"$work/venv/bin/python" - "$work/run/results.json" <<'PY'
+import json, sys
+res = json.load(open(sys.argv[1]))
+assert res["metrics"]["zsl_t1"] > 15, res["metrics"]
+print("check_install: fresh install from install_requires works; extension:", res["extension"])
+PY
