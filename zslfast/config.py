@@ -1,9 +1,19 @@
 """Per-method configuration as data: ``zslfast/configs/<method>.yaml``.
 
-Layers, later ones winning: the file's ``defaults``, its ``datasets.<DATASET>`` section, its
-``quick`` section (with ``--quick``), a user ``--config`` file (a flat or nested mapping of the same
-keys), then ``--set key=value`` overrides (dotted keys for nested values; values parsed as YAML).
-Unknown keys are refused, so a typo cannot silently do nothing.
+Layers, later ones winning:
+
+1. the file's ``defaults``;
+2. the dataset layer: ``datasets.<DATASET>`` for a real dataset or for the built-in synthetic data
+   (``datasets.synthetic``). Synthetic data shaped like a real dataset (``--like NAME``) takes
+   NAME's own section ``datasets.NAME`` (its hyper-parameters) followed by the file's
+   ``like_budget`` section, which only scales the budget (epochs, widths, sample counts) to a CPU;
+3. the ``quick`` section (with ``--quick``);
+4. a user ``--config`` file (a flat or nested mapping of the same keys);
+5. ``--set key=value`` overrides (dotted keys for nested values; values parsed as YAML).
+
+Unknown keys are refused, so a typo cannot silently do nothing, and the resolved configuration is
+checked against the method's declared settings (:mod:`zslfast.settings`): a wrong type or an
+out-of-range value is one clear error before any data is loaded.
 """
 import copy
 import os
@@ -59,18 +69,41 @@ def parse_set(item):
     return out
 
 
-def resolve_config(method, dataset, config_file=None, overrides=(), quick=False):
-    """The full configuration of ``method`` on ``dataset`` (see the module docstring)."""
+def dataset_layers(spec, dataset, like_name=None):
+    """The dataset layer's sections as (label, mapping) pairs (see the module docstring)."""
+    datasets = spec.get("datasets") or {}
+    if dataset == "synthetic" and like_name is not None:
+        return [(f"datasets.{like_name}", datasets.get(like_name) or {}), ("like_budget", spec.get("like_budget") or {})]
+    return [(f"datasets.{dataset}", datasets.get(dataset) or {})]
+
+
+def resolve_config(method, dataset="synthetic", config_file=None, overrides=(), quick=False, like=None,
+                   validate=True):
+    """The full configuration of ``method`` on ``dataset`` (see the module docstring).
+
+    ``like`` is the ``--like`` argument of synthetic runs (a dataset name, or an att_splits.mat
+    path whose folder is named after its dataset). With ``validate`` the result is checked against
+    the method's declared settings and returned normalised.
+    """
     path = os.path.join(CONFIG_DIR, f"{method}.yaml")
     spec = _load_yaml(path)
     config = copy.deepcopy(spec.get("defaults", {}))
-    section = (spec.get("datasets") or {}).get(dataset)
-    if section:
-        _merge(config, copy.deepcopy(section), f"{path} (datasets.{dataset})")
+    like_name = None
+    if like is not None and dataset == "synthetic":
+        from zslfast.data.synthetic import like_dataset_name
+
+        like_name = like_dataset_name(like)
+    for label, section in dataset_layers(spec, dataset, like_name):
+        if section:
+            _merge(config, copy.deepcopy(section), f"{path} ({label})")
     if quick and spec.get("quick"):
         _merge(config, copy.deepcopy(spec["quick"]), f"{path} (quick)")
     if config_file:
         _merge(config, _load_yaml(config_file), config_file)
     for item in overrides:
         _merge(config, parse_set(item), f"--set {item}")
+    if validate:
+        from zslfast.methods import get_method
+
+        config = get_method(method).settings.validate(config)
     return config

@@ -6,6 +6,8 @@ import tempfile
 
 import torch
 
+from zslfast.errors import ZSLError
+
 
 def _atomic(path, write):
     folder = os.path.dirname(os.path.abspath(path))
@@ -31,3 +33,15 @@ def write_json(path, obj):
 def save_checkpoint(path, obj):
     """torch.save ``obj`` to ``path`` atomically."""
     _atomic(path, lambda f: torch.save(obj, f))
+
+
+def check_writable(folder, what="--out"):
+    """Create ``folder`` and prove that a file can be written in it, so an unwritable output folder
+    is refused before training rather than discovered when the results are saved."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".zslfast-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ZSLError(f"{what} {folder}: cannot write there ({exc.strerror or exc})") from None

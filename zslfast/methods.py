@@ -1,7 +1,8 @@
 """The method registry and the run context that the training CLI hands to a method.
 
 A method is a class with ``name``, ``setting``, ``selection`` (how it chooses its model, for the
-log line) and ``run(data, config, ctx) -> MethodResult``;
+log line), ``settings`` (its declared configuration keys, a :class:`zslfast.settings.Section`) and
+``run(data, config, ctx) -> MethodResult``;
 registering it with :func:`register` makes it available as ``python -m zslfast.train --method NAME``
 with its configuration in ``zslfast/configs/NAME.yaml``.
 """
@@ -46,10 +47,12 @@ class RunContext:
 @dataclass
 class MethodResult:
     """What a method returns: headline metrics, optional per-task metrics (continual methods),
-    how the model was selected, and the state to checkpoint."""
+    how the model was selected, the state to checkpoint, and method-specific facts about the run
+    (``info``, e.g. a generative method's synthetic budget) for results.json."""
 
     metrics: dict
     state: dict
     selection: dict = field(default_factory=dict)
     per_task: list = None
     timings: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)

@@ -23,7 +23,7 @@ import zslfast
 from zslfast import ops
 from zslfast.config import resolve_config
 from zslfast.errors import ZSLError
-from zslfast.io import save_checkpoint, write_json
+from zslfast.io import check_writable, save_checkpoint, write_json
 from zslfast.methods import METHODS, RunContext, get_method
 
 DATASET_CHOICES = ("synthetic", "AWA1", "AWA2", "CUB", "SUN", "APY", "FLO")
@@ -114,9 +114,12 @@ def run(args):
     t_start = time.perf_counter()
     dataset_key = args.dataset if args.dataset != "synthetic" or not args.like else f"synthetic_like_{args.like}"
     method = get_method(args.method)
-    config = resolve_config(args.method, args.dataset, args.config, args.set, args.quick)
+    # Everything that can be refused is checked before the data is loaded: the settings (types and
+    # ranges), the device, and that the output folder is writable.
+    config = resolve_config(args.method, args.dataset, args.config, args.set, args.quick, like=args.like)
     device = _device(args.device)
     out = args.out or os.path.join("runs", f"{args.method}_{os.path.basename(str(dataset_key))}_seed{args.seed}")
+    check_writable(out)
     seed_everything(args.seed)
 
     t0 = time.perf_counter()
@@ -143,7 +146,7 @@ def run(args):
         "device": str(device), "backend": ops.backend(device), "extension": ops.extension_info(),
         "versions": {"zslfast": zslfast.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
-        "data": data.summary(), "checkpoint": ckpt,
+        "data": data.summary(), "checkpoint": ckpt, "info": result.info,
     }
     write_json(os.path.join(out, "results.json"), results)
 

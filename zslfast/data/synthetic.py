@@ -32,11 +32,22 @@ DEFAULT_SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirna
                                    "..", "shared", "data")
 
 
-def find_att_splits(like, shared_root=None):
-    """Path of the att_splits.mat for ``like``: a dataset name (looked up in ``shared_root``, the
-    ZSLFAST_SHARED_DATA variable or ../shared/data) or a path to an att_splits.mat file."""
+def like_dataset_name(like):
+    """The xlsa17 dataset a ``--like`` argument stands for: the name itself, or for a path the name
+    of the folder holding the file when that is a dataset name (``.../CUB/att_splits.mat``);
+    None for any other path."""
     if os.path.isfile(str(like)):
-        return str(like), None
+        folder = os.path.basename(os.path.dirname(os.path.abspath(str(like))))
+        return folder.upper() if folder.upper() in DATASETS else None
+    return dataset_name(like)
+
+
+def find_att_splits(like, shared_root=None):
+    """(path, dataset name or None) of the att_splits.mat for ``like``: a dataset name (looked up in
+    ``shared_root``, the ZSLFAST_SHARED_DATA variable or ../shared/data) or a path to an
+    att_splits.mat file (named after its folder, see :func:`like_dataset_name`)."""
+    if os.path.isfile(str(like)):
+        return str(like), like_dataset_name(like)
     name = dataset_name(like)
     roots = [shared_root, os.environ.get("ZSLFAST_SHARED_DATA"), DEFAULT_SHARED_DATA]
     for root in [r for r in roots if r]:

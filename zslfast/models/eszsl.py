@@ -14,6 +14,17 @@ from tqdm.auto import tqdm
 
 from zslfast.eval.metrics import zsl_gzsl_metrics
 from zslfast.methods import MethodResult, register
+from zslfast.settings import ATTRIBUTES, FEATURE_NORM, VALIDATION, Choice, Float, Int, Numbers, Section
+
+SETTINGS = Section(
+    feature_norm=FEATURE_NORM(),
+    attributes=ATTRIBUTES(),
+    gamma_exponents=Numbers(Int(min=-12, max=12)),   # γ = 10^k
+    lambda_exponents=Numbers(Int(min=-12, max=12)),  # λ = 10^k
+    select_metric=Choice("zsl_t1", "gzsl_h"),
+    calibration=Float(),
+    validation=VALIDATION(),
+)
 
 
 class ESZSLSolver:
@@ -49,6 +60,7 @@ class ESZSLMethod:
     name = "eszsl"
     setting = "zsl+gzsl"
     selection = "validation"
+    settings = SETTINGS
 
     def run(self, data, config, ctx):
         t0 = time.perf_counter()

@@ -1,0 +1,136 @@
+"""Declared settings: types, ranges, messages, every shipped config layer, and the CLI refusing bad
+values (and an unwritable --out) before any data is loaded."""
+import os
+
+import pytest
+import yaml
+
+import zslfast.models  # noqa: F401  (registers every method, so METHODS is complete at collection)
+from zslfast import train
+from zslfast.config import CONFIG_DIR, resolve_config
+from zslfast.data.xlsa17 import DATASETS
+from zslfast.errors import ZSLError
+from zslfast.methods import METHODS, get_method
+from zslfast.settings import Bool, Choice, File, Float, Int, Numbers, Section
+
+
+def _error(spec, value):
+    with pytest.raises(ZSLError) as info:
+        spec.check(value, "key")
+    return str(info.value)
+
+
+def test_numbers_and_ranges():
+    assert Int(min=1).check(3, "k") == 3
+    assert Int(min=1).check(1e3, "k") == 1000 and isinstance(Int().check(1e3, "k"), int)  # --set n=1e3
+    assert _error(Int(min=1), -1) == "setting key = -1: expected an integer >= 1"
+    assert _error(Int(min=1), 2.5) == "setting key = 2.5: expected an integer >= 1"
+    assert _error(Int(), True) == "setting key = True: expected an integer"  # bool is not an int here
+    assert Float(min=0, min_open=True).check(3, "k") == 3.0
+    assert _error(Float(min=0, min_open=True), 0) == "setting key = 0: expected a number > 0"
+    assert _error(Float(min=0, min_open=True), "abc") == "setting key = 'abc': expected a number > 0"
+    assert _error(Float(min=0, max=1), 1.5) == "setting key = 1.5: expected a number in [0, 1]"
+    assert _error(Float(min=0, max=1, max_open=True), 1) == "setting key = 1: expected a number in [0, 1)"
+    assert _error(Float(), float("nan")).startswith("setting key = nan: expected a number")
+    assert Int(min=1, nullable=True).check(None, "k") is None
+    assert _error(Int(min=1, nullable=True), 0) == "setting key = 0: expected an integer >= 1 or null"
+    assert _error(Int(min=1), None) == "setting key = null: expected an integer >= 1"
+
+
+def test_choices_booleans_files_and_lists(tmp_path):
+    assert Choice("a", "b").check("b", "k") == "b"
+    assert _error(Choice("a", "b"), "c") == "setting key = 'c': expected one of a, b"
+    assert Bool().check(False, "k") is False
+    assert _error(Bool(), 1) == "setting key = 1: expected true or false"
+    f = tmp_path / "x.pt"
+    f.write_bytes(b"")
+    assert File().check(str(f), "k") == str(f)
+    assert "existing file" in _error(File(), str(tmp_path / "missing.pt"))
+    pair = Numbers(Float(min=0, max=1), length=2, increasing=True)
+    assert pair.check([0, 0.5], "k") == [0.0, 0.5]
+    for bad in ([0.5, 0.2], [0.1], [0.1, 2.0], "0.1,0.2"):
+        assert _error(pair, bad).startswith("setting key = ")
+
+
+def test_sections_name_the_full_key_and_refuse_unknown_or_missing_keys():
+    spec = Section(a=Int(min=1), inner=Section(b=Choice("x", "y")),
+                   checks=[lambda c: None if c["a"] < 10 else "a must stay below 10"])
+    assert spec.validate({"a": 2, "inner": {"b": "x"}}) == {"a": 2, "inner": {"b": "x"}}
+    with pytest.raises(ZSLError, match=r"^setting inner.b = 'z': expected one of x, y$"):
+        spec.validate({"a": 2, "inner": {"b": "z"}})
+    with pytest.raises(ZSLError, match=r"unknown setting 'inner.c'"):
+        spec.validate({"a": 2, "inner": {"b": "x", "c": 1}})
+    with pytest.raises(ZSLError, match=r"setting inner is missing"):
+        spec.validate({"a": 2})
+    with pytest.raises(ZSLError, match=r"a must stay below 10"):
+        spec.validate({"a": 12, "inner": {"b": "x"}})
+
+
+def _layers(method):
+    with open(os.path.join(CONFIG_DIR, f"{method}.yaml")) as f:
+        spec = yaml.safe_load(f)
+    return sorted((spec.get("datasets") or {}))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_shipped_config_layer_satisfies_the_declaration(method):
+    """Every dataset section, the synthetic and --like layers and the quick layer validate: the YAML
+    and the declared settings list the same keys, with allowed values."""
+    for dataset in ["synthetic", *DATASETS]:
+        for quick in (False, True):
+            resolve_config(method, dataset, quick=quick)
+    for like in DATASETS:
+        resolve_config(method, "synthetic", like=like)
+    assert set(_layers(method)) <= {"synthetic", *DATASETS}
+
+
+def test_like_runs_take_the_dataset_section_then_the_cpu_budget():
+    cub = resolve_config("gsmflow", "CUB")
+    like = resolve_config("gsmflow", "synthetic", like="CUB")
+    generic = resolve_config("gsmflow", "synthetic")
+    # the dataset's own hyper-parameters ...
+    for key in ("perturbation", "proto_weight", "feature_norm"):
+        assert like[key] == cub[key] != generic[key]
+    assert like["flow"]["blocks"] == cub["flow"]["blocks"] == 5
+    # ... with the budget scaled to a CPU
+    assert like["flow"]["hidden"] == 512 < cub["flow"]["hidden"]
+    assert like["epochs"] == 20 < cub["epochs"] and like["synth_ratio"] is not None
+    # an att_splits.mat path is named after its folder
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "CUB", "att_splits.mat")
+    if os.path.isfile(path):
+        assert resolve_config("gsmflow", "synthetic", like=path) == like
+    assert resolve_config("grw", "synthetic", like="CUB")["lsr"]["margin"] == 0.04  # GRW's CUB value
+
+
+BAD_CASES = [
+    (["--method", "gsmflow", "--set", "lr=abc"], "setting lr = 'abc': expected a number > 0"),
+    (["--method", "grw", "--set", "epochs=-1"], "setting epochs = -1: expected an integer >= 1"),
+    (["--method", "cvc", "--set", "epochs=0"], "setting epochs = 0: expected an integer >= 1"),
+    (["--method", "gsmflow", "--set", "batch_size=0"], "setting batch_size = 0: expected an integer >= 1"),
+    (["--method", "gsmflow", "--set", "synth_per_class=0"], "setting synth_per_class = 0: expected an integer >= 1"),
+    (["--method", "gsmflow", "--set", "synth_ratio=-2"], "setting synth_ratio = -2"),
+    (["--method", "grw", "--set", "rw.decay=x"], "setting rw.decay = 'x'"),
+    (["--method", "cvc", "--set", "inductive_checkpoint=/no/such.pt"], "setting inductive_checkpoint"),
+    (["--method", "eszsl", "--set", "select_metric=mAP"], "expected one of zsl_t1, gzsl_h"),
+    (["--method", "gsmflow", "--set", "eval_start_epoch=1000"], "nothing would be evaluated"),
+    (["--out", "/proc/zslfast-cannot-write-here"], "--out /proc/zslfast-cannot-write-here: cannot write there"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_CASES, ids=[" ".join(a) for a, _ in BAD_CASES])
+def test_bad_values_exit_2_with_one_line_before_any_data_is_loaded(args, message, tmp_path, monkeypatch, capsys):
+    def no_data(*a, **k):
+        raise AssertionError("data was loaded before the settings were checked")
+
+    monkeypatch.setattr(train, "load_data", no_data)
+    if "--out" not in args:
+        args = [*args, "--out", str(tmp_path / "out")]
+    assert train.main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zslfast: error: ") and message in err[0], err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_every_method_declares_its_settings():
+    for name in METHODS:
+        assert isinstance(get_method(name).settings, Section), name

@@ -1,0 +1,224 @@
+"""Declared settings: every configuration key of a method, with its type and allowed values.
+
+Each method lists its settings once, as data (``settings = Section(...)`` on the method class, next
+to its networks); :func:`zslfast.config.resolve_config` checks the fully resolved configuration
+against that declaration before any data is loaded. A bad value raises one
+:class:`~zslfast.errors.ZSLError` naming the key, the value and what is allowed, e.g.
+
+    setting lr = 'abc': expected a number > 0
+
+so the CLI exits 2 with that line instead of failing deep inside training (or, worse, training
+nothing). Checking returns a normalised copy: integral floats become ints where an integer is
+declared (``--set synth_per_class=1e3``), ints become floats where a number is declared.
+"""
+import math
+import os
+
+from zslfast.data.dataset import NORMALIZATIONS
+from zslfast.data.xlsa17 import ATTRIBUTE_SOURCES
+from zslfast.errors import ZSLError
+
+
+def _show(value):
+    return repr(value) if isinstance(value, str) else ("null" if value is None else str(value))
+
+
+class Setting:
+    """One declared value. ``nullable``: ``null`` is allowed (and means "not set" / "automatic")."""
+
+    def __init__(self, nullable=False, doc=""):
+        self.nullable = nullable
+        self.doc = doc
+
+    def describe(self):
+        raise NotImplementedError
+
+    def _convert(self, value):
+        """The checked value, or raise ValueError (the caller words the error)."""
+        raise NotImplementedError
+
+    def check(self, value, key):
+        if value is None:
+            if self.nullable:
+                return None
+            raise ZSLError(f"setting {key} = null: expected {self.describe()}")
+        try:
+            return self._convert(value)
+        except (TypeError, ValueError):
+            allowed = self.describe() + (" or null" if self.nullable else "")
+            raise ZSLError(f"setting {key} = {_show(value)}: expected {allowed}") from None
+
+
+def _range_text(lo, hi, lo_open, hi_open):
+    if lo is not None and hi is not None:
+        return f" in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f" {'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f" {'<' if hi_open else '<='} {hi:g}"
+    return ""
+
+
+class _Number(Setting):
+    kind = "a number"
+
+    def __init__(self, min=None, max=None, min_open=False, max_open=False, **kw):
+        super().__init__(**kw)
+        self.lo, self.hi, self.lo_open, self.hi_open = min, max, min_open, max_open
+
+    def describe(self):
+        return self.kind + _range_text(self.lo, self.hi, self.lo_open, self.hi_open)
+
+    def _in_range(self, v):
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            raise ValueError
+        if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
+            raise ValueError
+        return v
+
+
+class Int(_Number):
+    """An integer (an integral float such as 1e3 is accepted and converted)."""
+
+    kind = "an integer"
+
+    def _convert(self, value):
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise TypeError
+        return self._in_range(value)
+
+
+class Float(_Number):
+    """A finite real number (integers are accepted and converted)."""
+
+    def _convert(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError
+        return self._in_range(value)
+
+
+class Bool(Setting):
+    def describe(self):
+        return "true or false"
+
+    def _convert(self, value):
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+
+
+class Choice(Setting):
+    """One of a fixed set of strings."""
+
+    def __init__(self, *options, **kw):
+        super().__init__(**kw)
+        self.options = options
+
+    def describe(self):
+        return "one of " + ", ".join(self.options)
+
+    def _convert(self, value):
+        if value not in self.options:
+            raise ValueError
+        return value
+
+
+class File(Setting):
+    """The path of an existing file."""
+
+    def describe(self):
+        return "the path of an existing file"
+
+    def _convert(self, value):
+        if not isinstance(value, str) or not os.path.isfile(value):
+            raise ValueError
+        return value
+
+
+class Numbers(Setting):
+    """A list of numbers of ``item``'s kind; ``length`` fixes its size, ``increasing`` requires
+    a non-decreasing list."""
+
+    def __init__(self, item, length=None, min_length=1, increasing=False, **kw):
+        super().__init__(**kw)
+        self.item, self.length, self.min_length, self.increasing = item, length, min_length, increasing
+
+    def describe(self):
+        size = f"{self.length} " if self.length else ("a non-empty list of " if self.min_length else "a list of ")
+        text = (f"a list of {size}" if self.length else size) + self.item.describe().replace("an integer", "integers") \
+            .replace("a number", "numbers")
+        return text + (", non-decreasing" if self.increasing else "")
+
+    def _convert(self, value):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        if (self.length and len(value) != self.length) or len(value) < self.min_length:
+            raise ValueError
+        out = [self.item._convert(v) for v in value]
+        if self.increasing and any(a > b for a, b in zip(out, out[1:])):
+            raise ValueError
+        return out
+
+
+class Section:
+    """A mapping of named settings (nested sections allowed).
+
+    ``checks`` are rules over several keys of this section: functions ``f(values) -> message or
+    None``, run after every key has passed its own check.
+    """
+
+    def __init__(self, checks=(), **fields):
+        self.fields = fields
+        self.checks = tuple(checks)
+
+    def check(self, value, key=""):
+        where = f"setting {key}" if key else "the configuration"
+        if not isinstance(value, dict):
+            raise ZSLError(f"{where} = {_show(value)}: expected a mapping of {', '.join(self.fields)}")
+        unknown = sorted(set(value) - set(self.fields))
+        if unknown:
+            name = f"{key}.{unknown[0]}" if key else unknown[0]
+            raise ZSLError(f"unknown setting '{name}' (known: {', '.join(sorted(self.fields))})")
+        out = {}
+        for name, spec in self.fields.items():
+            full = f"{key}.{name}" if key else name
+            if name not in value:
+                raise ZSLError(f"setting {full} is missing from the configuration (declared: {spec_text(spec)})")
+            out[name] = spec.check(value[name], full)
+        for rule in self.checks:
+            problem = rule(out)
+            if problem:
+                raise ZSLError(f"settings{' of ' + key if key else ''}: {problem}")
+        return out
+
+    def validate(self, config):
+        """Check a whole resolved configuration; returns the normalised copy."""
+        return self.check(config)
+
+
+def spec_text(spec):
+    return "a section" if isinstance(spec, Section) else spec.describe()
+
+
+# Shared declarations ---------------------------------------------------------------------------
+def VALIDATION():
+    """The class-disjoint validation split (``ZSLDataset.validation_split``)."""
+    return Section(seed=Int(min=0), unseen_fraction=Float(min=0, max=1, min_open=True, max_open=True),
+                   seen_test_fraction=Float(min=0, max=1, max_open=True))
+
+
+def FEATURE_NORM():
+    """Feature normalisation, statistics from trainval only (``ZSLDataset.normalized``)."""
+    return Choice(*NORMALIZATIONS)
+
+
+def ATTRIBUTES():
+    """Which class embedding a real xlsa17 dataset is read with (synthetic data has one)."""
+    return Choice(*ATTRIBUTE_SOURCES)
