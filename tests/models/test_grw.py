@@ -83,10 +83,11 @@ def test_walk_loss_equals_the_dense_original(target):
         torch.testing.assert_close(a, b)
 
 
-def _trainer(formulation="zslfast", k=20, method="interpolation", schedule="one_step", dtype=torch.float32):
+def _trainer(formulation="zslfast", k=20, method="interpolation", schedule="one_step", dtype=torch.float32,
+             extra=()):
     data = make_synthetic(seed=0)
     cfg = resolve_config("grw", "synthetic", overrides=[f"attribute_generation={method}", f"schedule={schedule}",
-                                                         "hidden=64"])
+                                                         "hidden=64", *extra])
     tr = GRWTrainer(data, cfg, torch.device("cpu"), seed=0, formulation=formulation)
     tr.model.to(dtype)
     tr.att, tr.mu = tr.att.to(dtype), tr.mu.to(dtype)
@@ -96,20 +97,57 @@ def _trainer(formulation="zslfast", k=20, method="interpolation", schedule="one_
     return tr, x[idx[::7][:64]], data.labels[idx[::7][:64]]
 
 
-@pytest.mark.parametrize("method", ["interpolation", "learnable"])
-def test_training_step_equals_the_original_formulation(method):
-    """Same seed, same batch: zslfast's step and the original formulation's give the same losses and
-    the same updated weights (D on repeated rows, dense walks and class loops are only slower).
+@pytest.mark.parametrize("method,schedule,extra", [
+    ("interpolation", "one_step", ()),
+    ("learnable", "one_step", ()),
+    ("interpolation", "one_step", ("d_real_alignment=matched",)),
+    ("interpolation", "two_step", ("g_prototypes=before_d_step", "log_eps=0")),  # the main branch
+    ("learnable", "two_step", ("g_prototypes=before_d_step", "d_real_alignment=matched")),
+])
+def test_training_step_equals_the_original_formulation(method, schedule, extra):
+    """Same seed, same batch: zslfast's step and the original formulation's give the same losses
+    (D's included) and the same updated weights of D and G. The original formulation runs D on
+    repeated rows (with D's pre-update weights for before_d_step), computes D's real alignment as
+    the original's [B,1,D]-against-[B,D] broadcast, and uses dense walks and class loops.
     In float64: Adam's first steps move every weight by ±lr whatever the gradient's size, so float32
     rounding of near-zero gradients would flip some updates."""
-    ours, x, y = _trainer("zslfast", method=method, dtype=torch.float64)
-    theirs, _, _ = _trainer("original", method=method, dtype=torch.float64)
+    ours, x, y = _trainer("zslfast", method=method, schedule=schedule, dtype=torch.float64, extra=extra)
+    theirs, _, _ = _trainer("original", method=method, schedule=schedule, dtype=torch.float64, extra=extra)
     for _ in range(2):
         a, b = ours.step(x, y), theirs.step(x, y)
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-9, atol=1e-9)
     for (name, p), q in zip(ours.model.named_parameters(), theirs.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_real_alignment_by_hand():
+    # prototypes p0 = (1,0), p1 = (0,1); features x0 = (2,0), x1 = (1,1). Cosines: p0·x0 = 1,
+    # p0·x1 = p1·x1 = 1/√2, p1·x0 = 0. All pairs: (1 + √2)/4; matched pairs (p0,x0), (p1,x1): (1 + 1/√2)/2.
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    x = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    for f in (Formulation(), OriginalFormulation()):
+        all_pairs = f.real_alignment(p, x, 10.0, 0.0, "all_pairs")
+        matched = f.real_alignment(p, x, 10.0, 0.0, "matched")
+        assert float(all_pairs) == pytest.approx(math.log(10 * (1 + math.sqrt(2)) / 4), rel=1e-12)
+        assert float(matched) == pytest.approx(math.log(10 * (1 + 1 / math.sqrt(2)) / 2), rel=1e-12)
+
+
+def test_d_loss_uses_the_configured_real_alignment():
+    tr, x, y = _trainer(dtype=torch.float64)
+    k = tr.num_seen
+    with torch.no_grad():
+        protos = tr.model.embedder(tr.att[:k])
+    x_fake = torch.rand_like(x)
+    losses = {}
+    for mode in ("all_pairs", "matched"):
+        tr.cfg["d_real_alignment"] = mode
+        losses[mode] = float(tr.d_loss(x, y, x_fake, protos))
+    f = Formulation()
+    gap = float(f.real_alignment(protos[y], x, 10.0, tr.cfg["log_eps"], "matched")
+                - f.real_alignment(protos[y], x, 10.0, tr.cfg["log_eps"], "all_pairs"))
+    assert losses["all_pairs"] - losses["matched"] == pytest.approx(gap, rel=1e-9)
+    assert abs(gap) > 1e-3  # the two settings really differ on a real batch
 
 
 def test_seen_scores_equal_the_repeated_embedder():

@@ -11,17 +11,32 @@ features of old classes are replayed from a buffer (§1.2). After each task the 
 classes are scored on the test images: S over the seen-so-far classes, U over the rest (§1.3, §5).
 
 Conscious choices (§7), each a config key:
-- ``schedule: one_step`` (default): one G step per batch on all G losses after D's step, with D's
-  prototypes recomputed after its update (the ``beta`` branch, which runs on modern PyTorch).
-  ``two_step`` is the ``main`` branch's schedule: a G step on the seen losses, then, without zeroing
-  the gradients, a second step on the creativity and walk losses, so the seen gradients are applied
-  twice (§3.5, §7.3). Modern autograd cannot backpropagate through activations of weights updated in
-  place, so the second half's forward runs on the once-updated G.
+- ``d_real_alignment: all_pairs`` (default, both branches of the original): D's real-alignment term
+  −log mean τ·cos(D(a_y), x) is the mean over every (prototype, feature) pair of the batch, because
+  the original compares a [B, 1, 2048] prototype tensor with [B, 2048] features and
+  ``F.cosine_similarity`` broadcasts that to B×B cosines. ``matched`` averages over matched pairs
+  (b, b) only, which is what the formula says. The fake term and G's alignment terms are matched in
+  the original too ([B, 1, 2048] against [B, 1, 2048]) and are matched here.
+- ``schedule: one_step`` (default): one G step per batch on all G losses after D's step (the
+  ``beta`` branch, which runs on modern PyTorch). ``two_step`` is the ``main`` branch's schedule: a G
+  step on the seen losses, then, without zeroing the gradients, a second step on the creativity and
+  walk losses, whose forward passes run on the once-updated G as in ``main``; the seen gradients
+  are therefore applied twice (§3.5, §7.3).
+- ``g_prototypes: after_d_step`` (default, ``beta``): the prototypes D(A_seen) in G's seen and
+  creativity losses are recomputed after D's update. ``before_d_step`` is ``main``: G's losses reuse
+  the prototypes computed for D's loss, before D's update (the stale activations that make
+  ``main`` fail on PyTorch >= 1.5, §7.5; here they are detached, which gives the same G gradients).
 - Loss formulas follow ``main`` (the source of the paper's Table 1): the neighbour-correlation loss
   is a sum over the classes present in the batch × 3 neighbours with weight 20 and the CUB margin
   0.04; the Euclidean loss sums over present classes and divides by K (§3.2, §7.4). Class means are
-  true per-class means of the generated batch (``beta`` broadcasts them wrongly, §10).
-  ``lsr.reduction: mean`` with ``lsr.weight: 1`` and ``lsr.margin: 0.01`` gives ``beta``'s scaling.
+  true per-class means of the generated batch. ``lsr.reduction: mean`` averages the same terms
+  instead of summing them. No setting reproduces ``beta``'s two losses: its "class means" broadcast
+  to a [B, K, 2048] tensor in which row b holds, in the column of b's class, the sum of the whole
+  batch divided by that class's count and zeros elsewhere, and its losses average over all B×K
+  rows, zeros included, with margin 0.01 for every dataset and weight 1 (§3.2, §10).
+- So the default (``one_step``, ``after_d_step``, ``main``'s loss formulas, ``all_pairs``) reproduces
+  neither branch exactly; ``--set schedule=two_step --set g_prototypes=before_d_step --set
+  log_eps=0`` reproduces ``main``.
 - The walks run on raw generator outputs with temperature 1 over cosines, like the original (§7.6);
   ``class_visit_loss`` is not added (it is dead code in the original, §7.7); the "discr" walks train
   G only (§7.8).
@@ -42,6 +57,7 @@ Python loops over classes; evaluation uses the blocked ``nearest_prototype``. Th
 formulation of those pieces is kept in :class:`OriginalFormulation` as a test oracle and the
 benchmark baseline (``benchmarks/bench_train.py --method grw``).
 """
+import copy
 import time
 
 import torch
@@ -56,9 +72,44 @@ from zslfast.eval.metrics import continual_summary, harmonic_mean, per_class_acc
 from zslfast.methods import MethodResult, register
 from zslfast.optim import adam
 from zslfast.ops import reference
+from zslfast.settings import Bool, Choice, Float, Int, Numbers, Section
 
 ATTRIBUTE_GENERATION = ("interpolation", "learnable")
 SCHEDULES = ("one_step", "two_step")
+
+
+def _per_generation_method(spec):
+    return Section(**{name: spec for name in ATTRIBUTE_GENERATION})
+
+
+SETTINGS = Section(
+    attribute_generation=Choice(*ATTRIBUTE_GENERATION),
+    schedule=Choice(*SCHEDULES),
+    g_prototypes=Choice("after_d_step", "before_d_step"),
+    d_real_alignment=Choice("all_pairs", "matched"),
+    classes_per_task=Int(min=1, nullable=True),
+    num_tasks=Int(min=2, nullable=True),
+    split=Section(test_size=Float(min=0, max=1, min_open=True, max_open=True), seed=Int(min=0)),
+    buffer_size=Int(min=0),
+    hidden=Int(min=1),
+    epochs=Int(min=1),
+    batch_size=Int(min=2),  # batches of one sample are skipped, as in the original
+    lr=Float(min=0, min_open=True),
+    weight_decay=Float(min=0),
+    dic_lr=Float(min=0, min_open=True),
+    scale=Float(min=0, min_open=True),
+    cls_weight=Float(min=0),
+    log_eps=Float(min=0),
+    euclidean=Bool(),
+    neighbours=Int(min=1),
+    lsr=Section(weight=Float(min=0), reduction=Choice("sum", "mean"), margin=Float(min=0), lower=Float(min=0)),
+    interpolation_range=Numbers(Float(min=0, max=1), length=2, increasing=True),
+    creative_weight=_per_generation_method(Float(min=0)),
+    grw_creative_weight=_per_generation_method(Float(min=0)),
+    rw=Section(steps=Int(min=0), decay=Float(min=0), samples_per_class=Int(min=1),
+               temperature=Float(min=0, min_open=True), visit_weight=Float(min=0),
+               weights=Section(discr_imitative=Float(min=0), discr_real=Float(min=0), gen_imitative=Float(min=0))),
+)
 
 
 # ----------------------------------------------------------------------------------------- networks
@@ -177,6 +228,18 @@ class Formulation:
     :class:`OriginalFormulation` is the original code's, kept as test oracle and benchmark baseline."""
 
     name = "zslfast"
+    runs_embedder = False  # seen_scores ignores ``embedder`` and uses the given prototypes
+
+    def real_alignment(self, protos_y, x, scale, eps, mode):
+        """log(mean τ·cos(D(a_y), x) + ε), D's real-alignment term (§3.1). ``all_pairs``: the mean over
+        all B×B (prototype, feature) pairs of the batch, which equals τ times the dot product of the
+        mean unit prototype and the mean unit feature: O(B·D) instead of the original's B×B×D
+        broadcast. ``matched``: the mean over the pairs (b, b)."""
+        if mode == "matched":
+            return log_mean_cosine(protos_y, x, scale, eps)
+        p = F.normalize(protos_y, dim=1).mean(0)
+        q = F.normalize(x, dim=1).mean(0)
+        return torch.log(scale * (p @ q) + eps)
 
     def seen_scores(self, embedder, att_seen, prototypes, x, scale):
         """scale·cos(x_b, D(a_k)) for k < K, [B, K], from the prototypes computed once per step."""
@@ -210,6 +273,14 @@ class OriginalFormulation(Formulation):
     loops over classes. Same values as :class:`Formulation` up to rounding; much slower."""
 
     name = "original"
+    runs_embedder = True
+
+    def real_alignment(self, protos_y, x, scale, eps, mode):
+        p, q = F.normalize(protos_y, dim=-1), F.normalize(x, dim=-1)
+        if mode == "matched":
+            return torch.log(scale * F.cosine_similarity(p, q, dim=-1).mean() + eps)
+        # [B, 1, D] against [B, D]: broadcast to B×B cosines, as the original computes it
+        return torch.log(scale * F.cosine_similarity(p.unsqueeze(1), q, dim=-1).mean() + eps)
 
     def seen_scores(self, embedder, att_seen, prototypes, x, scale):
         b, k = x.shape[0], att_seen.shape[0]
@@ -261,13 +332,6 @@ class GRWTrainer:
     """
 
     def __init__(self, data, cfg, device, seed=0, formulation="zslfast"):
-        if cfg["attribute_generation"] not in ATTRIBUTE_GENERATION:
-            raise ZSLError(f"attribute_generation must be one of {', '.join(ATTRIBUTE_GENERATION)}, "
-                           f"got {cfg['attribute_generation']!r}")
-        if cfg["schedule"] not in SCHEDULES:
-            raise ZSLError(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg['schedule']!r}")
-        if cfg["lsr"]["reduction"] not in ("sum", "mean"):
-            raise ZSLError(f"lsr.reduction must be 'sum' or 'mean', got {cfg['lsr']['reduction']!r}")
         self.data, self.cfg, self.device = data, cfg, device
         self.method = cfg["attribute_generation"]
         self.f = FORMULATIONS[formulation]()
@@ -320,22 +384,23 @@ class GRWTrainer:
         return alpha * a[p1] + (1 - alpha) * a[p2]
 
     # --------------------------------------------------------------------------- losses
-    def d_loss(self, x, y, x_fake):
-        """L_D (§3.1): −log mean τ·cos(D(a_y), x) + log mean τ·cos(D(a_y), x̃) + α·CE over the K seen
-        prototypes + MSE(D(A_seen), μ_seen); ``x_fake`` is a detached generator batch."""
+    def d_loss(self, x, y, x_fake, protos):
+        """L_D (§3.1): −log mean τ·cos(D(a_y), x) (over all pairs or matched pairs,
+        ``d_real_alignment``) + log mean τ·cos(D(a_y), x̃) + α·CE over the K seen prototypes +
+        MSE(D(A_seen), μ_seen); ``x_fake`` is a detached generator batch, ``protos`` = D(A_seen)."""
         cfg, k = self.cfg, self.num_seen
-        protos = self.model.embedder(self.att[:k])
         scale, eps = cfg["scale"], cfg["log_eps"]
         scores = self.f.seen_scores(self.model.embedder, self.att[:k], protos, x, scale)
-        return (-log_mean_cosine(protos[y], x, scale, eps) + log_mean_cosine(protos[y], x_fake, scale, eps)
+        return (-self.f.real_alignment(protos[y], x, scale, eps, cfg["d_real_alignment"])
+                + log_mean_cosine(protos[y], x_fake, scale, eps)
                 + cfg["cls_weight"] * F.cross_entropy(scores, y) + F.mse_loss(protos, self.mu[:k]))
 
-    def g_seen_loss(self, x_gen, y, protos):
+    def g_seen_loss(self, x_gen, y, protos, embedder):
         """L_G,seen (§3.2) of generated features ``x_gen`` for labels ``y``, against the fixed
-        prototypes ``protos`` = D(A_seen)."""
+        prototypes ``protos`` = D(A_seen) (``embedder`` is the D that computed them)."""
         cfg, k = self.cfg, self.num_seen
         scale, lsr = cfg["scale"], cfg["lsr"]
-        scores = self.f.seen_scores(self.model.embedder, self.att[:k], protos, x_gen, scale)
+        scores = self.f.seen_scores(embedder, self.att[:k], protos, x_gen, scale)
         loss = (-log_mean_cosine(protos[y], x_gen, scale, cfg["log_eps"]) + cfg["cls_weight"] * F.cross_entropy(scores, y)
                 + self.f.correlation_loss(x_gen, y, self.mu[:k], self.neighbours, self.sigma, lsr["margin"],
                                           lsr["lower"], lsr["weight"], lsr["reduction"]))
@@ -343,14 +408,15 @@ class GRWTrainer:
             loss = loss + self.f.euclidean_loss(x_gen, y, self.mu[:k])
         return loss
 
-    def g_creative_loss(self, x, y, protos):
-        """The creativity loss (§3.3) and the four random-walk losses (§3.4)."""
+    def g_creative_loss(self, x, y, protos, embedder):
+        """The creativity loss (§3.3) against the prototypes ``protos`` (computed by ``embedder``),
+        and the four random-walk losses (§3.4)."""
         cfg, k, rw = self.cfg, self.num_seen, self.cfg["rw"]
         scale, n = cfg["scale"], rw["samples_per_class"]
         att_h = self.hallucinate(y)
         z = torch.randn(y.shape[0], att_h.shape[1], generator=self.gen, device=self.device, dtype=att_h.dtype)
         x_h = F.normalize(self.model.generator(z, att_h), dim=1)
-        scores_h = self.f.seen_scores(self.model.embedder, self.att[:k], protos, x_h, scale)
+        scores_h = self.f.seen_scores(embedder, self.att[:k], protos, x_h, scale)
         loss = (-cfg["creative_weight"][self.method] * F.log_softmax(scores_h, dim=1).mean() / k
                 - scale * F.cosine_similarity(self.model.embedder(att_h), x_h, dim=1).mean())
 
@@ -380,27 +446,35 @@ class GRWTrainer:
         z = torch.randn(y.shape[0], self.att.shape[1], generator=self.gen, device=self.device, dtype=self.att.dtype)
         with torch.no_grad():
             x_fake = m.generator(z, self.att[:k], y)
-        loss_d = self.d_loss(x, y, x_fake)
+        protos_d = m.embedder(self.att[:k])
+        before = self.cfg["g_prototypes"] == "before_d_step"
+        # The original formulation runs D itself on repeated rows, so it needs D's pre-update weights.
+        embedder_g = copy.deepcopy(m.embedder) if before and self.f.runs_embedder else m.embedder
+        loss_d = self.d_loss(x, y, x_fake, protos_d)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
         # G step(s): D is fixed, and D(A_seen) is a constant for G (it depends on no G output).
         m.embedder.requires_grad_(False)
+        embedder_g.requires_grad_(False)
         try:
-            with torch.no_grad():
-                protos = m.embedder(self.att[:k])
+            if before:
+                protos = protos_d.detach()
+            else:
+                with torch.no_grad():
+                    protos = m.embedder(self.att[:k])
             self.opt_g.zero_grad(set_to_none=True)
             if self.dictionary is not None:
                 self.opt_dict.zero_grad(set_to_none=True)
-            loss_seen = self.g_seen_loss(m.generator(z, self.att[:k], y), y, protos)
+            loss_seen = self.g_seen_loss(m.generator(z, self.att[:k], y), y, protos, embedder_g)
             if self.cfg["schedule"] == "two_step":
                 loss_seen.backward()
                 self.opt_g.step()  # the seen gradients stay and are applied again below (§3.5)
-                loss_cr = self.g_creative_loss(x, y, protos)
+                loss_cr = self.g_creative_loss(x, y, protos, embedder_g)
                 loss_cr.backward()
             else:
-                loss_cr = self.g_creative_loss(x, y, protos)
+                loss_cr = self.g_creative_loss(x, y, protos, embedder_g)
                 (loss_seen + loss_cr).backward()
             self.opt_g.step()
             if self.dictionary is not None:
@@ -440,6 +514,7 @@ class GRWMethod:
     name = "grw"
     setting = "continual gzsl"
     selection = "none (fixed epochs per task)"
+    settings = SETTINGS
 
     def run(self, data, config, ctx):
         if ctx.select_on_test:
