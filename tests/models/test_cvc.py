@@ -114,9 +114,18 @@ def test_batched_episodes_score_each_episode_against_its_own_classes():
         torch.testing.assert_close(got[i * n:(i + 1) * n], model.logits(x[i * n:(i + 1) * n], weights[i * w:(i + 1) * w]))
 
 
-def test_select_on_test_keeps_the_best_test_epoch(tmp_path):
-    res, _ = _run(tmp_path, "s", "--quick", "--select-on-test", "--set", "transductive=true", "--set", "hidden=128")
-    sel = res["selection"]
+def test_select_on_test_evaluates_every_epoch_and_keeps_the_best(tmp_path):
+    """The original evaluates on the test sets after every epoch and keeps the best-H epoch: with
+    eval_every=3 the test history must still have one entry per epoch, the chosen epoch must be its
+    (first) argmax and the reported H that epoch's."""
+    res, _ = _run(tmp_path, "s", "--quick", "--select-on-test", "--set", "transductive=true", "--set", "hidden=128",
+                  "--set", "epochs=4", "--set", "eval_every=3", "--set", "transductive_training.epochs=3",
+                  "--set", "transductive_training.eval_every=3")
+    sel, m = res["selection"], res["metrics"]
     assert sel["on"] == "test (original protocol)"
-    assert sel["inductive_epoch"] in (1, 2) and sel["transductive_epoch"] in (1, 2)
-    assert {"zsl_t1", "gzsl_h", "inductive_gzsl_h"} <= set(res["metrics"])
+    for stage, epochs, key in (("inductive", 4, "inductive_gzsl_h"), ("transductive", 3, "gzsl_h")):
+        history = sel[f"{stage}_history"]
+        assert [e for e, _ in history] == list(range(1, epochs + 1))
+        scores = [h for _, h in history]
+        assert sel[f"{stage}_epoch"] == 1 + scores.index(max(scores))
+        assert m[key] == pytest.approx(max(scores))

@@ -15,14 +15,17 @@ rows (transductive), no calibration (§4).
 Conscious choices (§7):
 - Model selection on a class-disjoint validation split by default: the number of epochs (inductive,
   then transductive) is chosen by validation GZSL H, and the model is retrained on all seen data
-  for that many epochs. The original picks the best-H epoch on the test sets every epoch;
-  ``--select-on-test`` reproduces that. In the transductive validation run the unlabelled data are
+  for that many epochs. The original picks the best-H epoch on the test sets, evaluated after every
+  epoch; ``--select-on-test`` reproduces that, at the original's cadence (every epoch, whatever
+  ``eval_every`` says). In the transductive validation run the unlabelled data are
   the validation split's held-out classes, never test images.
 - Attributes as the original reads them: L2-normalised ``att``, raw ``original_att`` for AWA2 (§7.2).
 - β is kept although it cancels in the softmax (it shifts the pseudo-label ratio test, §7.3).
 - Inductive GZSL uses generated seen classifiers, as the code does (§7.4).
-- StepLR steps after each epoch (the modern convention; the original's PyTorch 0.4 idiom steps at
-  the start, a one-epoch shift, §7.8). Weight decay applies to s and β too (§7.9).
+- StepLR: the learning rate of epoch e (0-based) is lr·γ^⌊e/step_size⌋. The original calls
+  ``scheduler.step()`` at the start of every epoch, which on its PyTorch 0.4.1 gives exactly this
+  schedule (0.4's scheduler constructor leaves ``last_epoch`` at −1, so the first call sets epoch
+  0); there is no one-epoch shift (§7.8). Weight decay applies to s and β too (§7.9).
 - The pseudo-label set keeps duplicates and conflicting labels, as the original (§7.7).
 - A transductive run with ``inductive_checkpoint`` set starts from that checkpoint (a ``--method cvc``
   checkpoint.pt) and trains the configured number of epochs: a validation run would need an
@@ -46,6 +49,36 @@ from zslfast.errors import ZSLError
 from zslfast.eval.metrics import zsl_gzsl_metrics
 from zslfast.methods import MethodResult, register
 from zslfast.optim import adam
+from zslfast.settings import ATTRIBUTES, VALIDATION, Bool, File, Float, Int, Section
+
+
+def _schedule_settings(**extra):
+    return dict(lr=Float(min=0, min_open=True), weight_decay=Float(min=0), step_size=Int(min=1),
+                gamma=Float(min=0, max=1, min_open=True), epochs=Int(min=1), eval_every=Int(min=1), **extra)
+
+
+SETTINGS = Section(
+    attributes=ATTRIBUTES(),
+    transductive=Bool(),
+    inductive_checkpoint=File(nullable=True),
+    hidden=Int(min=1),
+    init_std=Float(min=0, min_open=True),
+    scale_init=Float(min=0, min_open=True),
+    ways=Int(min=2),
+    shots=Int(min=1),
+    episodes_per_epoch=Int(min=1),
+    episodes_per_step=Int(min=1),
+    grad_clip=Float(min=0, min_open=True),
+    transductive_training=Section(
+        ways=Int(min=2), shots=Int(min=1), refresh_every=Int(min=1), loss_q=Float(min=0, max=1, min_open=True),
+        ratio=Float(min=1), top_per_class=Int(min=1), test_shots_factor=Float(min=0, min_open=True),
+        **_schedule_settings()),
+    validation=VALIDATION(),
+    checks=[lambda c: None if c["episodes_per_step"] <= c["episodes_per_epoch"] else
+            f"episodes_per_step = {c['episodes_per_step']} is more than episodes_per_epoch = "
+            f"{c['episodes_per_epoch']}"],
+    **_schedule_settings(),
+)
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -311,6 +344,7 @@ class CVCMethod:
     name = "cvc"
     setting = "zsl+gzsl (inductive or transductive)"
     selection = "validation"
+    settings = SETTINGS
 
     def run(self, data, config, ctx):
         t0 = time.perf_counter()
@@ -376,7 +410,9 @@ class CVCMethod:
         return MethodResult(metrics=metrics, state=state, selection=selection, timings=timings)
 
     def _run_on_test(self, data, config, ctx, trans):
-        """The original protocol: evaluate on the test sets during training, keep the best-H epoch."""
+        """The original protocol: evaluate on the test sets after every epoch, keep the best-H epoch."""
+        config = {**config, "eval_every": 1,
+                  "transductive_training": {**config["transductive_training"], "eval_every": 1}}
         best = {}
 
         def keep(obj, epoch, tag):
@@ -389,17 +425,19 @@ class CVCMethod:
             model = load_inductive(config["inductive_checkpoint"], data, config, ctx.device)
             best["inductive"] = {"metrics": evaluate(model, data), "epoch": None, "state": _state_dict(model)}
         else:
-            model, _ = train_inductive(data, config, ctx, config["epochs"],
-                                       evaluate=lambda m, ep: keep(m, ep, "inductive"))
+            model, history = train_inductive(data, config, ctx, config["epochs"],
+                                             evaluate=lambda m, ep: keep(m, ep, "inductive"))
             model.load_state_dict(best["inductive"]["state"])
-        selection = {"on": "test (original protocol)", "inductive_epoch": best["inductive"]["epoch"]}
+            best["inductive"]["history"] = history
+        selection = {"on": "test (original protocol)", "metric": "gzsl_h", "inductive_epoch": best["inductive"]["epoch"],
+                     "inductive_history": best["inductive"].get("history")}
         state = {"inductive": best["inductive"]["state"]}
         if not trans:
             return MethodResult(metrics=best["inductive"]["metrics"], state=state, selection=selection)
-        train_transductive(data, config, ctx, model, config["transductive_training"]["epochs"],
-                           evaluate=lambda st, ep: keep(st, ep, "transductive"))
+        _, history = train_transductive(data, config, ctx, model, config["transductive_training"]["epochs"],
+                                        evaluate=lambda st, ep: keep(st, ep, "transductive"))
         metrics = dict(best["transductive"]["metrics"])
         metrics.update({f"inductive_{k}": v for k, v in best["inductive"]["metrics"].items()})
-        selection["transductive_epoch"] = best["transductive"]["epoch"]
+        selection.update(transductive_epoch=best["transductive"]["epoch"], transductive_history=history)
         state["transductive"] = best["transductive"]["state"]
         return MethodResult(metrics=metrics, state=state, selection=selection)
