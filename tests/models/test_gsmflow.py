@@ -1,11 +1,12 @@
 import json
 
+import pytest
 import torch
 
 from zslfast.config import resolve_config
 from zslfast.data import make_synthetic
 from zslfast.methods import RunContext
-from zslfast.models.gsmflow import GSMFlowModel, RelativePositioning, select_anchors
+from zslfast.models.gsmflow import GSMFlowModel, RelativePositioning, select_anchors, synthetic_budget
 from zslfast.train import main
 
 
@@ -35,10 +36,30 @@ def test_synthesis_shapes_and_class_conditioning():
     assert x.shape == (20, data.feature_dim) and y.tolist() == [4] * 10 + [9] * 10
 
 
+def test_synthetic_budget_follows_the_data():
+    data = make_synthetic(seed=0)  # 1920 trainval features of 40 seen classes: 48 per class
+    cfg = resolve_config("gsmflow", "synthetic", overrides=["synth_ratio=2.5"])
+    n, record = synthetic_budget(data, cfg)
+    assert n == 120 and record == {"per_unseen_class": 120, "real_per_seen_class": 48.0, "ratio": 2.5}
+    cfg = resolve_config("gsmflow", "synthetic", overrides=["synth_ratio=null", "synth_per_class=30"])
+    assert synthetic_budget(data, cfg) == (30, {"per_unseen_class": 30, "real_per_seen_class": 48.0, "ratio": 0.625})
+    val = data.validation_split()  # fewer seen classes and samples: the ratio, not the count, carries over
+    n_val, rec_val = synthetic_budget(val, resolve_config("gsmflow", "synthetic", overrides=["synth_ratio=2.5"]))
+    assert rec_val["ratio"] == pytest.approx(2.5, abs=0.02) and n_val == round(2.5 * rec_val["real_per_seen_class"])
+
+
 def test_short_training_run_is_well_above_chance(tmp_path):
     out = tmp_path / "g"
-    assert main(["--method", "gsmflow", "--no-progress", "--out", str(out), "--set", "epochs=20",
+    assert main(["--method", "gsmflow", "--no-progress", "--device", "cpu", "--out", str(out), "--set", "epochs=20",
                  "--set", "eval_every_epochs=10"]) == 0
-    m = json.loads((out / "results.json").read_text())["metrics"]
+    res = json.loads((out / "results.json").read_text())
+    m = res["metrics"]
     # chance: T1 10% (10 unseen classes); GZSL U and S about 2% (50 classes)
     assert m["zsl_t1"] > 25 and m["gzsl_h"] > 20, m
+    # the final classifiers train for the epoch counts chosen on validation at the chosen flow epoch
+    sel = res["selection"]
+    chosen = dict((e, used) for e, used in sel["classifier_history"])
+    assert sel["classifier_epochs"] == chosen[sel["epoch"]]
+    assert all(1 <= n <= res["config"]["classifier"]["epochs"] for n in sel["classifier_epochs"].values())
+    assert res["info"]["synthetic"]["ratio"] == pytest.approx(
+        res["info"]["synthetic"]["per_unseen_class"] / res["info"]["synthetic"]["real_per_seen_class"], rel=1e-3)

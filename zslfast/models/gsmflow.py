@@ -12,9 +12,16 @@ subnet (§2b); three-anchor relative positioning with anchors chosen by cosine-s
 (§2e); loss mean(z²)/2 − mean(logdet)/D plus λ·MSE(f⁻¹(0; sr(a_s)), μ_s) with sr under no_grad
 (§2f); Adam with weight decay and StepLR per epoch; full batches (§3).
 
-Conscious choices (§7): model selection on a class-disjoint validation split by default (the
-original selects the evaluation iteration and the classifier epoch on the test set:
-``--select-on-test`` reproduces that); a median tie in anchor selection takes the first class
+Conscious choices (§7): model selection on a class-disjoint validation split by default: the number
+of flow epochs and each final classifier's number of epochs (GZSL and ZSL, each the best epoch on
+the validation split's held-out data, as the original picks its best classifier epoch) are chosen
+there, then everything is retrained on all of trainval with those counts (the original selects the
+evaluation iteration and the classifier epoch on the test set: ``--select-on-test`` reproduces
+that). The synthetic budget is ``synth_per_class`` features per unseen class (the MM'21 counts on
+real data) or, when ``synth_ratio`` is set, that ratio × the mean number of real trainval features
+per seen class, so a budget follows the data it runs on (the CPU budgets of the synthetic and
+``--like`` runs use a ratio; results.json records count and ratio under ``info.synthetic``). A
+median tie in anchor selection takes the first class
 instead of crashing; the two backward calls are one summed loss; the lr schedule steps after each
 epoch (the original also steps at iteration 0); ZSL T1 comes from a classifier trained on synthetic
 unseen features only, as in the TMM code (MM has no T1).
@@ -33,7 +40,42 @@ from zslfast.eval.classifier import train_softmax_classifier
 from zslfast.eval.metrics import harmonic_mean, per_class_accuracy, predict
 from zslfast.methods import MethodResult, register
 from zslfast.nn import ConditionalFlow
+from zslfast.ops.coupling import CLAMP_MODES
 from zslfast.optim import adam
+from zslfast.settings import ATTRIBUTES, FEATURE_NORM, VALIDATION, Choice, Float, Int, Section
+
+SETTINGS = Section(
+    feature_norm=FEATURE_NORM(),
+    attributes=ATTRIBUTES(),
+    data_format=Choice("xlsa17", "epgn"),
+    flow=Section(blocks=Int(min=1), hidden=Int(min=1), cond_dim=Int(min=1), clamp=Float(min=0, min_open=True),
+                 clamp_mode=Choice(*CLAMP_MODES), init_std=Float(min=0, min_open=True)),
+    anchors=Choice("seen", "all"),
+    lr=Float(min=0, min_open=True),
+    weight_decay=Float(min=0),
+    lr_step_epochs=Int(min=1),
+    lr_gamma=Float(min=0, max=1, min_open=True),
+    batch_size=Int(min=1),
+    epochs=Int(min=1),
+    perturbation=Float(min=0),
+    perturbation_dropout=Float(min=0, max=1, max_open=True),
+    proto_weight=Float(min=0),
+    synth_per_class=Int(min=1, nullable=True),
+    synth_ratio=Float(min=0, min_open=True, nullable=True),
+    classifier=Section(lr=Float(min=0, min_open=True), epochs=Int(min=1), batch_size=Int(min=1)),
+    eval_start_epoch=Int(min=1),
+    eval_every_epochs=Int(min=1),
+    calibration=Float(),
+    validation=VALIDATION(),
+    checks=[
+        lambda c: None if c["synth_per_class"] is not None or c["synth_ratio"] is not None else
+        "synth_per_class and synth_ratio are both null; set one (the number of synthetic features per unseen "
+        "class, or that number as a multiple of the mean real count per seen class)",
+        lambda c: None if c["eval_start_epoch"] <= c["epochs"] else
+        f"eval_start_epoch = {c['eval_start_epoch']} is after the last epoch ({c['epochs']}): nothing would be "
+        "evaluated or selected",
+    ],
+)
 
 
 def select_anchors(att):
@@ -136,23 +178,41 @@ def train_flow(data, cfg, ctx, evaluate=None, epochs=None, desc="gsmflow"):
     return model, history
 
 
-def evaluate_model(model, data, cfg, ctx, split_data=None, select_on_split=False):
-    """Synthesize unseen features, train the final classifiers, return ZSL/GZSL metrics (percent).
+def synthetic_budget(data, cfg):
+    """Synthetic features per unseen class for ``data``: ``synth_ratio`` × the mean number of real
+    trainval features per seen class when ``synth_ratio`` is set (so the budget follows the data),
+    else the absolute ``synth_per_class``. Returns (count, record for results.json)."""
+    real_per_seen = data.splits["trainval"].numel() / max(1, data.seen_classes.numel())
+    if cfg["synth_ratio"] is not None:
+        n = max(1, round(cfg["synth_ratio"] * real_per_seen))
+    else:
+        n = int(cfg["synth_per_class"])
+    return n, {"per_unseen_class": n, "real_per_seen_class": round(real_per_seen, 2),
+               "ratio": round(n / real_per_seen, 4)}
+
+
+def evaluate_model(model, data, cfg, ctx, select=False, classifier_epochs=None):
+    """Synthesize unseen features, train the final classifiers, return (ZSL/GZSL metrics in percent,
+    the classifier epoch counts used).
 
     GZSL: a softmax over all classes trained on real trainval (seen) + synthetic unseen features;
     S/U/H on test_seen/test_unseen. ZSL T1: a classifier trained on synthetic unseen only, argmax
-    over the unseen classes. With ``select_on_split`` each classifier's epoch is chosen on the
-    evaluated split itself (the original protocol; only used for ``--select-on-test``).
+    over the unseen classes. With ``select`` each classifier keeps its best epoch on ``data``'s own
+    test splits, which are the validation split's held-out data in the default protocol (and the
+    real test split only for ``--select-on-test``, the original protocol); otherwise each trains
+    for ``classifier_epochs`` (``{"gzsl": n, "zsl": n}``, e.g. the counts chosen on validation) or
+    the configured number of epochs.
     """
-    data = split_data or data
     device = ctx.device
     unseen, seen = data.unseen_classes.to(device), data.seen_classes.to(device)
     g = ctx.generator(2)
-    syn_x, syn_y = model.synthesize(data.attributes, unseen, cfg["synth_per_class"], g)
+    n_syn, _ = synthetic_budget(data, cfg)
+    syn_x, syn_y = model.synthesize(data.attributes, unseen, n_syn, g)
     real_x, real_y = data.subset("trainval")
     xs, ys = data.subset("test_seen")
     xu, yu = data.subset("test_unseen")
     c = cfg["classifier"]
+    epochs = classifier_epochs or {"gzsl": c["epochs"], "zsl": c["epochs"]}
 
     def gzsl(clf):
         with torch.no_grad():
@@ -160,18 +220,20 @@ def evaluate_model(model, data, cfg, ctx, split_data=None, select_on_split=False
             u = per_class_accuracy(predict(clf(xu), None, seen, cfg["calibration"]), yu)
         return s, u
 
-    clf, _ = train_softmax_classifier(torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y]), data.num_classes,
-                                      c["epochs"], c["lr"], c["batch_size"], generator=g,
-                                      select_fn=(lambda m: harmonic_mean(*gzsl(m))) if select_on_split else None)
-    s, u = gzsl(clf)
-
     def zsl(m):
         with torch.no_grad():
             return per_class_accuracy(predict(m(xu), unseen), yu)
 
-    zclf, _ = train_softmax_classifier(syn_x, syn_y, data.num_classes, c["epochs"], c["lr"], c["batch_size"],
-                                       generator=g, select_fn=zsl if select_on_split else None)
-    return {"zsl_t1": 100 * zsl(zclf), "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
+    clf, info_g = train_softmax_classifier(
+        torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y]), data.num_classes,
+        c["epochs"] if select else epochs["gzsl"], c["lr"], c["batch_size"], generator=g,
+        select_fn=(lambda m: harmonic_mean(*gzsl(m))) if select else None)
+    s, u = gzsl(clf)
+    zclf, info_z = train_softmax_classifier(syn_x, syn_y, data.num_classes, c["epochs"] if select else epochs["zsl"],
+                                            c["lr"], c["batch_size"], generator=g, select_fn=zsl if select else None)
+    metrics = {"zsl_t1": 100 * zsl(zclf), "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
+    used = {"gzsl": info_g["best_epoch"] + 1, "zsl": info_z["best_epoch"] + 1} if select else dict(epochs)
+    return metrics, used
 
 
 @register
@@ -179,34 +241,48 @@ class GSMFlowMethod:
     name = "gsmflow"
     setting = "zsl+gzsl"
     selection = "validation"
+    settings = SETTINGS
 
     def run(self, data, config, ctx):
         t0 = time.perf_counter()
         data = data.normalized(config["feature_norm"]).to(ctx.device)
+        _, budget = synthetic_budget(data, config)
         if ctx.select_on_test:
-            # The original protocol: evaluate on the test split during training, keep the best.
+            # The original protocol: evaluate on the test split during training (each classifier
+            # keeping its best test epoch), keep the best flow epoch.
             best = {}
 
             def on_test(model, epoch):
-                m = evaluate_model(model, data, config, ctx, select_on_split=True)
+                m, used = evaluate_model(model, data, config, ctx, select=True)
                 if not best or m["gzsl_h"] > best["metrics"]["gzsl_h"]:
-                    best.update(metrics=m, epoch=epoch, state={k: v.cpu() for k, v in model.state_dict().items()})
+                    best.update(metrics=m, epoch=epoch, classifier_epochs=used,
+                                state={k: v.cpu() for k, v in model.state_dict().items()})
                 return m["gzsl_h"]
 
             _, history = train_flow(data, config, ctx, evaluate=on_test)
             return MethodResult(metrics=best["metrics"], state=best["state"],
                                 selection={"on": "test (original protocol)", "epoch": best["epoch"],
-                                           "history": history}, timings={"train_s": time.perf_counter() - t0})
-        # Default: choose the number of epochs on the validation split, then retrain on all trainval.
+                                           "classifier_epochs": best["classifier_epochs"], "history": history},
+                                timings={"train_s": time.perf_counter() - t0}, info={"synthetic": budget})
+        # Default: choose the number of flow epochs and each final classifier's number of epochs on
+        # the validation split, then retrain on all trainval with those counts.
         val = data.validation_split(**config["validation"])
-        _, history = train_flow(val, config, ctx, desc="gsmflow (validation)",
-                                evaluate=lambda model, epoch: evaluate_model(model, val, config, ctx)["gzsl_h"])
-        best_epoch = max(history, key=lambda h: h[1])[0] if history else config["epochs"]
+        chosen = {}
+
+        def on_val(model, epoch):
+            m, used = evaluate_model(model, val, config, ctx, select=True)
+            chosen[epoch] = used
+            return m["gzsl_h"]
+
+        _, history = train_flow(val, config, ctx, desc="gsmflow (validation)", evaluate=on_val)
+        best_epoch = max(history, key=lambda h: h[1])[0]
         t1 = time.perf_counter()
         model, _ = train_flow(data, config, ctx, epochs=best_epoch)
         t2 = time.perf_counter()
-        metrics = evaluate_model(model, data, config, ctx)
+        metrics, used = evaluate_model(model, data, config, ctx, classifier_epochs=chosen[best_epoch])
         return MethodResult(metrics=metrics, state={k: v.cpu() for k, v in model.state_dict().items()},
                             selection={"on": "validation", "metric": "gzsl_h", "epoch": best_epoch,
-                                       "history": history},
-                            timings={"select_s": t1 - t0, "train_s": t2 - t1, "eval_s": time.perf_counter() - t2})
+                                       "classifier_epochs": used, "history": history,
+                                       "classifier_history": [[e, chosen[e]] for e, _ in history]},
+                            timings={"select_s": t1 - t0, "train_s": t2 - t1, "eval_s": time.perf_counter() - t2},
+                            info={"synthetic": budget})
