@@ -18,10 +18,12 @@ from tqdm.auto import tqdm
 class SoftmaxClassifier(nn.Module):
     """Linear scores over all classes; ``forward`` returns logits [n, C]."""
 
-    def __init__(self, in_dim, num_classes):
+    def __init__(self, in_dim, num_classes, generator=None):
         super().__init__()
         self.fc = nn.Linear(in_dim, num_classes)
-        nn.init.xavier_normal_(self.fc.weight)
+        # Drawn from ``generator`` (not the global RNG) so that a classifier retrained from a saved
+        # checkpoint with the same generator is the same classifier.
+        nn.init.xavier_normal_(self.fc.weight, generator=generator)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x):
@@ -35,13 +37,14 @@ def train_softmax_classifier(features, labels, num_classes, epochs=25, lr=1e-3, 
     Args:
         select_fn: ``f(classifier) -> float`` evaluated after each epoch; the weights of the best
             epoch are returned. None: the last epoch.
-        generator: a torch.Generator (on CPU) for the batch order, for determinism.
+        generator: a torch.Generator (on CPU) for the initial weights and the batch order, for
+            determinism independent of the global RNG.
 
     Returns:
         (classifier, {"best_epoch", "best_score", "history"}).
     """
     device = features.device
-    clf = SoftmaxClassifier(features.shape[1], num_classes).to(device)
+    clf = SoftmaxClassifier(features.shape[1], num_classes, generator=generator).to(device)
     opt = torch.optim.Adam(clf.parameters(), lr=lr, betas=(beta1, 0.999))
     n = features.shape[0]
     best, best_state, history = None, None, []

@@ -138,7 +138,9 @@ class Generator(nn.Module):
         d = self.attribute_dim
         cond = torch.addmm(self.fc1.bias, a, self.fc1.weight[:, d:].T)  # per attribute row
         if index is not None:
-            cond = cond[index]
+            # index_select: its backward sums repeated rows in a fixed order on the CPU (indexing's
+            # backward, index_put_ with accumulate, does not), so runs with one seed are identical
+            cond = cond.index_select(0, index)
         h = torch.relu(torch.addmm(cond, z, self.fc1.weight[:, :d].T))
         return torch.sigmoid(self.fc2(h))
 
@@ -391,8 +393,9 @@ class GRWTrainer:
         cfg, k = self.cfg, self.num_seen
         scale, eps = cfg["scale"], cfg["log_eps"]
         scores = self.f.seen_scores(self.model.embedder, self.att[:k], protos, x, scale)
-        return (-self.f.real_alignment(protos[y], x, scale, eps, cfg["d_real_alignment"])
-                + log_mean_cosine(protos[y], x_fake, scale, eps)
+        p_y = protos.index_select(0, y)  # D(a_y) per sample (index_select: see Generator.forward)
+        return (-self.f.real_alignment(p_y, x, scale, eps, cfg["d_real_alignment"])
+                + log_mean_cosine(p_y, x_fake, scale, eps)
                 + cfg["cls_weight"] * F.cross_entropy(scores, y) + F.mse_loss(protos, self.mu[:k]))
 
     def g_seen_loss(self, x_gen, y, protos, embedder):
@@ -401,7 +404,8 @@ class GRWTrainer:
         cfg, k = self.cfg, self.num_seen
         scale, lsr = cfg["scale"], cfg["lsr"]
         scores = self.f.seen_scores(embedder, self.att[:k], protos, x_gen, scale)
-        loss = (-log_mean_cosine(protos[y], x_gen, scale, cfg["log_eps"]) + cfg["cls_weight"] * F.cross_entropy(scores, y)
+        loss = (-log_mean_cosine(protos.index_select(0, y), x_gen, scale, cfg["log_eps"])
+                + cfg["cls_weight"] * F.cross_entropy(scores, y)
                 + self.f.correlation_loss(x_gen, y, self.mu[:k], self.neighbours, self.sigma, lsr["margin"],
                                           lsr["lower"], lsr["weight"], lsr["reduction"]))
         if cfg["euclidean"]:
@@ -410,15 +414,15 @@ class GRWTrainer:
 
     def g_creative_loss(self, x, y, protos, embedder):
         """The creativity loss (§3.3) against the prototypes ``protos`` (computed by ``embedder``),
-        and the four random-walk losses (§3.4)."""
+        and the four random-walk losses (§3.4). Returns (total, the weighted terms, detached)."""
         cfg, k, rw = self.cfg, self.num_seen, self.cfg["rw"]
         scale, n = cfg["scale"], rw["samples_per_class"]
         att_h = self.hallucinate(y)
         z = torch.randn(y.shape[0], att_h.shape[1], generator=self.gen, device=self.device, dtype=att_h.dtype)
         x_h = F.normalize(self.model.generator(z, att_h), dim=1)
         scores_h = self.f.seen_scores(embedder, self.att[:k], protos, x_h, scale)
-        loss = (-cfg["creative_weight"][self.method] * F.log_softmax(scores_h, dim=1).mean() / k
-                - scale * F.cosine_similarity(self.model.embedder(att_h), x_h, dim=1).mean())
+        creativity = (-cfg["creative_weight"][self.method] * F.log_softmax(scores_h, dim=1).mean() / k
+                      - scale * F.cosine_similarity(self.model.embedder(att_h), x_h, dim=1).mean())
 
         def walk(centers, points, target):
             return self.f.walk_loss(centers, points, rw["steps"], rw["decay"], target, rw["visit_weight"],
@@ -429,19 +433,23 @@ class GRWTrainer:
             return samples, samples.view(k, n, -1).mean(1)
 
         w = rw["weights"]
+        terms = {"creativity": creativity}
         samples, centers = fresh_prototypes()
-        loss = loss + w["discr_imitative"] * walk(centers, samples, "diag")
+        terms["rw_discr_imitative"] = w["discr_imitative"] * walk(centers, samples, "diag")
         _, centers = fresh_prototypes()
-        loss = loss + w["discr_real"] * walk(centers[torch.unique(y)], x, "diag")
+        terms["rw_discr_real"] = w["discr_real"] * walk(centers[torch.unique(y)], x, "diag")
         samples, centers = fresh_prototypes()
-        loss = loss + w["gen_imitative"] * walk(centers, samples, "diag")
+        terms["rw_gen_imitative"] = w["gen_imitative"] * walk(centers, samples, "diag")
         _, centers = fresh_prototypes()
-        return loss + cfg["grw_creative_weight"][self.method] * walk(centers, x_h, "uniform")
+        terms["rw_gen_creative"] = cfg["grw_creative_weight"][self.method] * walk(centers, x_h, "uniform")
+        return sum(terms.values()), {key: v.detach() for key, v in terms.items()}
 
     # --------------------------------------------------------------------------- one batch
     def step(self, x, y):
         """One training batch: a D step, then the G step(s) of the configured schedule. Returns the
-        loss values (floats are synchronised only when the caller reads them)."""
+        loss values, detached tensors (synchronised only when the caller reads them): ``d``,
+        ``g_seen``, ``g_creative`` and the weighted terms of the latter (``creativity`` and the four
+        ``rw_*`` walks)."""
         m, k = self.model, self.num_seen
         z = torch.randn(y.shape[0], self.att.shape[1], generator=self.gen, device=self.device, dtype=self.att.dtype)
         with torch.no_grad():
@@ -471,17 +479,17 @@ class GRWTrainer:
             if self.cfg["schedule"] == "two_step":
                 loss_seen.backward()
                 self.opt_g.step()  # the seen gradients stay and are applied again below (§3.5)
-                loss_cr = self.g_creative_loss(x, y, protos, embedder_g)
+                loss_cr, terms = self.g_creative_loss(x, y, protos, embedder_g)
                 loss_cr.backward()
             else:
-                loss_cr = self.g_creative_loss(x, y, protos, embedder_g)
+                loss_cr, terms = self.g_creative_loss(x, y, protos, embedder_g)
                 (loss_seen + loss_cr).backward()
             self.opt_g.step()
             if self.dictionary is not None:
                 self.opt_dict.step()
         finally:
             m.embedder.requires_grad_(True)
-        return {"d": loss_d.detach(), "g_seen": loss_seen.detach(), "g_creative": loss_cr.detach()}
+        return {"d": loss_d.detach(), "g_seen": loss_seen.detach(), "g_creative": loss_cr.detach(), **terms}
 
     # --------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -544,7 +552,7 @@ class GRWMethod:
                     if idx.numel() < 2:  # the original skips batches of one sample
                         continue
                     losses = trainer.step(data.features[idx], data.labels[idx])
-                bar.set_postfix({key: f"{float(v):.3f}" for key, v in losses.items()})
+                bar.set_postfix({key: f"{float(losses[key]):.3f}" for key in ("d", "g_seen", "g_creative")})
             buffer.update(task, split.labels)
             metrics = trainer.evaluate(task)
             per_task.append({"task": ti, "seen_classes": task.seen_classes.numel(), **metrics,

@@ -113,6 +113,22 @@ class GSMFlowModel(nn.Module):
         self.flow = ConditionalFlow(feature_dim, f["cond_dim"], f["blocks"], f["hidden"], f["clamp"],
                                     f["clamp_mode"], init_std=f["init_std"])
 
+    def nll(self, x, y, attributes):
+        """The flow's training loss on features x of classes y: mean(z²)/2 − mean(log|det J|)/D with
+        z = f(x; sr(a_y)), i.e. the negative log-likelihood per dimension up to the constant ½·log 2π
+        (§2f). The condition is computed once per class present in y."""
+        classes, inverse = torch.unique(y, return_inverse=True)
+        z, logdet = self.flow(x, self.sr(attributes[classes]), cond_index=inverse)
+        return (z ** 2).mean() / 2 - logdet.mean() / x.shape[1]
+
+    def prototypes(self, class_attributes):
+        """The visual prototype of each class, f⁻¹(0; sr(a)): the inverse flow of the latent origin
+        (§2f). sr is held fixed here (no_grad), as in the original, so this loss trains the flow only."""
+        with torch.no_grad():
+            cond = self.sr(class_attributes)
+        zeros = class_attributes.new_zeros(class_attributes.shape[0], self.flow.dim)
+        return self.flow(zeros, cond, rev=True)[0]
+
     @torch.no_grad()
     def synthesize(self, attributes, classes, n_per_class, generator, batch=4096):
         """n_per_class features per class id in ``classes`` (on the model's device) and their labels."""
@@ -122,10 +138,18 @@ class GSMFlowModel(nn.Module):
             cond = self.sr(attributes[c:c + 1])  # one condition row, broadcast over the batch
             for start in range(0, n_per_class, batch):
                 n = min(batch, n_per_class - start)
-                z = torch.randn(n, self.flow.dim, generator=generator).to(device)
+                z = torch.randn(n, self.flow.dim, generator=generator).to(device=device, dtype=attributes.dtype)
                 feats.append(self.flow(z, cond, rev=True)[0])
                 labels.append(torch.full((n,), c, dtype=torch.long, device=device))
         return torch.cat(feats), torch.cat(labels)
+
+
+def build_model(data, cfg, device):
+    """An untrained GSMFlowModel for ``data`` (anchors chosen from its seen classes, or from all
+    classes with ``anchors: all``), initialised from the global RNG."""
+    att = data.attributes
+    anchor_pool = att[data.seen_classes.to(att.device)] if cfg["anchors"] == "seen" else att
+    return GSMFlowModel(data.feature_dim, anchor_pool[select_anchors(anchor_pool)], cfg).to(device)
 
 
 def train_flow(data, cfg, ctx, evaluate=None, epochs=None, desc="gsmflow"):
@@ -136,9 +160,7 @@ def train_flow(data, cfg, ctx, evaluate=None, epochs=None, desc="gsmflow"):
     x_all, y_all = data.subset("trainval")
     seen = data.seen_classes.to(device)
     att = data.attributes
-    anchor_pool = att[seen] if cfg["anchors"] == "seen" else att
-    anchors = anchor_pool[select_anchors(anchor_pool)]
-    model = GSMFlowModel(data.feature_dim, anchors, cfg).to(device)
+    model = build_model(data, cfg, device)
     opt = adam(model.parameters(), device, cfg["lr"], cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["lr_step_epochs"], gamma=cfg["lr_gamma"])
     # Class means of the real training features: the prototype targets (§2f).
@@ -158,14 +180,9 @@ def train_flow(data, cfg, ctx, evaluate=None, epochs=None, desc="gsmflow"):
             noise = torch.randn(b, d, generator=g).to(device)
             if cfg["perturbation_dropout"] > 0:
                 noise = noise * (torch.rand(d, generator=g).to(device) > cfg["perturbation_dropout"])
-            classes, inverse = torch.unique(y, return_inverse=True)
-            z, logdet = model.flow(x + cfg["perturbation"] * noise, model.sr(att[classes]), cond_index=inverse)
-            loss = (z ** 2).mean() / 2 - logdet.mean() / d
+            loss = model.nll(x + cfg["perturbation"] * noise, y, att)
             if cfg["proto_weight"] > 0:
-                with torch.no_grad():
-                    sr_seen = model.sr(att[seen])
-                x_proto, _ = model.flow(torch.zeros(seen.numel(), d, device=device), sr_seen, rev=True)
-                loss = loss + cfg["proto_weight"] * nn.functional.mse_loss(x_proto, proto_target)
+                loss = loss + cfg["proto_weight"] * nn.functional.mse_loss(model.prototypes(att[seen]), proto_target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -256,7 +273,8 @@ class GSMFlowMethod:
                 m, used = evaluate_model(model, data, config, ctx, select=True)
                 if not best or m["gzsl_h"] > best["metrics"]["gzsl_h"]:
                     best.update(metrics=m, epoch=epoch, classifier_epochs=used,
-                                state={k: v.cpu() for k, v in model.state_dict().items()})
+                                # a copy: on the CPU .cpu() would alias the weights still being trained
+                                state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
                 return m["gzsl_h"]
 
             _, history = train_flow(data, config, ctx, evaluate=on_test)

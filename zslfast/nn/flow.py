@@ -44,7 +44,10 @@ class ConditionedMLP(nn.Module):
         """(s_raw, t), each [B, half] and contiguous."""
         h = self.lin_x(x)
         if cond_proj is not None:
-            h = h + (cond_proj if cond_index is None else cond_proj[cond_index])
+            # index_select, not cond_proj[cond_index]: its backward (index_add_) sums in a fixed order
+            # on the CPU, while indexing's backward (index_put_ with accumulate) does not, which made
+            # multi-threaded runs differ from one another.
+            h = h + (cond_proj if cond_index is None else cond_proj.index_select(0, cond_index))
         h = F.leaky_relu(h, self.slope)
         return self.out_s(h), self.out_t(h)
 
