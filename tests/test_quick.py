@@ -2,21 +2,17 @@
 built-in synthetic data reaches at least 1.5x chance (ZSL T1 among the 10 unseen classes, or GRW's
 mUA among all 50 classes) with a non-zero harmonic mean, so a user trying it does not conclude the
 method is broken. (Each run takes seconds; the time is reported in results.json, not asserted.)"""
-import json
-
 import pytest
 
 import zslfast.models  # noqa: F401  (registers every method)
+from tests.quick_runs import quick_run
 from zslfast.data import make_synthetic
 from zslfast.methods import METHODS
-from zslfast.train import main
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_quick_run_learns(method, tmp_path):
-    out = tmp_path / method
-    assert main(["--method", method, "--quick", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
-    res = json.loads((out / "results.json").read_text())
+def test_quick_run_learns(method, tmp_path_factory):
+    res, _ = quick_run(tmp_path_factory, method)
     m = res["metrics"]
     data = make_synthetic(seed=0)
     if res["setting"].startswith("continual"):

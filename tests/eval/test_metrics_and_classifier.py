@@ -55,8 +55,11 @@ def test_zsl_gzsl_metrics_on_a_perfect_and_a_seen_biased_scorer():
     m = zsl_gzsl_metrics(biased, data)
     assert m["zsl_t1"] == 100.0 and m["gzsl_u"] == 0.0 and m["gzsl_h"] == 0.0
     assert abs(m["gzsl_s"] - 100.0 / len(data.seen_classes)) < 1e-9  # only class 0 right
-    # calibrated stacking by more than the bonus undoes it
-    assert zsl_gzsl_metrics(biased, data, calibration=20.0)["gzsl_s"] < 100.0
+    # Calibrated stacking subtracts 20 from every seen score: a seen sample's true class scores 1 − 20
+    # (class 0: 10 − 20), below every unseen class's 0, so S = 0; an unseen sample's class scores 1,
+    # above every seen class, so U = 100 and H = 0. ZSL T1 ignores calibration.
+    m = zsl_gzsl_metrics(biased, data, calibration=20.0)
+    assert m == {"zsl_t1": 100.0, "gzsl_s": 0.0, "gzsl_u": 100.0, "gzsl_h": 0.0}
 
 
 def test_continual_summary_is_mean_of_per_task_h():
@@ -71,14 +74,16 @@ def test_softmax_classifier_learns_and_selects_best_epoch():
     centers = torch.randn(5, 16, generator=g) * 3
     y = torch.arange(5).repeat(40)
     x = centers[y] + torch.randn(200, 16, generator=g)
-    calls = []
+    snapshots = []
 
     def select(clf):
-        acc = per_class_accuracy(clf(x).argmax(1), y)
-        calls.append(acc)
-        return -abs(len(calls) - 3)  # pretend the 3rd epoch is best
+        snapshots.append({k: v.clone() for k, v in clf.state_dict().items()})
+        return -abs(len(snapshots) - 3)  # pretend the 3rd epoch is best
 
     clf, info = train_softmax_classifier(x, y, 5, epochs=6, lr=1e-2, batch_size=32, select_fn=select, generator=g)
     assert info["best_epoch"] == 2 and len(info["history"]) == 6
+    # the returned classifier holds the 3rd epoch's weights, not the last epoch's
+    for k, v in clf.state_dict().items():
+        assert torch.equal(v, snapshots[2][k]) and not torch.equal(v, snapshots[-1][k])
     clf2, _ = train_softmax_classifier(x, y, 5, epochs=10, lr=1e-2, batch_size=32, generator=g)
     assert per_class_accuracy(clf2(x).argmax(1), y) > 0.9

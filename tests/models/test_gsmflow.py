@@ -1,13 +1,14 @@
-import json
+import math
 
 import pytest
 import torch
 
+from tests.quick_runs import quick_run
 from zslfast.config import resolve_config
 from zslfast.data import make_synthetic
 from zslfast.methods import RunContext
-from zslfast.models.gsmflow import GSMFlowModel, RelativePositioning, select_anchors, synthetic_budget
-from zslfast.train import main
+from zslfast.models.gsmflow import (GSMFlowModel, RelativePositioning, build_model, evaluate_model, select_anchors,
+                                     synthetic_budget)
 
 
 def test_anchor_selection_by_hand():
@@ -28,12 +29,69 @@ def test_relative_positioning_is_the_three_branch_formula():
     torch.testing.assert_close(rp(a), expected)
 
 
-def test_synthesis_shapes_and_class_conditioning():
+def _far_from_identity_model(data):
+    """A small GSMFlow whose flow is far from the identity (init_std 0.1 instead of 0.01), so that
+    f, f⁻¹ and f∘f are clearly different maps and a dropped ``rev`` cannot pass unnoticed."""
+    cfg = resolve_config("gsmflow", "synthetic", overrides=["flow.hidden=64", "flow.cond_dim=16", "flow.init_std=0.1"])
+    torch.manual_seed(0)
+    return GSMFlowModel(data.feature_dim, data.attributes[:3], cfg).double().eval()
+
+
+def test_synthesis_inverts_the_flow_under_its_own_class_condition():
     data = make_synthetic(seed=0)
-    cfg = resolve_config("gsmflow", "synthetic")
-    model = GSMFlowModel(data.feature_dim, data.attributes[:3], cfg)
-    x, y = model.synthesize(data.attributes, torch.tensor([4, 9]), 10, torch.Generator().manual_seed(0), batch=4)
-    assert x.shape == (20, data.feature_dim) and y.tolist() == [4] * 10 + [9] * 10
+    att = data.attributes.double()
+    model = _far_from_identity_model(data)
+    n, classes = 6, torch.tensor([4, 9])
+    x, y = model.synthesize(att, classes, n, torch.Generator().manual_seed(5), batch=4)
+    assert x.shape == (12, data.feature_dim) and y.tolist() == [4] * 6 + [9] * 6
+    # the same generator replays the latent draws: per class, batches of 4 then 2
+    g = torch.Generator().manual_seed(5)
+    z = torch.cat([torch.randn(k, data.feature_dim, generator=g) for _ in classes for k in (4, 2)]).double()
+    with torch.no_grad():
+        cond = model.sr(att[y])
+        z_back, _ = model.flow(x, cond)
+        torch.testing.assert_close(z_back, z, rtol=1e-9, atol=1e-9)  # f(x; sr(a_y)) = z: x = f⁻¹(z; sr(a_y))
+        assert (model.flow(z, cond)[0] - x).abs().max() > 0.1          # forward instead of inverse differs
+        # the class matters: under the other class's condition x does not map back to z, and the
+        # same latent draws give other features for another class
+        swapped = model.sr(att[torch.where(y == 4, 9, 4)])
+        assert (model.flow(x, swapped)[0] - z).abs().max() > 0.1
+    x_other, _ = model.synthesize(att, torch.tensor([9, 4]), n, torch.Generator().manual_seed(5), batch=4)
+    assert (x_other[:6] - x[:6]).abs().max() > 0.1
+
+
+def test_prototypes_are_the_inverse_flow_of_the_latent_origin():
+    data = make_synthetic(seed=0)
+    att = data.attributes.double()
+    model = _far_from_identity_model(data)
+    protos = model.prototypes(att[:5])
+    with torch.no_grad():
+        z, _ = model.flow(protos, model.sr(att[:5]))
+    torch.testing.assert_close(z, torch.zeros_like(z), rtol=0, atol=1e-9)
+    assert protos.abs().max() > 0.1  # not trivially the origin itself
+    # the prototype loss trains the flow, not sr (held fixed as in the original)
+    protos.square().sum().backward()
+    assert all(p.grad is None for p in model.sr.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.flow.parameters())
+
+
+def test_nll_is_the_per_dimension_negative_log_likelihood():
+    """nll = mean(z²)/2 − mean(log|det J|)/D: checked against the density of the flow computed
+    independently, log p(x) = log N(f(x); 0, I) + log|det ∂f/∂x| with the Jacobian by autograd."""
+    torch.manual_seed(0)
+    cfg = resolve_config("gsmflow", "synthetic", overrides=["flow.hidden=8", "flow.cond_dim=4", "flow.init_std=0.3"])
+    att = torch.randn(3, 5, dtype=torch.float64)
+    model = GSMFlowModel(6, att, cfg).double()
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.tensor([2, 0, 2, 1])
+    log_p = []
+    for xi, yi in zip(x, y):
+        cond = model.sr(att[yi:yi + 1])
+        f = lambda v: model.flow(v[None], cond)[0][0]
+        z = f(xi)
+        jac = torch.autograd.functional.jacobian(f, xi)
+        log_p.append(-0.5 * (z ** 2).sum() - 3 * math.log(2 * math.pi) + torch.linalg.slogdet(jac)[1])
+    expected = -torch.stack(log_p).mean() / 6 - 0.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(model.nll(x, y, att), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_synthetic_budget_follows_the_data():
@@ -48,18 +106,80 @@ def test_synthetic_budget_follows_the_data():
     assert rec_val["ratio"] == pytest.approx(2.5, abs=0.02) and n_val == round(2.5 * rec_val["real_per_seen_class"])
 
 
-def test_short_training_run_is_well_above_chance(tmp_path):
-    out = tmp_path / "g"
-    assert main(["--method", "gsmflow", "--no-progress", "--device", "cpu", "--out", str(out), "--set", "epochs=20",
-                 "--set", "eval_every_epochs=10"]) == 0
-    res = json.loads((out / "results.json").read_text())
-    m = res["metrics"]
-    # chance: T1 10% (10 unseen classes); GZSL U and S about 2% (50 classes)
-    assert m["zsl_t1"] > 25 and m["gzsl_h"] > 20, m
-    # the final classifiers train for the epoch counts chosen on validation at the chosen flow epoch
+def _reload(res, ckpt, data):
+    """The checkpointed flow of a run on ``data`` (already normalised as the run normalised it)."""
+    model = build_model(data, res["config"], torch.device("cpu"))
+    model.load_state_dict(ckpt["state"])
+    return model.eval()
+
+
+def test_checkpoint_reproduces_the_metrics_and_beats_the_untrained_flow(tmp_path_factory):
+    """The saved flow, with the classifier epochs recorded in results.json, gives exactly the
+    reported metrics; the same evaluation of the untrained flow (same seed, 0 epochs) is far worse,
+    and training lowered the flow's NLL on the training features."""
+    res, ckpt = quick_run(tmp_path_factory, "gsmflow")
+    cfg = res["config"]
+    data = make_synthetic(seed=0).normalized(cfg["feature_norm"])
+    ctx = RunContext(device=torch.device("cpu"), seed=res["seed"], progress=False)
+    trained = _reload(res, ckpt, data)
+    metrics, used = evaluate_model(trained, data, cfg, ctx, classifier_epochs=res["selection"]["classifier_epochs"])
+    assert metrics == pytest.approx(res["metrics"], abs=1e-9)
+    torch.manual_seed(res["seed"])
+    untrained = build_model(data, cfg, torch.device("cpu")).eval()
+    m0, _ = evaluate_model(untrained, data, cfg, ctx, classifier_epochs=used)
+    assert metrics["zsl_t1"] > m0["zsl_t1"] + 10 and metrics["gzsl_h"] > m0["gzsl_h"] + 10, (metrics, m0)
+    x, y = data.subset("trainval")
+    with torch.no_grad():
+        assert trained.nll(x, y, data.attributes) < untrained.nll(x, y, data.attributes) - 0.1
+
+
+def test_select_on_test_keeps_the_best_test_epoch_and_its_weights(tmp_path_factory):
+    """The original protocol: the chosen flow epoch is the argmax of the recorded per-evaluation
+    test H, the reported metrics are that evaluation's, and the checkpoint holds that epoch's flow
+    (re-evaluating it the same way gives the same numbers)."""
+    res, ckpt = quick_run(tmp_path_factory, "gsmflow", "--select-on-test", "--set", "eval_every_epochs=2",
+                          tag="on_test")
+    sel, m = res["selection"], res["metrics"]
+    assert sel["on"] == "test (original protocol)"
+    epochs = [e for e, _ in sel["history"]]
+    assert epochs == list(range(res["config"]["eval_start_epoch"], res["config"]["epochs"] + 1, 2))
+    scores = [h for _, h in sel["history"]]
+    assert sel["epoch"] == epochs[scores.index(max(scores))] and m["gzsl_h"] == max(scores)
+    assert len(set(scores)) > 1  # the evaluations differ, so keeping the wrong one would show
+    data = make_synthetic(seed=0).normalized(res["config"]["feature_norm"])
+    ctx = RunContext(device=torch.device("cpu"), seed=res["seed"], progress=False)
+    again, used = evaluate_model(_reload(res, ckpt, data), data, res["config"], ctx, select=True)
+    assert again == pytest.approx(m, abs=1e-9) and used == sel["classifier_epochs"]
+
+
+def test_selection_records_the_classifier_epochs_and_the_synthetic_ratio(tmp_path_factory):
+    res, _ = quick_run(tmp_path_factory, "gsmflow")
     sel = res["selection"]
     chosen = dict((e, used) for e, used in sel["classifier_history"])
     assert sel["classifier_epochs"] == chosen[sel["epoch"]]
     assert all(1 <= n <= res["config"]["classifier"]["epochs"] for n in sel["classifier_epochs"].values())
     assert res["info"]["synthetic"]["ratio"] == pytest.approx(
         res["info"]["synthetic"]["per_unseen_class"] / res["info"]["synthetic"]["real_per_seen_class"], rel=1e-3)
+
+
+def test_select_on_test_keeps_the_best_evaluation_not_the_last(monkeypatch):
+    """With the evaluation replaced by a scripted H sequence (best in the middle), the run reports
+    the middle evaluation's metrics and checkpoints the flow as it was at that evaluation."""
+    from zslfast.models import gsmflow
+
+    script, seen = iter([10.0, 30.0, 20.0]), []
+
+    def scripted(model, data, cfg, ctx, select=False, classifier_epochs=None):
+        h = next(script)
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"zsl_t1": h, "gzsl_s": h, "gzsl_u": h, "gzsl_h": h}, {"gzsl": len(seen), "zsl": len(seen)}
+
+    monkeypatch.setattr(gsmflow, "evaluate_model", scripted)
+    cfg = resolve_config("gsmflow", "synthetic", quick=True,
+                         overrides=["epochs=3", "eval_start_epoch=1", "eval_every_epochs=1"])
+    ctx = RunContext(device=torch.device("cpu"), select_on_test=True, progress=False)
+    result = gsmflow.GSMFlowMethod().run(make_synthetic(seed=0), cfg, ctx)
+    assert result.selection["epoch"] == 2 and result.metrics["gzsl_h"] == 30.0
+    assert result.selection["classifier_epochs"] == {"gzsl": 2, "zsl": 2}
+    assert all(torch.equal(result.state[k], seen[1][k]) for k in seen[1])
+    assert any(not torch.equal(seen[2][k], seen[1][k]) for k in seen[1])  # the last epoch's flow differs

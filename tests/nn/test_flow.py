@@ -66,7 +66,10 @@ def test_bad_shapes():
         ConditionalGLOWCoupling(4, 2, 8, split_len=4)
 
 
-FrEIA = pytest.importorskip("FrEIA", reason="FrEIA (test-only dependency) not installed")
+@pytest.fixture
+def freia():
+    """FrEIA (the [test] extra), for the parity tests only: its absence skips them, not the module."""
+    return pytest.importorskip("FrEIA", reason="FrEIA (test-only dependency) not installed")
 
 
 def freia_flow_like(ours, slope=0.2):
@@ -97,7 +100,7 @@ def freia_flow_like(ours, slope=0.2):
 
 
 @pytest.mark.parametrize("backend,dtype", product(backends, [torch.float32, torch.float64]))
-def test_parity_with_freia_glow_coupling(backend, dtype, use_backend):
+def test_parity_with_freia_glow_coupling(backend, dtype, use_backend, freia):
     use_backend(backend)
     ours = _flow(dim=10, cond=4, blocks=3, hidden=12, clamp=1.0, dtype=dtype)
     theirs = freia_flow_like(ours)
@@ -114,7 +117,7 @@ def test_parity_with_freia_glow_coupling(backend, dtype, use_backend):
 
 
 @pytest.mark.parametrize("backend", backends)
-def test_gradient_parity_with_freia(backend, use_backend):
+def test_gradient_parity_with_freia(backend, use_backend, freia):
     use_backend(backend)
     ours = _flow(dim=10, cond=4, blocks=2, hidden=12)
     theirs = freia_flow_like(ours)

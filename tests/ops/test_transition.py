@@ -5,13 +5,14 @@ from zslfast import ops
 from zslfast.ops import reference
 from zslfast.testing import REL_TOL, backends, devices, dtypes, product, randn, rel_err
 
+from . import oracles
+
 METRICS = ["cosine", "sqeuclidean"]
 
 
-@pytest.mark.parametrize("backend,dtype,device,metric,exclude_self",
-                         product(backends, dtypes, devices, METRICS, [False, True]))
-def test_matches_reference_and_invariants(backend, dtype, device, metric, exclude_self, gen, use_backend):
-    use_backend(backend, device)
+@pytest.mark.parametrize("dtype,device,metric,exclude_self", product(dtypes, devices, METRICS, [False, True]))
+def test_extension_matches_reference(dtype, device, metric, exclude_self, gen, use_backend):
+    use_backend("ext", device)  # the reference is the fallback: comparing it with itself proves nothing
     n = 29
     x = randn(n, 13, dtype=dtype, device=device, generator=gen, requires_grad=True)
     y = x if exclude_self else randn(17, 13, dtype=dtype, device=device, generator=gen, requires_grad=True)
@@ -21,16 +22,65 @@ def test_matches_reference_and_invariants(backend, dtype, device, metric, exclud
     yr = xr if exclude_self else y.detach().clone().requires_grad_()
     R = reference.transition_matrix(xr, yr, temperature, metric, exclude_self)
     assert rel_err(P, R) < REL_TOL[dtype]
-    # Invariants: row-stochastic, non-negative, a masked diagonal is exactly zero.
-    torch.testing.assert_close(P.sum(1), torch.ones(n, dtype=dtype, device=device),
-                               rtol=0, atol=10 * torch.finfo(dtype).eps * P.shape[1])
-    assert (P >= 0).all()
-    if exclude_self:
-        assert torch.equal(P.diagonal(), torch.zeros(n, dtype=dtype, device=device))
     g = randn(*P.shape, dtype=dtype, device=device, generator=gen)
     inputs, ref_inputs = ((x,), (xr,)) if exclude_self else ((x, y), (xr, yr))
     for a, b in zip(torch.autograd.grad(P, inputs, g), torch.autograd.grad(R, ref_inputs, g)):
         assert rel_err(a, b) < REL_TOL[dtype] * 10  # gradients accumulate two GEMMs of rounding
+
+
+LOG_TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+
+def _check_log_probs(P, expected_log, dtype, logit_scale=1.0):
+    """Entry by entry: log P within LOG_TOL (times the logits' magnitude, which float32 rounds) of
+    the float64 log-probabilities wherever those are representable; where float64 says the
+    probability is below float32's range, P must be (almost) zero too; rows sum to one; a masked
+    diagonal is exactly zero."""
+    P = P.detach().double()
+    assert torch.isfinite(P).all() and (P >= 0).all()
+    tiny = torch.finfo(dtype).tiny * 1e6
+    big = expected_log > torch.log(torch.tensor(tiny, dtype=torch.float64))
+    err = (torch.log(P[big].clamp_min(1e-300)) - expected_log[big]).abs()
+    assert err.max() <= LOG_TOL[dtype] * max(1.0, logit_scale), float(err.max())
+    assert (P[~big] <= 1e3 * tiny).all()
+    torch.testing.assert_close(P.sum(1), torch.ones(P.shape[0], dtype=torch.float64), rtol=0,
+                               atol=20 * torch.finfo(dtype).eps * P.shape[1])
+    masked = torch.isinf(expected_log)
+    assert (P[masked] == 0).all()
+
+
+@pytest.mark.parametrize("backend,dtype,device,metric,exclude_self",
+                         product(backends, dtypes, devices, METRICS, [False, True]))
+def test_against_independent_log_softmax(backend, dtype, device, metric, exclude_self, gen, use_backend):
+    """Both backends against float64 log_softmax of broadcast similarities, entry by entry in log
+    space (small probabilities count as much as large ones), with the invariants."""
+    use_backend(backend, device)
+    x = randn(29, 13, dtype=dtype, device=device, generator=gen)
+    y = x if exclude_self else randn(17, 13, dtype=dtype, device=device, generator=gen)
+    temperature = 0.3 if metric == "cosine" else 5.0
+    P = ops.transition_matrix(x, y, temperature, metric, exclude_self)
+    expected = oracles.log_transition(x, y, temperature, metric, exclude_self)
+    scale = (1 / temperature) if metric == "cosine" else float(oracles.distance(x, y, "sqeuclidean").max()) / temperature
+    _check_log_probs(P, expected, dtype, scale)
+
+
+@pytest.mark.parametrize("backend,dtype,device,exclude_self", product(backends, dtypes, devices, [False, True]))
+def test_large_logits_against_float64(backend, dtype, device, exclude_self, gen, use_backend):
+    """Logits of ±100 (cosine at T = 0.01) and of thousands (squared distances of 2048-d features
+    at T = 1): a softmax that skipped the row maximum would overflow, one that flushed small
+    probabilities early would lose their logs."""
+    use_backend(backend, device)
+    x = randn(40, 16, dtype=dtype, device=device, generator=gen)
+    y = x if exclude_self else randn(25, 16, dtype=dtype, device=device, generator=gen)
+    P = ops.transition_matrix(x, y, 0.01, "cosine", exclude_self)
+    _check_log_probs(P, oracles.log_transition(x, y, 0.01, "cosine", exclude_self), dtype, 100.0)
+    f = torch.rand(30, 2048, generator=gen, dtype=dtype).to(device) * 2
+    g = f if exclude_self else torch.rand(20, 2048, generator=gen, dtype=dtype).to(device) * 2
+    P = ops.transition_matrix(f, g, 1.0, "sqeuclidean", exclude_self)
+    expected = oracles.log_transition(f, g, 1.0, "sqeuclidean", exclude_self)
+    # logits are about −1300 here; float32 rounds the squared distances at ~1e-7 of ‖f‖² + ‖g‖²
+    scale = float(oracles.distance_scale(f, g, "sqeuclidean").max())
+    _check_log_probs(P, expected, dtype, scale)
 
 
 @pytest.mark.parametrize("backend,device,metric,exclude_self", product(backends, devices, METRICS, [False, True]))

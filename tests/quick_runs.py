@@ -1,0 +1,29 @@
+"""Quick runs of the training CLI shared by several test modules (each configuration runs once per
+session): ``main()`` in-process on the built-in synthetic data, on the CPU (so that the outcomes
+do not depend on which accelerator the test host has), optionally on a replacement dataset."""
+import json
+from unittest import mock
+
+import torch
+
+import zslfast.train
+from zslfast.train import main
+
+_CACHE = {}
+
+
+def quick_run(tmp_dir_factory, method, *extra, data=None, tag="clean"):
+    """(results.json as a dict, checkpoint dict) of ``--method METHOD --quick --device cpu EXTRA``.
+    ``data`` replaces the dataset the CLI would load (``tag`` names that variant in the cache)."""
+    key = (method, extra, tag)
+    if key not in _CACHE:
+        out = tmp_dir_factory.mktemp(f"{method}_{tag}")
+        argv = ["--method", method, "--quick", "--device", "cpu", "--no-progress", "--out", str(out), *extra]
+        if data is None:
+            code = main(argv)
+        else:
+            with mock.patch.object(zslfast.train, "load_data", lambda args, config: data):
+                code = main(argv)
+        assert code == 0, (method, extra, tag)
+        _CACHE[key] = (json.loads((out / "results.json").read_text()), torch.load(out / "checkpoint.pt"))
+    return _CACHE[key]
