@@ -89,12 +89,15 @@ def test_like_runs_take_the_dataset_section_then_the_cpu_budget():
     like = resolve_config("gsmflow", "synthetic", like="CUB")
     generic = resolve_config("gsmflow", "synthetic")
     # the dataset's own hyper-parameters ...
-    for key in ("perturbation", "proto_weight", "feature_norm"):
+    for key in ("weight_decay", "attributes"):
         assert like[key] == cub[key] != generic[key]
-    assert like["flow"]["blocks"] == cub["flow"]["blocks"] == 5
-    # ... with the budget scaled to a CPU
-    assert like["flow"]["hidden"] == 512 < cub["flow"]["hidden"]
+    # ... with the budget scaled to a CPU, which also replaces the flow regularisers (tuned for
+    # 300-600 epochs) and the classifier's huge batches
+    assert like["flow"]["hidden"] == 512 < cub["flow"]["hidden"] and like["flow"]["blocks"] == 3 < cub["flow"]["blocks"]
     assert like["epochs"] == 20 < cub["epochs"] and like["synth_ratio"] is not None
+    assert (like["perturbation"], like["proto_weight"], like["lr"]) == (0.1, 3.0, 1e-3) != (cub["perturbation"],
+                                                                                          cub["proto_weight"], cub["lr"])
+    assert like["classifier"]["batch_size"] == 64 < cub["classifier"]["batch_size"]
     # an att_splits.mat path is named after its folder
     path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "CUB", "att_splits.mat")
     if os.path.isfile(path):
