@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests.oracles
 
 import timing  # noqa: E402
 from zslfast import ops  # noqa: E402
@@ -124,7 +125,9 @@ def bench_gsmflow(args):
 def bench_grw(args):
     from zslfast.config import resolve_config
     from zslfast.data import make_synthetic
-    from zslfast.models.grw import GRWTrainer
+    from tests.oracles.grw_original import OriginalFormulation
+    from zslfast.engine import RunContext
+    from zslfast.models.grw import Formulation, GRWTrainer
 
     device = torch.device(args.device)
     like, k = ("CUB", 100) if args.quick else ("SUN", 658)
@@ -133,7 +136,8 @@ def bench_grw(args):
     b = cfg["batch_size"]
     trainers = {}
     for formulation in ("original", "zslfast"):
-        tr = GRWTrainer(data.to(device), cfg, device, seed=0, formulation=formulation)
+        f = {"original": OriginalFormulation, "zslfast": Formulation}[formulation]()
+        tr = GRWTrainer(data.to(device), cfg, RunContext(device=device, progress=False), formulation=f)
         idx = torch.nonzero(data.labels < k).squeeze(1)
         tr.start_task(k, torch.arange(k), data.features[idx].to(device), data.labels[idx].to(device))
         trainers[formulation] = tr

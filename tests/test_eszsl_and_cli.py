@@ -60,7 +60,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "zsl_t1" in printed and "gzsl_h" in printed
     # select-on-test is explicit and recorded
     assert main(["--quick", "--device", "cpu", "--out", str(out), "--no-progress", "--select-on-test"]) == 0
-    assert json.loads((out / "results.json").read_text())["selection"]["on"].startswith("test")
+    assert json.loads((out / "results.json").read_text())["selection"]["on"] == "test"
 
 
 def _exit_code(args):
@@ -140,7 +140,9 @@ def test_eszsl_chooses_the_grid_point_that_maximises_its_selection_split(tmp_pat
     data = make_synthetic(seed=0).normalized(cfg["feature_norm"])
     split = data if select_on_test else data.validation_split(**cfg["validation"])
     scores = _numpy_grid_scores(split, [-2, -1, 0, 1, 2], [-2, -1, 0, 1, 2])
-    chosen = (round(np.log10(sel["gamma"])), round(np.log10(sel["lambda"])))
+    choice = sel["choices"]["gamma_lambda_exponents"]
+    chosen = tuple(choice["value"])
     best = max(scores.values())
-    assert scores[chosen] == pytest.approx(best, abs=1e-9) and sel["score"] == pytest.approx(best, abs=1e-9)
+    assert scores[chosen] == pytest.approx(best, abs=1e-9) and choice["score"] == pytest.approx(best, abs=1e-9)
+    assert {tuple(c): s for c, s in choice["history"]} == pytest.approx(scores, abs=1e-9)
     assert min(scores.values()) < best - 5  # the grid matters: a wrong choice would be visible

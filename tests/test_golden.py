@@ -22,12 +22,11 @@ def test_quick_runs_reproduce_the_golden_results(name, args, tmp_path_factory):
         pytest.skip(f"golden results recorded on {recorded['environment']}, this is {golden.environment()}")
     assert args[0] == "--method"
     res, _ = quick_run(tmp_path_factory, args[1], *args[2:])
-    assert golden.summary(res) == recorded["runs"][name]
+    assert golden.matches(golden.summary(res), recorded["runs"][name]), (golden.summary(res), recorded["runs"][name])
 
 
 def test_every_registered_method_has_golden_results():
-    from zslfast.methods import METHODS
-    import zslfast.models  # noqa: F401
+    from zslfast.engine import METHODS
 
     methods = {args[1] for _, args in golden.RUNS}
     assert methods == set(METHODS)

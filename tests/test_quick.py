@@ -4,10 +4,9 @@ mUA among all 50 classes) with a non-zero harmonic mean, so a user trying it doe
 method is broken. (Each run takes seconds; the time is reported in results.json, not asserted.)"""
 import pytest
 
-import zslfast.models  # noqa: F401  (registers every method)
 from tests.quick_runs import quick_run
 from zslfast.data import make_synthetic
-from zslfast.methods import METHODS
+from zslfast.engine import METHODS
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

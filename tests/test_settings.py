@@ -5,12 +5,11 @@ import os
 import pytest
 import yaml
 
-import zslfast.models  # noqa: F401  (registers every method, so METHODS is complete at collection)
 from zslfast import train
 from zslfast.config import CONFIG_DIR, resolve_config
 from zslfast.data.xlsa17 import DATASETS
 from zslfast.errors import ZSLError
-from zslfast.methods import METHODS, get_method
+from zslfast.engine import METHODS, get_method
 from zslfast.settings import Bool, Choice, File, Float, Int, Numbers, Section
 
 

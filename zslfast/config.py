@@ -103,7 +103,7 @@ def resolve_config(method, dataset="synthetic", config_file=None, overrides=(), 
     for item in overrides:
         _merge(config, parse_set(item), f"--set {item}")
     if validate:
-        from zslfast.methods import get_method
+        from zslfast.engine.registry import method_class
 
-        config = get_method(method).settings.validate(config)
+        config = method_class(method).settings.validate(config)
     return config

@@ -40,11 +40,21 @@ def run_args(args, budget):
 
 
 def summary(results):
-    """The part of a results.json that a golden file pins: the metrics and what was selected."""
-    sel = results["selection"]
+    """The part of a results.json that a golden file pins: the metrics, the per-task metrics, what
+    was selected (``chosen``) and the selection score of each choice (``scores``)."""
+    choices = results["selection"]["choices"]
     return {"metrics": results["metrics"], "per_task": results["per_task"] and
             [{k: t[k] for k in ("task", "S", "U", "H", "train_samples")} for t in results["per_task"]],
-            "selection": {k: v for k, v in sel.items() if k != "history" and "history" not in k}}
+            "chosen": {k: c["value"] for k, c in choices.items()},
+            "scores": {k: c["score"] for k, c in choices.items() if c["score"] is not None}}
+
+
+def matches(now, golden):
+    """Equal metrics, per-task metrics and choices; equal scores for the choices whose score the
+    golden file holds (files recorded before the engine did not record every score)."""
+    if golden is None or any(now[k] != golden[k] for k in ("metrics", "per_task", "chosen")):
+        return False
+    return all(now["scores"].get(k) == v for k, v in golden.get("scores", {}).items())
 
 
 def measure(budget, runs=RUNS, progress=True):
@@ -86,7 +96,7 @@ def main(argv=None):
     if golden["environment"] != environment():
         print(f"golden results were recorded on {golden['environment']}, this is {environment()}: not comparable")
         return 1
-    changed = [name for name in results if results[name] != golden["runs"].get(name)]
+    changed = [name for name in results if not matches(results[name], golden["runs"].get(name))]
     for name in changed:
         print(f"{name}: golden {golden['runs'].get(name)}\n{' ' * len(name)}  now    {results[name]}")
     print("golden results reproduced" if not changed else f"{len(changed)} run(s) changed")

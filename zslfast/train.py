@@ -12,11 +12,9 @@ and exit code 2, before any training.
 import argparse
 import os
 import platform
-import random
 import sys
 import time
 
-import numpy as np
 import torch
 
 import zslfast
@@ -24,7 +22,7 @@ from zslfast import ops
 from zslfast.config import resolve_config
 from zslfast.errors import ZSLError
 from zslfast.io import check_writable, save_checkpoint, write_json
-from zslfast.methods import METHODS, RunContext, get_method
+from zslfast.engine import METHODS, RunContext, get_method
 
 DATASET_CHOICES = ("synthetic", "AWA1", "AWA2", "CUB", "SUN", "APY", "FLO")
 
@@ -35,8 +33,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    import zslfast.models  # noqa: F401  (registers the methods for --method choices)
-
     p = _Parser(prog="python -m zslfast.train", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="eszsl", choices=sorted(METHODS), help="method to run (default: eszsl)")
@@ -81,12 +77,6 @@ def _device(spec):
     return dev
 
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def load_data(args, config):
     """The dataset the run uses (synthetic, or a real one from --data-root)."""
     from zslfast.data import load_epgn, load_xlsa17, make_synthetic
@@ -117,19 +107,22 @@ def run(args):
     # Everything that can be refused is checked before the data is loaded: the settings (types and
     # ranges), the device, and that the output folder is writable.
     config = resolve_config(args.method, args.dataset, args.config, args.set, args.quick, like=args.like)
+    selection = "test" if args.select_on_test else method.default_selection
+    if selection not in method.selection_modes:
+        raise ZSLError(f"--select-on-test: {method.name} makes no model selection (selection: "
+                       f"{', '.join(method.selection_modes)}), so there is nothing to choose on the test set")
     device = _device(args.device)
     out = args.out or os.path.join("runs", f"{args.method}_{os.path.basename(str(dataset_key))}_seed{args.seed}")
     check_writable(out)
-    seed_everything(args.seed)
 
     t0 = time.perf_counter()
     data = load_data(args, config)
     load_s = time.perf_counter() - t0
     print(f"[zslfast] {method.name} on {data.summary()}", file=sys.stderr)
     print(f"[zslfast] device {device}, operator backend {ops.backend(device)}, seed {args.seed}, "
-          f"selection on {'TEST (original protocol)' if args.select_on_test else method.selection}", file=sys.stderr)
+          f"selection: {'TEST (original protocol)' if selection == 'test' else selection}", file=sys.stderr)
 
-    ctx = RunContext(device=device, seed=args.seed, quick=args.quick, select_on_test=args.select_on_test,
+    ctx = RunContext(device=device, seed=args.seed, quick=args.quick, selection=selection,
                      progress=not args.no_progress)
     t0 = time.perf_counter()
     result = method.run(data, config, ctx)
@@ -141,6 +134,7 @@ def run(args):
     results = {
         "method": method.name, "dataset": dataset_key, "setting": method.setting,
         "metrics": result.metrics, "per_task": result.per_task, "selection": result.selection,
+        "history": result.history,
         "timings": {"load_s": load_s, "run_s": run_s, **result.timings, "total_s": time.perf_counter() - t_start},
         "config": config, "seed": args.seed, "data_seed": args.data_seed if args.dataset == "synthetic" else None,
         "device": str(device), "backend": ops.backend(device), "extension": ops.extension_info(),
@@ -150,8 +144,7 @@ def run(args):
     }
     write_json(os.path.join(out, "results.json"), results)
 
-    print(f"\n{method.name} on {dataset_key} (seed {args.seed}, {results['selection'].get('on', 'validation')} "
-          f"selection)")
+    print(f"\n{method.name} on {dataset_key} (seed {args.seed}, selection: {results['selection']['on']})")
     rows = [(k, v) for k, v in result.metrics.items()]
     print(format_table(rows))
     if result.per_task:

@@ -55,8 +55,11 @@ def test_load_real_att_splits_with_generated_features(name, tmp_path):
     assert torch.equal(ds.labels, torch.from_numpy(labels - 1))
     assert len(ds.unseen_classes) == UNSEEN[name] and len(ds.seen_classes) == c - UNSEEN[name]
     v = ds.validation_split()
+    # the view holds exactly the trainval rows (never a test sample), each used by one of its splits
+    rows = ds.splits["trainval"].sort().values
+    assert torch.equal(v.features, ds.features[rows]) and torch.equal(v.labels, ds.labels[rows])
     used = torch.cat([v.splits["trainval"], v.splits["test_seen"], v.splits["test_unseen"]])
-    assert torch.isin(used, ds.splits["trainval"]).all()  # never a test sample
+    assert torch.equal(used.sort().values, torch.arange(rows.numel()))
     assert not torch.isin(v.unseen_classes, v.seen_classes).any()  # class-disjoint
     if "val" in ds.splits:  # the official val classes (as far as they are seen) are the validation-unseen ones
         official = torch.unique(ds.labels[ds.splits["val"]])

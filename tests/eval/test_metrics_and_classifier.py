@@ -81,7 +81,8 @@ def test_softmax_classifier_learns_and_selects_best_epoch():
         return -abs(len(snapshots) - 3)  # pretend the 3rd epoch is best
 
     clf, info = train_softmax_classifier(x, y, 5, epochs=6, lr=1e-2, batch_size=32, select_fn=select, generator=g)
-    assert info["best_epoch"] == 2 and len(info["history"]) == 6
+    choice = info["classifier_epochs"]
+    assert choice["value"] == 3 and [e for e, _ in choice["history"]] == [1, 2, 3, 4, 5, 6]
     # the returned classifier holds the 3rd epoch's weights, not the last epoch's
     for k, v in clf.state_dict().items():
         assert torch.equal(v, snapshots[2][k]) and not torch.equal(v, snapshots[-1][k])

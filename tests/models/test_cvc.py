@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zslfast.models.cvc import CVCModel, EpisodeSampler, generalized_cross_entropy, pseudo_labels
+from zslfast.engine.samplers import EpisodeSampler
+from zslfast.models.cvc import CVCModel, generalized_cross_entropy, pseudo_labels
 from zslfast.train import main
 
 
@@ -62,7 +63,7 @@ def test_scoring_is_scaled_cosine_plus_bias():
     torch.manual_seed(0)
     model = CVCModel(6, 10, hidden=8)
     with torch.no_grad():
-        model.bias.fill_(0.3)
+        model.scorer.bias.fill_(0.3)
     x, w = torch.randn(4, 10), torch.rand(3, 10)
     expected = 10.0 * (F.normalize(x, dim=1) @ F.normalize(w, dim=1).T + 0.3)
     torch.testing.assert_close(model.logits(x, w), expected, rtol=1e-5, atol=1e-5)
@@ -84,9 +85,11 @@ def test_a_transductive_run_can_start_from_an_inductive_checkpoint(tmp_path, tmp
     res, _ = _run(tmp_path, "t2", "--quick", "--set", "transductive=true", "--set", f"inductive_checkpoint={ckpt}")
     assert {k: v for k, v in res["metrics"].items() if k.startswith("inductive_")} == pytest.approx(
         {k: v for k, v in first["metrics"].items() if k.startswith("inductive_")}, abs=1e-9)
-    assert res["selection"]["inductive"] == {"from": ckpt}
-    assert first["selection"]["inductive"]["on"] == "validation"
-    assert first["selection"]["transductive"]["on"] == "validation"
+    assert res["selection"]["choices"]["inductive_checkpoint"]["value"] == ckpt
+    assert res["selection"]["choices"]["transductive_epochs"] == {"value": res["config"]["transductive_training"]["epochs"],
+                                                                   "score": None, "history": []}
+    assert first["selection"]["on"] == "validation"
+    assert {"inductive_epochs", "transductive_epochs"} <= set(first["selection"]["choices"])
 
 
 def test_bad_checkpoint_is_one_clear_error(tmp_path, capsys):
@@ -98,13 +101,13 @@ def test_bad_checkpoint_is_one_clear_error(tmp_path, capsys):
 
 
 def test_batched_episodes_score_each_episode_against_its_own_classes():
-    from zslfast.models.cvc import _episode_logits
+    from zslfast.models.cvc import episode_logits
 
     torch.manual_seed(0)
     model = CVCModel(6, 10, hidden=8)
     e, n, w = 3, 4, 2
     x, weights = torch.randn(e * n, 10), torch.rand(e * w, 10)
-    got = _episode_logits(model, x, weights, e)
+    got = episode_logits(model, x, weights, e)
     for i in range(e):
         torch.testing.assert_close(got[i * n:(i + 1) * n], model.logits(x[i * n:(i + 1) * n], weights[i * w:(i + 1) * w]))
 
@@ -117,12 +120,12 @@ def test_select_on_test_evaluates_every_epoch_and_keeps_the_best(tmp_path):
                   "--set", "epochs=4", "--set", "eval_every=3", "--set", "transductive_training.epochs=3",
                   "--set", "transductive_training.eval_every=3")
     sel, m = res["selection"], res["metrics"]
-    assert sel["on"] == "test (original protocol)"
+    assert sel["on"] == "test"
     for stage, epochs, key in (("inductive", 4, "inductive_gzsl_h"), ("transductive", 3, "gzsl_h")):
-        history = sel[f"{stage}_history"]
-        assert [e for e, _ in history] == list(range(1, epochs + 1))
-        scores = [h for _, h in history]
-        assert sel[f"{stage}_epoch"] == 1 + scores.index(max(scores))
+        choice = sel["choices"][f"{stage}_epochs"]
+        assert [e for e, _ in choice["history"]] == list(range(1, epochs + 1))
+        scores = [h for _, h in choice["history"]]
+        assert choice["value"] == 1 + scores.index(max(scores))
         assert m[key] == pytest.approx(max(scores))
 
 

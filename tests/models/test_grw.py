@@ -7,8 +7,10 @@ import torch.nn.functional as F
 
 from zslfast.config import resolve_config
 from zslfast.data import make_synthetic
-from zslfast.models.grw import (Formulation, GRWTrainer, OriginalFormulation, attribute_neighbours, class_means,
-                                random_walk_loss)
+from tests.oracles.grw_original import OriginalFormulation
+from zslfast.engine import RunContext
+from zslfast.models.grw import Formulation, GRWTrainer, attribute_neighbours, random_walk_loss
+from zslfast.nn import class_means
 from zslfast.train import main
 
 
@@ -88,7 +90,8 @@ def _trainer(formulation="zslfast", k=20, method="interpolation", schedule="one_
     data = make_synthetic(seed=0)
     cfg = resolve_config("grw", "synthetic", overrides=[f"attribute_generation={method}", f"schedule={schedule}",
                                                          "hidden=64", *extra])
-    tr = GRWTrainer(data, cfg, torch.device("cpu"), seed=0, formulation=formulation)
+    f = {"zslfast": Formulation, "original": OriginalFormulation}[formulation]()
+    tr = GRWTrainer(data, cfg, RunContext(), formulation=f)
     tr.model.to(dtype)
     tr.att, tr.mu = tr.att.to(dtype), tr.mu.to(dtype)
     x = data.features.to(dtype)
@@ -199,7 +202,6 @@ def test_continual_run_replays_its_buffer_and_reports_every_trained_task(monkeyp
     keeping the first of its previously kept images), and is trained on with the next task, whose
     reported train_samples count it; per-task H and the means are those of the per-task values."""
     from zslfast.data import ContinualSplit, ReplayBuffer
-    from zslfast.methods import RunContext
     from zslfast.models import grw
 
     cfg = resolve_config("grw", "synthetic", quick=True, overrides=["num_tasks=5", "epochs=1", "hidden=64",
@@ -213,7 +215,7 @@ def test_continual_run_replays_its_buffer_and_reports_every_trained_task(monkeyp
     monkeypatch.setattr(grw.GRWTrainer, "start_task", lambda self, *a: trained_labels.append([]) or start(self, *a))
     monkeypatch.setattr(grw.GRWTrainer, "step", lambda self, x, y: trained_labels[-1].append(y.clone())
                         or step(self, x, y))
-    result = grw.GRWMethod().run(data, cfg, RunContext(device=torch.device("cpu"), progress=False))
+    result = grw.GRW().run(data, cfg, RunContext(device=torch.device("cpu"), progress=False))
 
     tasks = result.per_task
     assert [t["task"] for t in tasks] == [1, 2, 3, 4]  # T−1 tasks, the last one is never trained

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zslfast.engine import RunContext
 from zslfast.config import resolve_config
 from zslfast.data import ZSLDataset
 from zslfast.models.grw import GRWTrainer
@@ -167,7 +168,7 @@ def _trainer(schedule, monkeypatch):
     data = _dataset()
     cfg = resolve_config("grw", "synthetic", overrides=[
         f"schedule={schedule}", f"hidden={H}", f"rw.samples_per_class={N_PER}", "rw.steps=1", "neighbours=2"])
-    tr = GRWTrainer(data, cfg, torch.device("cpu"), seed=0)
+    tr = GRWTrainer(data, cfg, RunContext())
     tr.model.double()
     tr.att, tr.mu = tr.att.double(), tr.mu.double()
     tv = data.splits["trainval"]

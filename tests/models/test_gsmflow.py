@@ -6,9 +6,17 @@ import torch
 from tests.quick_runs import quick_run
 from zslfast.config import resolve_config
 from zslfast.data import make_synthetic
-from zslfast.methods import RunContext
-from zslfast.models.gsmflow import (GSMFlowModel, RelativePositioning, build_model, evaluate_model, select_anchors,
-                                     synthetic_budget)
+from zslfast.engine import RunContext
+from zslfast.eval.generative import synthetic_budget as _budget
+from zslfast.models.gsmflow import GSMFlowModel, RelativePositioning, build_model, evaluate_flow, select_anchors
+
+
+def synthetic_budget(data, cfg):
+    return _budget(data, cfg["synth_per_class"], cfg["synth_ratio"])
+
+
+def _classifier_epochs(sel):
+    return {k: sel["choices"][f"{k}_classifier_epochs"]["value"] for k in ("gzsl", "zsl")}
 
 
 def test_anchor_selection_by_hand():
@@ -122,11 +130,12 @@ def test_checkpoint_reproduces_the_metrics_and_beats_the_untrained_flow(tmp_path
     data = make_synthetic(seed=0).normalized(cfg["feature_norm"])
     ctx = RunContext(device=torch.device("cpu"), seed=res["seed"], progress=False)
     trained = _reload(res, ckpt, data)
-    metrics, used = evaluate_model(trained, data, cfg, ctx, classifier_epochs=res["selection"]["classifier_epochs"])
+    used = _classifier_epochs(res["selection"])
+    metrics, _ = evaluate_flow(trained, data, cfg, ctx, classifier_epochs=used)
     assert metrics == pytest.approx(res["metrics"], abs=1e-9)
-    torch.manual_seed(res["seed"])
-    untrained = build_model(data, cfg, torch.device("cpu")).eval()
-    m0, _ = evaluate_model(untrained, data, cfg, ctx, classifier_epochs=used)
+    with ctx.init_scope():
+        untrained = build_model(data, cfg, torch.device("cpu")).eval()
+    m0, _ = evaluate_flow(untrained, data, cfg, ctx, classifier_epochs=used)
     assert metrics["zsl_t1"] > m0["zsl_t1"] + 10 and metrics["gzsl_h"] > m0["gzsl_h"] + 10, (metrics, m0)
     x, y = data.subset("trainval")
     with torch.no_grad():
@@ -140,24 +149,30 @@ def test_select_on_test_keeps_the_best_test_epoch_and_its_weights(tmp_path_facto
     res, ckpt = quick_run(tmp_path_factory, "gsmflow", "--select-on-test", "--set", "eval_every_epochs=2",
                           tag="on_test")
     sel, m = res["selection"], res["metrics"]
-    assert sel["on"] == "test (original protocol)"
-    epochs = [e for e, _ in sel["history"]]
+    assert sel["on"] == "test"
+    flow = sel["choices"]["flow_epochs"]
+    epochs = [e for e, _ in flow["history"]]
     assert epochs == list(range(res["config"]["eval_start_epoch"], res["config"]["epochs"] + 1, 2))
-    scores = [h for _, h in sel["history"]]
-    assert sel["epoch"] == epochs[scores.index(max(scores))] and m["gzsl_h"] == max(scores)
+    scores = [h for _, h in flow["history"]]
+    assert flow["value"] == epochs[scores.index(max(scores))] and m["gzsl_h"] == max(scores)
     assert len(set(scores)) > 1  # the evaluations differ, so keeping the wrong one would show
     data = make_synthetic(seed=0).normalized(res["config"]["feature_norm"])
     ctx = RunContext(device=torch.device("cpu"), seed=res["seed"], progress=False)
-    again, used = evaluate_model(_reload(res, ckpt, data), data, res["config"], ctx, select=True)
-    assert again == pytest.approx(m, abs=1e-9) and used == sel["classifier_epochs"]
+    again, nested = evaluate_flow(_reload(res, ckpt, data), data, res["config"], ctx)
+    assert again == pytest.approx(m, abs=1e-9)
+    assert {k: c["value"] for k, c in nested.items()} == {f"{k}_classifier_epochs": v
+                                                          for k, v in _classifier_epochs(sel).items()}
 
 
 def test_selection_records_the_classifier_epochs_and_the_synthetic_ratio(tmp_path_factory):
     res, _ = quick_run(tmp_path_factory, "gsmflow")
     sel = res["selection"]
-    chosen = dict((e, used) for e, used in sel["classifier_history"])
-    assert sel["classifier_epochs"] == chosen[sel["epoch"]]
-    assert all(1 <= n <= res["config"]["classifier"]["epochs"] for n in sel["classifier_epochs"].values())
+    n_epochs = res["config"]["classifier"]["epochs"]
+    for kind in ("gzsl", "zsl"):  # each the argmax of its own per-epoch validation history
+        choice = sel["choices"][f"{kind}_classifier_epochs"]
+        assert [e for e, _ in choice["history"]] == list(range(1, n_epochs + 1))
+        scores = [s for _, s in choice["history"]]
+        assert choice["value"] == 1 + scores.index(max(scores)) and choice["score"] == max(scores)
     assert res["info"]["synthetic"]["ratio"] == pytest.approx(
         res["info"]["synthetic"]["per_unseen_class"] / res["info"]["synthetic"]["real_per_seen_class"], rel=1e-3)
 
@@ -169,17 +184,18 @@ def test_select_on_test_keeps_the_best_evaluation_not_the_last(monkeypatch):
 
     script, seen = iter([10.0, 30.0, 20.0]), []
 
-    def scripted(model, data, cfg, ctx, select=False, classifier_epochs=None):
+    def scripted(model, data, cfg, ctx, classifier_epochs=None):
         h = next(script)
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return {"zsl_t1": h, "gzsl_s": h, "gzsl_u": h, "gzsl_h": h}, {"gzsl": len(seen), "zsl": len(seen)}
+        return {"zsl_t1": h, "gzsl_s": h, "gzsl_u": h, "gzsl_h": h}, {
+            f"{k}_classifier_epochs": {"value": len(seen), "score": h, "history": []} for k in ("gzsl", "zsl")}
 
-    monkeypatch.setattr(gsmflow, "evaluate_model", scripted)
+    monkeypatch.setattr(gsmflow, "evaluate_flow", scripted)
     cfg = resolve_config("gsmflow", "synthetic", quick=True,
                          overrides=["epochs=3", "eval_start_epoch=1", "eval_every_epochs=1"])
-    ctx = RunContext(device=torch.device("cpu"), select_on_test=True, progress=False)
-    result = gsmflow.GSMFlowMethod().run(make_synthetic(seed=0), cfg, ctx)
-    assert result.selection["epoch"] == 2 and result.metrics["gzsl_h"] == 30.0
-    assert result.selection["classifier_epochs"] == {"gzsl": 2, "zsl": 2}
+    ctx = RunContext(device=torch.device("cpu"), selection="test", progress=False)
+    result = gsmflow.GSMFlow().run(make_synthetic(seed=0), cfg, ctx)
+    assert result.selection["choices"]["flow_epochs"]["value"] == 2 and result.metrics["gzsl_h"] == 30.0
+    assert _classifier_epochs(result.selection) == {"gzsl": 2, "zsl": 2}
     assert all(torch.equal(result.state[k], seen[1][k]) for k in seen[1])
     assert any(not torch.equal(seen[2][k], seen[1][k]) for k in seen[1])  # the last epoch's flow differs

@@ -1,4 +1,5 @@
 """The one in-memory form of a ZSL dataset, with its checks, normalisation and validation split."""
+import contextlib
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -7,6 +8,27 @@ from zslfast.errors import ZSLError
 
 SPLITS_REQUIRED = ("trainval", "test_seen", "test_unseen")
 SPLITS_OPTIONAL = ("train", "val")
+TEST_SPLITS = ("test_seen", "test_unseen")
+
+
+class _SealedSplits(dict):
+    """The splits of a dataset while a model is being selected: the test splits cannot be read."""
+
+    def __init__(self, splits, reason):
+        super().__init__(splits)
+        self.reason = reason
+
+    def __getitem__(self, name):
+        if name in TEST_SPLITS:
+            raise RuntimeError(f"the test split '{name}' was read during {self.reason}: model selection must "
+                               "use the validation split only")
+        return super().__getitem__(name)
+
+    def items(self):
+        return [(k, self[k]) for k in self]
+
+    def values(self):
+        return [self[k] for k in self]
 NORMALIZATIONS = ("none", "minmax", "l2")
 
 
@@ -128,6 +150,17 @@ class ZSLDataset:
                 f"{self.num_classes} classes ({len(self.seen_classes)} seen / {len(self.unseen_classes)} unseen), "
                 f"{self.attribute_dim}-d class embeddings; splits {s}")
 
+    @contextlib.contextmanager
+    def sealed(self, reason="model selection"):
+        """Within this block the test splits of this dataset cannot be read (``RuntimeError``); the
+        engine seals the full dataset while it selects on the validation split."""
+        original = self.splits
+        self.splits = _SealedSplits(original, reason)
+        try:
+            yield self
+        finally:
+            self.splits = original
+
     # ------------------------------------------------------------------ transforms
     def normalized(self, method="none"):
         """A copy with normalised features, statistics fitted on trainval only.
@@ -155,7 +188,8 @@ class ZSLDataset:
         ``val_loc`` are not subsets of trainval and include test images), otherwise a seeded random
         ``unseen_fraction`` of the seen classes. A seeded ``seen_test_fraction`` of the train-class
         samples is held out as validation-seen test data. The result has the usual split names, so
-        any method trains and evaluates on it exactly as on the real splits.
+        any method trains and evaluates on it exactly as on the real splits. The view holds only the
+        trainval rows (features and labels re-indexed), so no test sample is reachable from it.
         """
         seen = self.seen_classes
         tv = self.splits["trainval"]
@@ -176,8 +210,12 @@ class ZSLDataset:
         val_unseen = tv[in_val]
         pool = tv[~in_val]
         train, test = stratified_holdout(pool, self.labels[pool], seen_test_fraction, g)
-        splits = {"trainval": train, "test_seen": test, "test_unseen": val_unseen}
-        return replace(self, name=f"{self.name}[validation]", splits=splits,
+        rows = tv.sort().values
+        splits = {name: torch.searchsorted(rows, idx)
+                  for name, idx in (("trainval", train), ("test_seen", test), ("test_unseen", val_unseen))}
+        rows_dev = rows.to(self.features.device)
+        return replace(self, name=f"{self.name}[validation]", features=self.features[rows_dev],
+                       labels=self.labels[rows_dev], splits=splits,
                        info={**self.info, "validation": {"seed": seed, "val_classes": val_classes.tolist()}})
 
 

@@ -1,26 +1,28 @@
 """The final softmax classifier of generative ZSL methods (GSMFlow, SC-EGG, ...): a linear layer
 trained with cross-entropy on real seen features plus synthetic unseen features, as in the methods'
 shared ``classifier.py`` (reference note gsmflow.md §4): xavier-normal weights, zero bias,
-Adam(lr, betas=(0.5, 0.999)), shuffled mini-batches.
+Adam(lr, betas=(0.5, 0.999)), shuffled mini-batches with the partial last batch kept.
 
 The original code evaluates on the *test* set after every epoch and keeps the best epoch. Here the
-epoch is chosen by a caller-supplied ``select_fn`` (normally a validation metric); passing a
-test-set metric reproduces the original protocol and must be asked for explicitly (the CLI's
-``--select-on-test``).
+epoch is chosen by a caller-supplied ``select_fn`` through the engine's
+:func:`zslfast.engine.selection.best_epoch` (normally a validation metric); a test-set metric
+reproduces the original protocol and must be asked for explicitly (the CLI's ``--select-on-test``).
 """
-import copy
-
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from zslfast.engine.context import RunContext
+from zslfast.engine.loop import train_epochs
+from zslfast.engine.samplers import ShuffledBatches
+from zslfast.engine.selection import best_epoch
 
 
 class SoftmaxClassifier(nn.Module):
     """Linear scores over all classes; ``forward`` returns logits [n, C]."""
 
-    def __init__(self, in_dim, num_classes, generator=None):
+    def __init__(self, in_dim, num_classes, generator=None, device=None):
         super().__init__()
-        self.fc = nn.Linear(in_dim, num_classes)
+        self.fc = nn.Linear(in_dim, num_classes, device=device)
         # Drawn from ``generator`` (not the global RNG) so that a classifier retrained from a saved
         # checkpoint with the same generator is the same classifier.
         nn.init.xavier_normal_(self.fc.weight, generator=generator)
@@ -31,41 +33,46 @@ class SoftmaxClassifier(nn.Module):
 
 
 def train_softmax_classifier(features, labels, num_classes, epochs=25, lr=1e-3, batch_size=512, beta1=0.5,
-                             select_fn=None, generator=None, progress=False, desc="classifier"):
-    """Train a :class:`SoftmaxClassifier` on (features, labels), all on the features' device.
+                             select_fn=None, generator=None, ctx=None, desc="classifier", name="classifier_epochs"):
+    """Train a :class:`SoftmaxClassifier` on (features, labels), on the features' device.
 
     Args:
         select_fn: ``f(classifier) -> float`` evaluated after each epoch; the weights of the best
             epoch are returned. None: the last epoch.
-        generator: a torch.Generator (on CPU) for the initial weights and the batch order, for
-            determinism independent of the global RNG.
+        generator: the stream of the initial weights and the batch order, on the features' device.
+        ctx: the run context (progress, hooks); default: a silent one.
 
     Returns:
-        (classifier, {"best_epoch", "best_score", "history"}).
+        (classifier, {name: {"value": the epoch count used, "score", "history": [[epoch, score]]}}).
     """
     device = features.device
-    clf = SoftmaxClassifier(features.shape[1], num_classes, generator=generator).to(device)
+    ctx = ctx or RunContext(device=device, progress=False)
+    clf = SoftmaxClassifier(features.shape[1], num_classes, generator=generator, device=device)
     opt = torch.optim.Adam(clf.parameters(), lr=lr, betas=(beta1, 0.999))
-    n = features.shape[0]
-    best, best_state, history = None, None, []
-    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
-        clf.train()
-        perm = torch.randperm(n, generator=generator).to(device)
-        for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            loss = nn.functional.cross_entropy(clf(features[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if select_fn is not None:
+    batches = ShuffledBatches(features.shape[0], batch_size, generator, device, last_batch="keep")
+
+    def step(idx):
+        loss = nn.functional.cross_entropy(clf(features[idx]), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def fit(on_eval):
+        def evaluate(epoch):
             clf.eval()
-            score = float(select_fn(clf))
-            history.append(score)
-            if best is None or score > best[1]:
-                best = (epoch, score)
-                best_state = copy.deepcopy(clf.state_dict())
-    if best_state is not None:
-        clf.load_state_dict(best_state)
+            score = on_eval(clf, epoch)
+            clf.train()
+            return score
+
+        train_epochs(desc, epochs, batches, step, ctx, evaluate=evaluate if on_eval else None,
+                     modules={"classifier": clf, "optimizer": opt})
+        return clf
+
+    clf.train()
+    if select_fn is None:
+        fit(None)
+        clf.eval()
+        return clf, {name: {"value": epochs, "score": None, "history": []}}
+    clf, nested = best_epoch(name, fit, select_fn)
     clf.eval()
-    return clf, {"best_epoch": best[0] if best else epochs - 1, "best_score": best[1] if best else None,
-                 "history": history}
+    return clf, nested

@@ -58,6 +58,21 @@ def zsl_gzsl_metrics(score_fn, data, calibration=0.0, batch_size=8192):
     return {"zsl_t1": 100 * t1, "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
 
 
+def continual_task_metrics(predict_fn, features, labels, seen_idx, unseen_idx, batch_size=8192):
+    """S, U (percent, per-class mean top-1 of all-class predictions) and H of one continual task:
+    ``predict_fn(features) -> class ids``; ``seen_idx`` / ``unseen_idx`` index the task's test images
+    of the classes seen so far and of the others."""
+    def acc(idx):
+        idx = idx.to(features.device)
+        x = features[idx]
+        with torch.no_grad():
+            pred = torch.cat([predict_fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        return per_class_accuracy(pred, labels[idx])
+
+    s, u = acc(seen_idx), acc(unseen_idx)
+    return {"S": 100 * s, "U": 100 * u, "H": 100 * harmonic_mean(s, u)}
+
+
 def continual_summary(per_task):
     """mSA, mUA, mH over tasks from per-task dicts with ``S``, ``U``, ``H`` (mH is the mean of the
     per-task H, not the H of the means, as in the GRW protocol)."""

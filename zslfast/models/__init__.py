@@ -1,2 +1,2 @@
-"""One module per method; importing this package registers them all (see zslfast.methods)."""
-from zslfast.models import cvc, eszsl, grw, gsmflow  # noqa: F401
+"""One module per method: networks, losses, step functions and a recipe. The registry that names
+them is :data:`zslfast.engine.registry.METHODS` (importing this package registers nothing)."""

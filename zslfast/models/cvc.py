@@ -36,18 +36,21 @@ per-class index table with random keys and top-k, with no Python loop over sampl
 ``episodes_per_step`` episodes can be batched into one step; the pseudo-label ratio test and
 per-class top-k are vectorised; scoring is one cosine GEMM (``ops.pairwise_distance``).
 """
-import copy
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from zslfast import ops
+from zslfast.engine.checkpoint import cpu_state as _state_dict
+from zslfast.engine.checkpoint import load_checkpoint
+from zslfast.engine.loop import train_epochs
+from zslfast.engine.method import Method, MethodResult
+from zslfast.engine.samplers import EpisodeBatches, EpisodeSampler
+from zslfast.engine.selection import Selector
 from zslfast.errors import ZSLError
 from zslfast.eval.metrics import zsl_gzsl_metrics
-from zslfast.methods import MethodResult, register
+from zslfast.nn import MLP, CosineScorer
 from zslfast.optim import adam
 from zslfast.settings import ATTRIBUTES, VALIDATION, Bool, File, Float, Int, Section
 
@@ -83,18 +86,14 @@ SETTINGS = Section(
 
 # ------------------------------------------------------------------------------------------- model
 class CVCModel(nn.Module):
-    """The classifier generator with the cosine-scoring scale s and bias β (§2)."""
+    """The classifier generator w(a) with the cosine-scoring scale s and bias β (§2)."""
 
     def __init__(self, attribute_dim, feature_dim, hidden=1600, init_std=0.02, scale=10.0):
         super().__init__()
-        self.generator = nn.Sequential(nn.Linear(attribute_dim, hidden), nn.ReLU(), nn.Linear(hidden, feature_dim),
-                                       nn.ReLU())
-        for m in self.generator:
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=init_std)
-                nn.init.zeros_(m.bias)
-        self.scale = nn.Parameter(torch.tensor(float(scale)))
-        self.bias = nn.Parameter(torch.tensor(0.0))
+        # The scorer is registered first so that parameters() lists s and β before the generator, as
+        # zslfast 0.1 did: the order of the gradient-clipping norm's sum, and so its rounding.
+        self.scorer = CosineScorer(scale)
+        self.generator = MLP([attribute_dim, hidden, feature_dim], init="normal", std=init_std)
 
     def forward(self, att):
         """Classifier weights [C, D] for attributes [C, d_a]."""
@@ -102,7 +101,7 @@ class CVCModel(nn.Module):
 
     def logits(self, x, weights):
         """s·(cos(x_i, w_c) + β), [N, C]."""
-        return self.scale * ((1 - ops.pairwise_distance(x, weights, "cosine")) + self.bias)
+        return self.scorer(x, weights)
 
 
 def generalized_cross_entropy(logits, target, q):
@@ -135,46 +134,8 @@ def pseudo_labels(scores, ratio=1.2, top_per_class=5):
     return torch.cat([a_idx, b_idx.reshape(-1)]), torch.cat([a_cls, b_cls.reshape(-1)])
 
 
-class EpisodeSampler:
-    """Episodes of distinct classes × distinct samples, drawn on the device of ``labels``.
-
-    Args:
-        labels: class id of every candidate sample (any ids).
-        generator: a torch.Generator on the same device.
-
-    Samples are kept in a padded [classes, max count] table; a draw gives random keys to the classes
-    (and to each class's samples, padding excluded) and keeps the top-k, so classes and samples are
-    distinct within an episode and no Python loop runs over samples.
-    """
-
-    def __init__(self, labels, generator):
-        self.generator = generator
-        self.classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-        order = torch.argsort(inverse, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(labels.numel(), device=labels.device) - starts[inverse[order]]
-        self.table = torch.full((self.classes.numel(), int(counts.max())), -1, dtype=torch.long, device=labels.device)
-        self.table[inverse[order], rank] = order
-        self.counts = counts
-
-    def sample(self, ways, shots, episodes=1):
-        """Positions [E, ways, shots] into ``labels`` and their class ids [E, ways]."""
-        n_cls = self.classes.numel()
-        if ways > n_cls:
-            raise ZSLError(f"episodes of {ways} ways need {ways} classes, only {n_cls} are available")
-        if shots > int(self.counts.min()):
-            raise ZSLError(f"episodes of {shots} shots need {shots} samples per class; the smallest class has "
-                           f"{int(self.counts.min())}")
-        dev = self.table.device
-        pick = torch.rand(episodes, n_cls, generator=self.generator, device=dev).topk(ways, dim=1).indices
-        keys = torch.rand(episodes, ways, self.table.shape[1], generator=self.generator, device=dev)
-        keys.masked_fill_(self.table[pick] < 0, -1.0)  # padding never wins
-        slots = keys.topk(shots, dim=2).indices
-        return self.table[pick].gather(2, slots), self.classes[pick]
-
-
 # ------------------------------------------------------------------------------------------ training
-def _episode_logits(model, x, weights, episodes):
+def episode_logits(model, x, weights, episodes):
     """Logits of each episode's samples against its own classes: x [E·n, D], weights [E·w, D] ->
     [E·n, w], the diagonal blocks of one cosine GEMM."""
     full = model.logits(x, weights)
@@ -189,37 +150,27 @@ def _schedule(model_params, cfg, device):
     return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_size"], gamma=cfg["gamma"])
 
 
-def _epochs_loop(cfg, epochs, desc, ctx, step, evaluate=None, on_epoch=None):
-    """Run ``epochs`` epochs of ``episodes_per_epoch`` episodes (``episodes_per_step`` per call of
-    ``step``); ``evaluate(epoch)`` every ``eval_every`` epochs and at the end; returns its history."""
-    steps = max(1, cfg["episodes_per_epoch"] // cfg["episodes_per_step"])
-    history = []
-    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not ctx.progress, leave=False)
-    for epoch in bar:
-        if on_epoch is not None:
-            on_epoch(epoch)
-        for _ in range(steps):
-            loss = step()
-        bar.set_postfix(loss=f"{float(loss):.4f}")
-        if evaluate is not None and (epoch % cfg["eval_every"] == 0 or epoch == epochs):
-            history.append((epoch, float(evaluate(epoch))))
-    return history
+def _on_eval(evaluate, obj):
+    return None if evaluate is None else (lambda epoch: evaluate(obj, epoch))
 
 
-def train_inductive(data, cfg, ctx, epochs, evaluate=None, desc="cvc"):
-    """Episode training of a new :class:`CVCModel` on ``data``'s trainval split (§3.1)."""
+def train_inductive(data, cfg, ctx, epochs, evaluate=None, eval_every=1, desc="cvc"):
+    """Episode training of a new :class:`CVCModel` on ``data``'s trainval split (§3.1);
+    ``evaluate(model, epoch) -> float`` every ``eval_every`` epochs and after the last."""
     device = ctx.device
-    torch.manual_seed(ctx.seed)
-    model = CVCModel(data.attribute_dim, data.feature_dim, cfg["hidden"], cfg["init_std"], cfg["scale_init"]).to(device)
+    with ctx.init_scope():
+        model = CVCModel(data.attribute_dim, data.feature_dim, cfg["hidden"], cfg["init_std"], cfg["scale_init"])
+    model.to(device)
     x_all, y_all = data.subset("trainval")
-    sampler = EpisodeSampler(y_all, torch.Generator(device=device).manual_seed(ctx.seed))
-    opt, sched = _schedule(model.parameters(), cfg, device)
     ways, shots, e = cfg["ways"], cfg["shots"], cfg["episodes_per_step"]
+    batches = EpisodeBatches(EpisodeSampler(y_all, ctx.rng("episodes", device)), ways, shots, e,
+                             max(1, cfg["episodes_per_epoch"] // e))
+    opt, sched = _schedule(model.parameters(), cfg, device)
     target = torch.arange(ways, device=device).repeat_interleave(shots).repeat(e)
 
-    def step():
-        pos, cls = sampler.sample(ways, shots, e)
-        logits = _episode_logits(model, x_all[pos.reshape(-1)], model(data.attributes[cls.reshape(-1)]), e)
+    def step(batch):
+        pos, cls = batch
+        logits = episode_logits(model, x_all[pos.reshape(-1)], model(data.attributes[cls.reshape(-1)]), e)
         loss = F.cross_entropy(logits, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -227,13 +178,9 @@ def train_inductive(data, cfg, ctx, epochs, evaluate=None, desc="cvc"):
         opt.step()
         return loss.detach()
 
-    def on_epoch(ep):
-        if ep > 1:  # StepLR after every epoch
-            sched.step()
-
-    history = _epochs_loop(cfg, epochs, desc, ctx, step, evaluate=evaluate and (lambda ep: evaluate(model, ep)),
-                           on_epoch=on_epoch)
-    return model, history
+    train_epochs(desc, epochs, batches, step, ctx, scheduler=sched, evaluate=_on_eval(evaluate, model),
+                 eval_every=eval_every, modules={"model": model, "optimizer": opt})
+    return model
 
 
 class TransductiveState(nn.Module):
@@ -250,32 +197,33 @@ class TransductiveState(nn.Module):
         return self.rows.index_copy(0, generated, self.model(attributes[generated]))
 
 
-def train_transductive(data, cfg, ctx, model, epochs, evaluate=None, desc="cvc transductive"):
+def train_transductive(data, cfg, ctx, model, epochs, evaluate=None, eval_every=1, desc="cvc transductive"):
     """Transductive training from an inductive ``model`` (changed in place); the unlabelled data are
-    ``data``'s test_unseen features, whose labels are never read."""
+    ``data``'s test_unseen features, whose labels are never read. Returns the :class:`TransductiveState`."""
     t = cfg["transductive_training"]
     device = ctx.device
-    torch.manual_seed(ctx.seed + 1)
     state = TransductiveState(model, data.attributes)
     x_seen, y_seen = data.subset("trainval")
     x_unl, _ = data.subset("test_unseen")
     unseen = data.unseen_classes.to(device)
-    gen = torch.Generator(device=device).manual_seed(ctx.seed + 1)
-    seen_sampler = EpisodeSampler(y_seen, gen)
-    opt, sched = _schedule(state.parameters(), t, device)
+    gen = ctx.rng("transductive", device)  # seen episodes and pseudo-labelled episodes share it
     ways, shots, e = t["ways"], t["shots"], cfg["episodes_per_step"]
+    batches = EpisodeBatches(EpisodeSampler(y_seen, gen), ways, shots, e, max(1, cfg["episodes_per_epoch"] // e))
+    opt, sched = _schedule(state.parameters(), t, device)
     test_shots = max(1, int(round(shots * t["test_shots_factor"])))
     pseudo = {}
 
-    def refresh():
+    def refresh(epoch):
+        if (epoch - 1) % t["refresh_every"]:
+            return
         with torch.no_grad():
             scores = model.logits(x_unl, model(data.attributes[unseen]))
         pos, cls = pseudo_labels(scores, t["ratio"], t["top_per_class"])
         pseudo["x"], pseudo["y"] = x_unl[pos], unseen[cls]
         pseudo["sampler"] = EpisodeSampler(pseudo["y"], gen)
 
-    def step():
-        pos_b, cls_b = seen_sampler.sample(ways, shots, e)
+    def step(batch):
+        pos_b, cls_b = batch
         ps = pseudo["sampler"]
         pos_u, cls_u = ps.sample(ps.classes.numel(), test_shots, e)
         weights = state.classifiers(data.attributes, ps.classes)
@@ -291,15 +239,9 @@ def train_transductive(data, cfg, ctx, model, epochs, evaluate=None, desc="cvc t
         opt.step()
         return loss.detach()
 
-    def on_epoch(ep):
-        if ep > 1:
-            sched.step()
-        if (ep - 1) % t["refresh_every"] == 0:
-            refresh()
-
-    history = _epochs_loop({**cfg, "eval_every": t["eval_every"]}, epochs, desc, ctx, step,
-                           evaluate=evaluate and (lambda ep: evaluate(state, ep)), on_epoch=on_epoch)
-    return state, history
+    train_epochs(desc, epochs, batches, step, ctx, scheduler=sched, evaluate=_on_eval(evaluate, state),
+                 eval_every=eval_every, on_epoch_start=refresh, modules={"model": state, "optimizer": opt})
+    return state
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -318,19 +260,9 @@ def evaluate(model_or_state, data):
     return zsl_gzsl_metrics(lambda x: model.logits(x, weights), data)
 
 
-def _state_dict(obj):
-    return {k: v.detach().cpu().clone() for k, v in obj.state_dict().items()}
-
-
 def load_inductive(path, data, cfg, device):
     """The generator of a ``--method cvc`` checkpoint."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a missing, truncated or foreign file: one clear error, whatever torch raised
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ZSLError(f"inductive_checkpoint {path}: cannot read it ({first})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("method") != "cvc" or "inductive" not in ckpt.get("state", {}):
-        raise ZSLError(f"inductive_checkpoint {path}: not a checkpoint of --method cvc")
+    ckpt = load_checkpoint(path, "inductive_checkpoint", method="cvc", part="inductive")
     model = CVCModel(data.attribute_dim, data.feature_dim, cfg["hidden"], cfg["init_std"], cfg["scale_init"])
     try:
         model.load_state_dict(ckpt["state"]["inductive"])
@@ -339,105 +271,62 @@ def load_inductive(path, data, cfg, device):
     return model.to(device)
 
 
-@register
-class CVCMethod:
+class CVC(Method):
     name = "cvc"
     setting = "zsl+gzsl (inductive or transductive)"
-    selection = "validation"
     settings = SETTINGS
 
     def run(self, data, config, ctx):
         t0 = time.perf_counter()
         data = data.to(ctx.device)
-        trans = bool(config["transductive"])
         t_cfg = config["transductive_training"]
-        timings, selection, state = {}, {}, {}
-        if ctx.select_on_test:
-            return self._run_on_test(data, config, ctx, trans)
+        selector = Selector(data, ctx, "gzsl_h", config["validation"])
+        test_cadence = 1  # the original evaluates on the test sets after every epoch
+        timings, state = {}, {}
 
-        # Inductive: epochs chosen on the validation split, then retrained on all seen classes.
-        checkpoint = config["inductive_checkpoint"]
-        if checkpoint and trans:
-            model = load_inductive(checkpoint, data, config, ctx.device)
-            selection["inductive"] = {"from": checkpoint}
-            val = val_model = None
+        def scored(model_or_state, view):
+            return evaluate(model_or_state, view), None
+
+        # Inductive: the epoch count chosen by the run's selection mode, or a given checkpoint.
+        checkpoint = config["inductive_checkpoint"] if config["transductive"] else None
+        if checkpoint:
+            model, val_model = load_inductive(checkpoint, data, config, ctx.device), None
+            selector.record("inductive_checkpoint", checkpoint)
+            inductive_metrics = evaluate(model, data)
         else:
-            val = data.validation_split(**config["validation"])
-            best = {}
-
-            def on_val(model, epoch):
-                h = evaluate(model, val)["gzsl_h"]
-                if not best or h > best["h"]:
-                    best.update(h=h, epoch=epoch, state=copy.deepcopy(model.state_dict()))
-                return h
-
-            val_model, history = train_inductive(val, config, ctx, config["epochs"], evaluate=on_val,
-                                                 desc="cvc (validation)")
-            val_model.load_state_dict(best["state"])
-            selection["inductive"] = {"on": "validation", "metric": "gzsl_h", "epoch": best["epoch"],
-                                      "history": history}
-            t1 = time.perf_counter()
-            model, _ = train_inductive(data, config, ctx, best["epoch"])
-            timings.update(select_s=t1 - t0, train_s=time.perf_counter() - t1)
-        inductive_metrics = evaluate(model, data)
+            fitted = selector.epochs(
+                "inductive_epochs",
+                lambda view, epochs, on_eval, every, _start, phase: train_inductive(
+                    view, config, ctx, epochs, on_eval, every, desc="cvc (validation)" if phase == "select" else "cvc"),
+                scored, config["epochs"], config["eval_every"], test_eval_every=test_cadence,
+                keep_val_model=config["transductive"])
+            model, val_model = fitted.model, fitted.val_model
+            inductive_metrics = fitted.metrics or evaluate(model, data)
+        timings["inductive_s"] = time.perf_counter() - t0
         state["inductive"] = _state_dict(model)
-        if not trans:
-            return MethodResult(metrics=inductive_metrics, state=state, selection=selection, timings=timings)
+        if not config["transductive"]:
+            return MethodResult(metrics=inductive_metrics, state=state, selection=selector.to_dict(), timings=timings)
 
-        t2 = time.perf_counter()
-        if val_model is not None:
-            best_t = {}
+        # Transductive: the validation run starts from the validation run's inductive model (one that
+        # never saw the validation classes), the final run from the final inductive model. From a
+        # given checkpoint there is no such model: the configured epochs are trained.
+        t1 = time.perf_counter()
 
-            def on_val_t(st, epoch):
-                h = evaluate(st, val)["gzsl_h"]
-                if not best_t or h > best_t["h"]:
-                    best_t.update(h=h, epoch=epoch)
-                return h
+        def fit_t(view, epochs, on_eval, every, _start, phase):
+            start = val_model if phase == "select" else model
+            return train_transductive(view, config, ctx, start, epochs, on_eval, every,
+                                      desc="cvc transductive (validation)" if phase == "select" else "cvc transductive")
 
-            _, history = train_transductive(val, config, ctx, val_model, t_cfg["epochs"], evaluate=on_val_t,
-                                            desc="cvc transductive (validation)")
-            epochs = best_t["epoch"]
-            selection["transductive"] = {"on": "validation", "metric": "gzsl_h", "epoch": epochs, "history": history}
+        if checkpoint and ctx.selection == "validation":
+            st = fit_t(data, t_cfg["epochs"], None, 1, 1, "final")
+            selector.record("transductive_epochs", t_cfg["epochs"])
+            metrics = evaluate(st, data)
         else:
-            epochs = t_cfg["epochs"]
-            selection["transductive"] = {"on": "none (fixed epochs from a given checkpoint)", "epoch": epochs}
-        t3 = time.perf_counter()
-        st, _ = train_transductive(data, config, ctx, model, epochs)
-        timings.update(trans_select_s=t3 - t2, trans_train_s=time.perf_counter() - t3)
+            fitted = selector.epochs("transductive_epochs", fit_t, scored, t_cfg["epochs"], t_cfg["eval_every"],
+                                     test_eval_every=test_cadence)
+            st = fitted.model
+            metrics = fitted.metrics or evaluate(st, data)
+        timings["transductive_s"] = time.perf_counter() - t1
         state["transductive"] = _state_dict(st)
-        metrics = evaluate(st, data)
-        metrics.update({f"inductive_{k}": v for k, v in inductive_metrics.items()})
-        return MethodResult(metrics=metrics, state=state, selection=selection, timings=timings)
-
-    def _run_on_test(self, data, config, ctx, trans):
-        """The original protocol: evaluate on the test sets after every epoch, keep the best-H epoch."""
-        config = {**config, "eval_every": 1,
-                  "transductive_training": {**config["transductive_training"], "eval_every": 1}}
-        best = {}
-
-        def keep(obj, epoch, tag):
-            m = evaluate(obj, data)
-            if tag not in best or m["gzsl_h"] > best[tag]["metrics"]["gzsl_h"]:
-                best[tag] = {"metrics": m, "epoch": epoch, "state": _state_dict(obj)}
-            return m["gzsl_h"]
-
-        if config["inductive_checkpoint"] and trans:
-            model = load_inductive(config["inductive_checkpoint"], data, config, ctx.device)
-            best["inductive"] = {"metrics": evaluate(model, data), "epoch": None, "state": _state_dict(model)}
-        else:
-            model, history = train_inductive(data, config, ctx, config["epochs"],
-                                             evaluate=lambda m, ep: keep(m, ep, "inductive"))
-            model.load_state_dict(best["inductive"]["state"])
-            best["inductive"]["history"] = history
-        selection = {"on": "test (original protocol)", "metric": "gzsl_h", "inductive_epoch": best["inductive"]["epoch"],
-                     "inductive_history": best["inductive"].get("history")}
-        state = {"inductive": best["inductive"]["state"]}
-        if not trans:
-            return MethodResult(metrics=best["inductive"]["metrics"], state=state, selection=selection)
-        _, history = train_transductive(data, config, ctx, model, config["transductive_training"]["epochs"],
-                                        evaluate=lambda st, ep: keep(st, ep, "transductive"))
-        metrics = dict(best["transductive"]["metrics"])
-        metrics.update({f"inductive_{k}": v for k, v in best["inductive"]["metrics"].items()})
-        selection.update(transductive_epoch=best["transductive"]["epoch"], transductive_history=history)
-        state["transductive"] = best["transductive"]["state"]
-        return MethodResult(metrics=metrics, state=state, selection=selection)
+        metrics = {**metrics, **{f"inductive_{k}": v for k, v in inductive_metrics.items()}}
+        return MethodResult(metrics=metrics, state=state, selection=selector.to_dict(), timings=timings)

@@ -3,17 +3,17 @@
 A bilinear compatibility x·V·a between features x and class embeddings a, with the closed-form
 solution V = (XᵀX + γI)⁻¹ Xᵀ Y A_s (A_sᵀA_s + λI)⁻¹ for training features X [n, D], targets
 Y ∈ {−1, 1}^{n×S} over the S training classes, and their embeddings A_s [S, d]. Hyper-parameters γ and
-λ (powers of ten) are chosen on the class-disjoint validation split; the model is then refitted on
-all of trainval. A fast, deterministic baseline that exercises the data and evaluation path.
+λ (powers of ten) are chosen by the engine's selector (the class-disjoint validation split by default,
+the test split with ``--select-on-test``); the model is then refitted on all of trainval. A fast, deterministic baseline that exercises the data and evaluation path.
 """
 import itertools
 import time
 
 import torch
-from tqdm.auto import tqdm
 
+from zslfast.engine.method import Method, MethodResult
+from zslfast.engine.selection import Selector
 from zslfast.eval.metrics import zsl_gzsl_metrics
-from zslfast.methods import MethodResult, register
 from zslfast.settings import ATTRIBUTES, FEATURE_NORM, VALIDATION, Choice, Float, Int, Numbers, Section
 
 SETTINGS = Section(
@@ -55,38 +55,32 @@ def fit_eszsl(features, labels, attributes, gamma, lam):
     return ESZSLSolver(features, labels, attributes).weights(gamma, lam)
 
 
-@register
-class ESZSLMethod:
+class ESZSL(Method):
     name = "eszsl"
     setting = "zsl+gzsl"
-    selection = "validation"
     settings = SETTINGS
 
     def run(self, data, config, ctx):
         t0 = time.perf_counter()
         data = data.normalized(config["feature_norm"]).to(ctx.device)
         attributes = data.attributes
+        selector = Selector(data, ctx, config["select_metric"], config["validation"])
 
         def evaluate(split_data, v):
             return zsl_gzsl_metrics(lambda x: x @ v @ attributes.T, split_data, calibration=config["calibration"])
 
-        # Model selection: on the validation split by default, on the test split only on request.
-        select_data = data if ctx.select_on_test else data.validation_split(**config["validation"])
-        grid = list(itertools.product(config["gamma_exponents"], config["lambda_exponents"]))
-        x, y = select_data.subset("trainval")
-        solver = ESZSLSolver(x, y.to(x.device), attributes)
-        scores = []
-        for ge, le in tqdm(grid, desc="eszsl grid", disable=not ctx.progress, leave=False):
-            scores.append(evaluate(select_data, solver.weights(10.0 ** ge, 10.0 ** le))[config["select_metric"]])
-        best = max(range(len(grid)), key=lambda i: scores[i])
-        ge, le = grid[best]
+        def make_scorer(view):  # one eigendecomposition per view, then a few products per candidate
+            x, y = view.subset("trainval")
+            solver = ESZSLSolver(x, y.to(x.device), attributes)
+            return lambda c: evaluate(view, solver.weights(10.0 ** c[0], 10.0 ** c[1]))[config["select_metric"]]
+
+        grid = [list(c) for c in itertools.product(config["gamma_exponents"], config["lambda_exponents"])]
+        ge, le = selector.grid("gamma_lambda_exponents", grid, make_scorer, label="eszsl grid")
         t1 = time.perf_counter()
         x, y = data.subset("trainval")
         v = fit_eszsl(x, y.to(x.device), attributes, 10.0 ** ge, 10.0 ** le)
         t2 = time.perf_counter()
         metrics = evaluate(data, v)
-        selection = {"on": "test (original protocol)" if ctx.select_on_test else "validation",
-                     "metric": config["select_metric"], "gamma": 10.0 ** ge, "lambda": 10.0 ** le,
-                     "score": scores[best], "candidates": len(grid)}
-        return MethodResult(metrics=metrics, state={"V": v.cpu()}, selection=selection,
+        return MethodResult(metrics=metrics, state={"V": v.cpu()}, selection=selector.to_dict(),
+                            info={"gamma": 10.0 ** ge, "lambda": 10.0 ** le},
                             timings={"select_s": t1 - t0, "fit_s": t2 - t1, "eval_s": time.perf_counter() - t2})

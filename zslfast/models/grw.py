@@ -46,16 +46,16 @@ Conscious choices (§7), each a config key:
 - Features are used raw, as in the original (§7.11); the replay buffer keeps the first q rows per
   class (§7.12); evaluation scores all C classes without calibration (§7.14).
 - There is no model selection: every task trains a fixed number of epochs and is evaluated after
-  the last one, as in the original, so no test data influences training (``--select-on-test`` has
-  nothing to select and is refused).
+  the last one, as in the original, so no test data influences training (selection mode ``fixed``;
+  ``--select-on-test`` has nothing to select and is refused before the data is loaded).
 
 Efficiency the original lacks (§8): walks propagate Q_{t+1} = Q_t·P_xx through the fused
 ``random_walk_landing`` operator instead of forming P_xx^t; the seen-class prototypes D(A_seen) are
 computed once per step and scored with one cosine GEMM (``pairwise_distance``) instead of running D on
 B×K repeated rows; the neighbour-correlation and Euclidean losses are segment means and gathers, not
 Python loops over classes; evaluation uses the blocked ``nearest_prototype``. The original
-formulation of those pieces is kept in :class:`OriginalFormulation` as a test oracle and the
-benchmark baseline (``benchmarks/bench_train.py --method grw``).
+formulation of those pieces is a test oracle and the benchmark baseline outside the package
+(``tests/oracles/grw_original.py``, ``benchmarks/bench_train.py --method grw``).
 """
 import copy
 import time
@@ -63,15 +63,15 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from zslfast import ops
 from zslfast.data.continual import CONTINUAL_SETTINGS, ContinualSplit, ReplayBuffer
+from zslfast.engine.continual import run_continual
+from zslfast.engine.method import Method, MethodResult
+from zslfast.engine.selection import Selector
 from zslfast.errors import ZSLError
-from zslfast.eval.metrics import continual_summary, harmonic_mean, per_class_accuracy
-from zslfast.methods import MethodResult, register
+from zslfast.nn import MLP, class_means, init_linear, scaled_cosine
 from zslfast.optim import adam
-from zslfast.ops import reference
 from zslfast.settings import Bool, Choice, Float, Int, Numbers, Section
 
 ATTRIBUTE_GENERATION = ("interpolation", "learnable")
@@ -113,13 +113,6 @@ SETTINGS = Section(
 
 
 # ----------------------------------------------------------------------------------------- networks
-def _xavier(module):
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_normal_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 class Generator(nn.Module):
     """G(z, a) = Sigmoid(W2 · ReLU(W1 · [z, a] + b1) + b2), z of the attribute's size (§2).
 
@@ -132,7 +125,7 @@ class Generator(nn.Module):
         self.attribute_dim = attribute_dim
         self.fc1 = nn.Linear(2 * attribute_dim, hidden)
         self.fc2 = nn.Linear(hidden, feature_dim)
-        _xavier(self)
+        init_linear(self, "xavier")
 
     def forward(self, z, a, index=None):
         d = self.attribute_dim
@@ -145,26 +138,14 @@ class Generator(nn.Module):
         return torch.sigmoid(self.fc2(h))
 
 
-class Embedder(nn.Module):
-    """D(a) = ReLU(W2 · ReLU(W1 · a + b1) + b2): class attributes to visual prototypes (§2)."""
-
-    def __init__(self, attribute_dim, feature_dim, hidden=1024):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(attribute_dim, hidden), nn.ReLU(), nn.Linear(hidden, feature_dim),
-                                 nn.ReLU())
-        _xavier(self)
-
-    def forward(self, a):
-        return self.net(a)
-
-
 class GRWModel(nn.Module):
     """The generator and the attribute embedder of one continual run."""
 
     def __init__(self, attribute_dim, feature_dim, hidden=1024):
         super().__init__()
         self.generator = Generator(attribute_dim, feature_dim, hidden)
-        self.embedder = Embedder(attribute_dim, feature_dim, hidden)
+        # D(a) = ReLU(W2 · ReLU(W1 · a + b1) + b2): class attributes to visual prototypes (§2)
+        self.embedder = MLP([attribute_dim, hidden, feature_dim], init="xavier")
 
     def generate_per_class(self, att, n, generator):
         """n samples for every row of ``att`` [K, d_a], class-major ([K·n, D])."""
@@ -177,19 +158,12 @@ class GRWModel(nn.Module):
 # ------------------------------------------------------------------------------------------- losses
 def cosine_scores(x, prototypes, scale):
     """scale · cos(x_b, p_k), [B, K] (one GEMM through ``ops.pairwise_distance``)."""
-    return scale * (1 - ops.pairwise_distance(x, prototypes, "cosine"))
+    return scaled_cosine(x, prototypes, scale)
 
 
 def log_mean_cosine(a, b, scale, eps):
     """log(mean_b scale·cos(a_b, b_b) + eps), the alignment term of §3.1–3.2."""
     return torch.log(scale * F.cosine_similarity(a, b, dim=1).mean() + eps)
-
-
-def class_means(x, y, num_classes):
-    """Per-class means of ``x`` [B, D] by labels ``y`` (segment mean) and the class counts."""
-    counts = torch.bincount(y, minlength=num_classes)
-    sums = x.new_zeros(num_classes, x.shape[1]).index_add_(0, y, x)
-    return sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype), counts
 
 
 def attribute_neighbours(att, n=3):
@@ -227,7 +201,7 @@ def random_walk_loss(centers, points, steps, decay, target, visit_weight=1.0, te
 
 class Formulation:
     """How the hot pieces of a GRW step are computed. This class is zslfast's formulation (§8);
-    :class:`OriginalFormulation` is the original code's, kept as test oracle and benchmark baseline."""
+    the original code's (``tests/oracles/grw_original.py``) is the test oracle and benchmark baseline."""
 
     name = "zslfast"
     runs_embedder = False  # seen_scores ignores ``embedder`` and uses the given prototypes
@@ -269,59 +243,6 @@ class Formulation:
         return weight * (pen.sum() if reduction == "sum" else pen.mean())
 
 
-class OriginalFormulation(Formulation):
-    """The original code's formulation of the same quantities (IGCZSL ``main``): D run on B×K
-    repeated attribute rows, walks through explicit matrix powers P_xx^t with one shared S_xc, Python
-    loops over classes. Same values as :class:`Formulation` up to rounding; much slower."""
-
-    name = "original"
-    runs_embedder = True
-
-    def real_alignment(self, protos_y, x, scale, eps, mode):
-        p, q = F.normalize(protos_y, dim=-1), F.normalize(x, dim=-1)
-        if mode == "matched":
-            return torch.log(scale * F.cosine_similarity(p, q, dim=-1).mean() + eps)
-        # [B, 1, D] against [B, D]: broadcast to B×B cosines, as the original computes it
-        return torch.log(scale * F.cosine_similarity(p.unsqueeze(1), q, dim=-1).mean() + eps)
-
-    def seen_scores(self, embedder, att_seen, prototypes, x, scale):
-        b, k = x.shape[0], att_seen.shape[0]
-        protos = embedder(att_seen.unsqueeze(0).expand(b, k, -1).reshape(b * k, -1)).view(b, k, -1)
-        return scale * F.cosine_similarity(protos, x.unsqueeze(1).expand(b, k, -1), dim=2)
-
-    def walk_loss(self, centers, points, steps, decay, target, visit_weight, temperature, clamp=1e-10):
-        s_xc = reference.similarity(points, centers, "cosine") / temperature
-        p_cx = torch.softmax(s_xc.T, dim=1)
-        landing = reference.random_walk_landing_dense(centers, points, steps, temperature).clamp(clamp, 1 - clamp)
-        loss = 0.0
-        for t in range(steps + 1):
-            lt = torch.log(landing[t])
-            loss = loss + decay ** t * -(torch.diagonal(lt).mean() if target == "diag" else lt.mean())
-        if visit_weight:
-            loss = loss + visit_weight * -torch.log(p_cx.mean(0).clamp(clamp, 1 - clamp)).mean()
-        return loss
-
-    def euclidean_loss(self, x_gen, y, mu_seen):
-        loss = 0.0
-        for k in torch.unique(y).tolist():
-            loss = loss + (x_gen[y == k].mean(0) - mu_seen[k]).norm()
-        return loss / mu_seen.shape[0]
-
-    def correlation_loss(self, x_gen, y, mu_seen, neighbours, sigma, margin, lower, weight, reduction):
-        terms = []
-        for k in torch.unique(y).tolist():
-            m = x_gen[y == k].mean(0)
-            for n in range(neighbours.shape[1]):
-                c = F.cosine_similarity(m, mu_seen[neighbours[k, n]], dim=0)
-                s = sigma[k, n]
-                terms.append(torch.relu(c - (s + margin)) ** 2 + torch.relu((s - lower) - c) ** 2)
-        pen = torch.stack(terms)
-        return weight * (pen.sum() if reduction == "sum" else pen.mean())
-
-
-FORMULATIONS = {"zslfast": Formulation, "original": OriginalFormulation}
-
-
 # ------------------------------------------------------------------------------------------ trainer
 class GRWTrainer:
     """One continual GRW run: the networks, the per-task optimisers, the class means and the step.
@@ -329,19 +250,23 @@ class GRWTrainer:
     Args:
         data: a :class:`zslfast.data.ZSLDataset` already on the training device.
         cfg: the resolved ``grw`` config.
-        device, seed: where to run and the seed of all random draws.
-        formulation: ``"zslfast"`` or ``"original"`` (the benchmark baseline, same values).
+        ctx: the run context (device; ``init`` stream for the networks, ``noise`` stream on the device
+            for every draw of a step).
+        formulation: a :class:`Formulation` (default: zslfast's; tests and benchmarks pass the
+            original's, ``tests/oracles/grw_original.py``).
     """
 
-    def __init__(self, data, cfg, device, seed=0, formulation="zslfast"):
+    def __init__(self, data, cfg, ctx, formulation=None):
+        device = ctx.device
         self.data, self.cfg, self.device = data, cfg, device
         self.method = cfg["attribute_generation"]
-        self.f = FORMULATIONS[formulation]()
-        torch.manual_seed(seed)  # network initialisation
-        self.model = GRWModel(data.attribute_dim, data.feature_dim, cfg["hidden"]).to(device)
+        self.f = formulation or Formulation()
+        with ctx.init_scope():
+            self.model = GRWModel(data.attribute_dim, data.feature_dim, cfg["hidden"])
+        self.model.to(device)
         self.att = data.attributes.to(device)
         self.mu = torch.zeros(data.num_classes, data.feature_dim, device=device)  # real class means
-        self.gen = torch.Generator(device=device).manual_seed(seed)  # noise, drawn on the device
+        self.gen = ctx.rng("noise", device)
         self.dictionary = None
         self.num_seen = 0
 
@@ -492,19 +417,12 @@ class GRWTrainer:
         return {"d": loss_d.detach(), "g_seen": loss_seen.detach(), "g_creative": loss_cr.detach(), **terms}
 
     # --------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def predict(self, x, batch=8192):
-        """Nearest prototype D(a_c) by cosine over all C classes (§5)."""
-        protos = self.model.embedder(self.att)
-        return torch.cat([ops.nearest_prototype(x[i:i + batch], protos, "cosine") for i in range(0, x.shape[0], batch)])
-
-    def evaluate(self, task):
-        """S, U (percent, per-class mean top-1 over all-class predictions) and H after ``task``."""
-        feats, labels = self.data.features, self.data.labels
-        idx_s, idx_u = task.test_seen.to(self.device), task.test_unseen.to(self.device)
-        s = per_class_accuracy(self.predict(feats[idx_s]), labels[idx_s])
-        u = per_class_accuracy(self.predict(feats[idx_u]), labels[idx_u])
-        return {"S": 100 * s, "U": 100 * u, "H": 100 * harmonic_mean(s, u)}
+    def predictor(self):
+        """``predict(features) -> class ids``: the nearest prototype D(a_c) by cosine over all C
+        classes (§5), the prototypes computed once."""
+        with torch.no_grad():
+            protos = self.model.embedder(self.att)
+        return lambda x: ops.nearest_prototype(x, protos, "cosine")
 
 
 def continual_setting(data, cfg):
@@ -517,51 +435,31 @@ def continual_setting(data, cfg):
     return int(s), int(t)
 
 
-@register
-class GRWMethod:
+class GRW(Method):
     name = "grw"
     setting = "continual gzsl"
-    selection = "none (fixed epochs per task)"
     settings = SETTINGS
+    selection_modes = ("fixed",)  # a fixed number of epochs per task, as the original
 
     def run(self, data, config, ctx):
-        if ctx.select_on_test:
-            raise ZSLError("--select-on-test: GRW has no model selection (each task trains a fixed number of "
-                           "epochs and is evaluated once, as in the original)")
         t0 = time.perf_counter()
         s, t = continual_setting(data, config)
         split = ContinualSplit(data.labels, data.num_classes, s, t, **config["split"])
         data = data.to(ctx.device)
-        trainer = GRWTrainer(data, config, ctx.device, ctx.seed)
-        buffer = ReplayBuffer(config["buffer_size"])
-        order = ctx.generator(1)  # batch order, on the CPU so that runs match across devices
-        per_task = []
-        for ti in tqdm(split.trained_tasks, desc="grw tasks", disable=not ctx.progress):
-            t_task = time.perf_counter()
-            task = split.task(ti)
-            train_idx = torch.cat([task.train, buffer.indices])
-            new_idx = task.train.to(ctx.device)
-            trainer.start_task(task.seen_classes.numel(), task.new_classes, data.features[new_idx],
-                               data.labels[new_idx])
-            n, b = train_idx.numel(), config["batch_size"]
-            bar = tqdm(range(config["epochs"]), desc=f"task {ti}/{t - 1}", leave=False, disable=not ctx.progress)
-            for _ in bar:
-                perm = train_idx[torch.randperm(n, generator=order)].to(ctx.device)
-                for i in range(0, n, b):
-                    idx = perm[i:i + b]
-                    if idx.numel() < 2:  # the original skips batches of one sample
-                        continue
-                    losses = trainer.step(data.features[idx], data.labels[idx])
-                bar.set_postfix({key: f"{float(losses[key]):.3f}" for key in ("d", "g_seen", "g_creative")})
-            buffer.update(task, split.labels)
-            metrics = trainer.evaluate(task)
-            per_task.append({"task": ti, "seen_classes": task.seen_classes.numel(), **metrics,
-                             "train_samples": n, "seconds": time.perf_counter() - t_task})
-            if ctx.progress:
-                tqdm.write(f"[grw] task {ti}: S {metrics['S']:.2f} U {metrics['U']:.2f} H {metrics['H']:.2f}")
+        trainer = GRWTrainer(data, config, ctx)
+
+        def start_task(task):
+            new = task.train.to(ctx.device)
+            trainer.start_task(task.seen_classes.numel(), task.new_classes, data.features[new], data.labels[new])
+
+        summary, per_task, history = run_continual(
+            data, split, ReplayBuffer(config["buffer_size"]), ctx, epochs=config["epochs"],
+            batch_size=config["batch_size"], start_task=start_task, step=trainer.step, predictor=trainer.predictor,
+            min_batch=2, modules={"model": trainer.model})  # the original skips batches of one sample
+        selector = Selector(data, ctx)
+        selector.record("epochs_per_task", config["epochs"])
         state = {"model": {k: v.cpu() for k, v in trainer.model.state_dict().items()}, "class_means": trainer.mu.cpu()}
         if trainer.dictionary is not None:
             state["dictionary"] = trainer.dictionary.weight.detach().cpu()
-        return MethodResult(metrics=continual_summary(per_task), state=state, per_task=per_task,
-                            selection={"on": "none (fixed epochs per task, evaluated after each task's last epoch)"},
-                            timings={"train_s": time.perf_counter() - t0})
+        return MethodResult(metrics=summary, state=state, per_task=per_task, selection=selector.to_dict(),
+                            history=history, timings={"train_s": time.perf_counter() - t0})

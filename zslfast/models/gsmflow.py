@@ -34,12 +34,13 @@ import time
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from zslfast.eval.classifier import train_softmax_classifier
-from zslfast.eval.metrics import harmonic_mean, per_class_accuracy, predict
-from zslfast.methods import MethodResult, register
-from zslfast.nn import ConditionalFlow
+from zslfast.engine.loop import train_epochs
+from zslfast.engine.method import Method, MethodResult
+from zslfast.engine.samplers import ShuffledBatches
+from zslfast.engine.selection import Selector
+from zslfast.eval.generative import generative_evaluation, synthetic_budget
+from zslfast.nn import ConditionalFlow, class_means
 from zslfast.ops.coupling import CLAMP_MODES
 from zslfast.optim import adam
 from zslfast.settings import ATTRIBUTES, FEATURE_NORM, VALIDATION, Choice, Float, Int, Section
@@ -138,7 +139,8 @@ class GSMFlowModel(nn.Module):
             cond = self.sr(attributes[c:c + 1])  # one condition row, broadcast over the batch
             for start in range(0, n_per_class, batch):
                 n = min(batch, n_per_class - start)
-                z = torch.randn(n, self.flow.dim, generator=generator).to(device=device, dtype=attributes.dtype)
+                z = torch.randn(n, self.flow.dim, generator=generator, device=generator.device)
+                z = z.to(device=device, dtype=attributes.dtype)
                 feats.append(self.flow(z, cond, rev=True)[0])
                 labels.append(torch.full((n,), c, dtype=torch.long, device=device))
         return torch.cat(feats), torch.cat(labels)
@@ -146,161 +148,105 @@ class GSMFlowModel(nn.Module):
 
 def build_model(data, cfg, device):
     """An untrained GSMFlowModel for ``data`` (anchors chosen from its seen classes, or from all
-    classes with ``anchors: all``), initialised from the global RNG."""
+    classes with ``anchors: all``), initialised from the global RNG (call it inside ``ctx.init_scope()``)."""
     att = data.attributes
     anchor_pool = att[data.seen_classes.to(att.device)] if cfg["anchors"] == "seen" else att
     return GSMFlowModel(data.feature_dim, anchor_pool[select_anchors(anchor_pool)], cfg).to(device)
 
 
-def train_flow(data, cfg, ctx, evaluate=None, epochs=None, desc="gsmflow"):
-    """Train a GSMFlowModel on ``data``'s trainval split. ``evaluate(model, epoch) -> float`` is called
-    at the evaluation epochs; returns (model, [(epoch, score), ...])."""
+def flow_step(model, opt, x_all, y_all, att, seen, proto_target, cfg, noise_rng):
+    """The training step of one batch of positions ``idx``: the flow's NLL on perturbed features
+    x + π·ε (ε optionally masked per dimension) plus λ·MSE(f⁻¹(0; sr(a_s)), μ_s) (§2e–f)."""
+    d = x_all.shape[1]
+
+    def step(idx):
+        x, y = x_all[idx], y_all[idx]
+        noise = torch.randn(idx.numel(), d, generator=noise_rng, device=noise_rng.device).to(x.device)
+        if cfg["perturbation_dropout"] > 0:
+            noise = noise * (torch.rand(d, generator=noise_rng, device=noise_rng.device).to(x.device)
+                             > cfg["perturbation_dropout"])
+        loss = model.nll(x + cfg["perturbation"] * noise, y, att)
+        if cfg["proto_weight"] > 0:
+            loss = loss + cfg["proto_weight"] * nn.functional.mse_loss(model.prototypes(att[seen]), proto_target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+def train_flow(data, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_start=1, desc="gsmflow"):
+    """A GSMFlowModel trained on ``data``'s trainval split for ``epochs`` epochs of full batches (the
+    remainder is dropped, §3); ``evaluate(model, epoch) -> float`` at the evaluation epochs."""
     device = ctx.device
-    torch.manual_seed(ctx.seed)
     x_all, y_all = data.subset("trainval")
     seen = data.seen_classes.to(device)
-    att = data.attributes
-    model = build_model(data, cfg, device)
+    with ctx.init_scope():
+        model = build_model(data, cfg, device)
     opt = adam(model.parameters(), device, cfg["lr"], cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["lr_step_epochs"], gamma=cfg["lr_gamma"])
-    # Class means of the real training features: the prototype targets (§2f).
-    counts = torch.bincount(y_all, minlength=data.num_classes).clamp_min(1).to(x_all.dtype)
-    means = torch.zeros(data.num_classes, data.feature_dim, device=device).index_add_(0, y_all, x_all)
-    proto_target = (means / counts[:, None])[seen]
-    g = ctx.generator(1)
-    n, b, d = x_all.shape[0], min(cfg["batch_size"], x_all.shape[0]), data.feature_dim
-    epochs = epochs or cfg["epochs"]
-    history = []
-    for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=not ctx.progress, leave=False):
+    proto_target = class_means(x_all, y_all, data.num_classes)[0][seen]  # the prototype targets (§2f)
+    g = ctx.rng("batch_order", device)  # batch order and perturbation noise share one stream
+    batches = ShuffledBatches(x_all.shape[0], cfg["batch_size"], g, device, last_batch="drop")
+    step = flow_step(model, opt, x_all, y_all, data.attributes, seen, proto_target, cfg, g)
+
+    def on_eval(epoch):
+        model.eval()
+        score = evaluate(model, epoch)
         model.train()
-        perm = torch.randperm(n, generator=g).to(device)
-        for i in range(0, n - b + 1, b):  # full batches only, the remainder is dropped (§3)
-            idx = perm[i:i + b]
-            x, y = x_all[idx], y_all[idx]
-            noise = torch.randn(b, d, generator=g).to(device)
-            if cfg["perturbation_dropout"] > 0:
-                noise = noise * (torch.rand(d, generator=g).to(device) > cfg["perturbation_dropout"])
-            loss = model.nll(x + cfg["perturbation"] * noise, y, att)
-            if cfg["proto_weight"] > 0:
-                loss = loss + cfg["proto_weight"] * nn.functional.mse_loss(model.prototypes(att[seen]), proto_target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-        if evaluate is not None and epoch >= cfg["eval_start_epoch"] and (
-                epoch % cfg["eval_every_epochs"] == 0 or epoch == epochs):
-            model.eval()
-            history.append((epoch, float(evaluate(model, epoch))))
+        return score
+
+    model.train()
+    train_epochs(desc, epochs, batches, step, ctx, scheduler=sched, evaluate=on_eval if evaluate else None,
+                 eval_every=eval_every, eval_start=eval_start, modules={"model": model, "optimizer": opt})
     model.eval()
-    return model, history
+    return model
 
 
-def synthetic_budget(data, cfg):
-    """Synthetic features per unseen class for ``data``: ``synth_ratio`` × the mean number of real
-    trainval features per seen class when ``synth_ratio`` is set (so the budget follows the data),
-    else the absolute ``synth_per_class``. Returns (count, record for results.json)."""
-    real_per_seen = data.splits["trainval"].numel() / max(1, data.seen_classes.numel())
-    if cfg["synth_ratio"] is not None:
-        n = max(1, round(cfg["synth_ratio"] * real_per_seen))
-    else:
-        n = int(cfg["synth_per_class"])
-    return n, {"per_unseen_class": n, "real_per_seen_class": round(real_per_seen, 2),
-               "ratio": round(n / real_per_seen, 4)}
+def evaluate_flow(model, data, cfg, ctx, classifier_epochs=None):
+    """The generative evaluation stage (:func:`zslfast.eval.generative_evaluation`) of a trained flow
+    on ``data``: ``synthetic_budget`` features per unseen class (the budget follows the data
+    evaluated: a validation view has fewer samples per class), then the final classifiers, each
+    trained for ``classifier_epochs[kind]`` epochs or, when None, for its best epoch on ``data``'s
+    held-out splits. Returns (metrics, nested classifier-epoch choices)."""
+    n = synthetic_budget(data, cfg["synth_per_class"], cfg["synth_ratio"])[0]
+    return generative_evaluation(lambda c, k, g: model.synthesize(data.attributes, c, k, g), data, n,
+                                 cfg["classifier"], ctx, select=classifier_epochs is None, epochs=classifier_epochs,
+                                 calibration=cfg["calibration"])
 
 
-def evaluate_model(model, data, cfg, ctx, select=False, classifier_epochs=None):
-    """Synthesize unseen features, train the final classifiers, return (ZSL/GZSL metrics in percent,
-    the classifier epoch counts used).
-
-    GZSL: a softmax over all classes trained on real trainval (seen) + synthetic unseen features;
-    S/U/H on test_seen/test_unseen. ZSL T1: a classifier trained on synthetic unseen only, argmax
-    over the unseen classes. With ``select`` each classifier keeps its best epoch on ``data``'s own
-    test splits, which are the validation split's held-out data in the default protocol (and the
-    real test split only for ``--select-on-test``, the original protocol); otherwise each trains
-    for ``classifier_epochs`` (``{"gzsl": n, "zsl": n}``, e.g. the counts chosen on validation) or
-    the configured number of epochs.
-    """
-    device = ctx.device
-    unseen, seen = data.unseen_classes.to(device), data.seen_classes.to(device)
-    g = ctx.generator(2)
-    n_syn, _ = synthetic_budget(data, cfg)
-    syn_x, syn_y = model.synthesize(data.attributes, unseen, n_syn, g)
-    real_x, real_y = data.subset("trainval")
-    xs, ys = data.subset("test_seen")
-    xu, yu = data.subset("test_unseen")
-    c = cfg["classifier"]
-    epochs = classifier_epochs or {"gzsl": c["epochs"], "zsl": c["epochs"]}
-
-    def gzsl(clf):
-        with torch.no_grad():
-            s = per_class_accuracy(predict(clf(xs), None, seen, cfg["calibration"]), ys)
-            u = per_class_accuracy(predict(clf(xu), None, seen, cfg["calibration"]), yu)
-        return s, u
-
-    def zsl(m):
-        with torch.no_grad():
-            return per_class_accuracy(predict(m(xu), unseen), yu)
-
-    clf, info_g = train_softmax_classifier(
-        torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y]), data.num_classes,
-        c["epochs"] if select else epochs["gzsl"], c["lr"], c["batch_size"], generator=g,
-        select_fn=(lambda m: harmonic_mean(*gzsl(m))) if select else None)
-    s, u = gzsl(clf)
-    zclf, info_z = train_softmax_classifier(syn_x, syn_y, data.num_classes, c["epochs"] if select else epochs["zsl"],
-                                            c["lr"], c["batch_size"], generator=g, select_fn=zsl if select else None)
-    metrics = {"zsl_t1": 100 * zsl(zclf), "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
-    used = {"gzsl": info_g["best_epoch"] + 1, "zsl": info_z["best_epoch"] + 1} if select else dict(epochs)
-    return metrics, used
-
-
-@register
-class GSMFlowMethod:
+class GSMFlow(Method):
     name = "gsmflow"
     setting = "zsl+gzsl"
-    selection = "validation"
     settings = SETTINGS
 
     def run(self, data, config, ctx):
         t0 = time.perf_counter()
         data = data.normalized(config["feature_norm"]).to(ctx.device)
-        _, budget = synthetic_budget(data, config)
-        if ctx.select_on_test:
-            # The original protocol: evaluate on the test split during training (each classifier
-            # keeping its best test epoch), keep the best flow epoch.
-            best = {}
+        _, budget = synthetic_budget(data, config["synth_per_class"], config["synth_ratio"])
+        selector = Selector(data, ctx, "gzsl_h", config["validation"])
 
-            def on_test(model, epoch):
-                m, used = evaluate_model(model, data, config, ctx, select=True)
-                if not best or m["gzsl_h"] > best["metrics"]["gzsl_h"]:
-                    best.update(metrics=m, epoch=epoch, classifier_epochs=used,
-                                # a copy: on the CPU .cpu() would alias the weights still being trained
-                                state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-                return m["gzsl_h"]
+        def evaluate(model, view, epochs=None):
+            # the budget follows the data evaluated (a validation view has fewer samples per class)
+            n = synthetic_budget(view, config["synth_per_class"], config["synth_ratio"])[0]
+            return generative_evaluation(lambda c, k, g: model.synthesize(view.attributes, c, k, g), view, n, config["classifier"], ctx, select=epochs is None,
+                                         epochs=epochs, calibration=config["calibration"])
 
-            _, history = train_flow(data, config, ctx, evaluate=on_test)
-            return MethodResult(metrics=best["metrics"], state=best["state"],
-                                selection={"on": "test (original protocol)", "epoch": best["epoch"],
-                                           "classifier_epochs": best["classifier_epochs"], "history": history},
-                                timings={"train_s": time.perf_counter() - t0}, info={"synthetic": budget})
-        # Default: choose the number of flow epochs and each final classifier's number of epochs on
-        # the validation split, then retrain on all trainval with those counts.
-        val = data.validation_split(**config["validation"])
-        chosen = {}
+        def fit(view, epochs, on_eval, eval_every, eval_start, phase):
+            return train_flow(view, config, ctx, epochs, on_eval, eval_every, eval_start,
+                              desc="gsmflow (validation)" if phase == "select" else "gsmflow")
 
-        def on_val(model, epoch):
-            m, used = evaluate_model(model, val, config, ctx, select=True)
-            chosen[epoch] = used
-            return m["gzsl_h"]
-
-        _, history = train_flow(val, config, ctx, desc="gsmflow (validation)", evaluate=on_val)
-        best_epoch = max(history, key=lambda h: h[1])[0]
+        # The flow's epochs and, nested in each evaluation, each final classifier's epochs.
+        fitted = selector.epochs("flow_epochs", fit, lambda model, view: evaluate_flow(model, view, config, ctx), config["epochs"], config["eval_every_epochs"],
+                                 config["eval_start_epoch"])
+        for name, choice in fitted.nested.items():
+            selector.record(name, choice["value"], choice["score"], choice["history"])
         t1 = time.perf_counter()
-        model, _ = train_flow(data, config, ctx, epochs=best_epoch)
-        t2 = time.perf_counter()
-        metrics, used = evaluate_model(model, data, config, ctx, classifier_epochs=chosen[best_epoch])
-        return MethodResult(metrics=metrics, state={k: v.cpu() for k, v in model.state_dict().items()},
-                            selection={"on": "validation", "metric": "gzsl_h", "epoch": best_epoch,
-                                       "classifier_epochs": used, "history": history,
-                                       "classifier_history": [[e, chosen[e]] for e, _ in history]},
-                            timings={"select_s": t1 - t0, "train_s": t2 - t1, "eval_s": time.perf_counter() - t2},
-                            info={"synthetic": budget})
+        metrics = fitted.metrics
+        if metrics is None:  # validation: the refitted flow, classifiers trained for the chosen epochs
+            metrics, _ = evaluate_flow(fitted.model, data, config, ctx, {k: fitted.nested[f"{k}_classifier_epochs"]["value"]
+                                                      for k in ("gzsl", "zsl")})
+        state = {k: v.detach().cpu().clone() for k, v in fitted.model.state_dict().items()}
+        return MethodResult(metrics=metrics, state=state, selection=selector.to_dict(), info={"synthetic": budget},
+                            timings={"train_s": t1 - t0, "eval_s": time.perf_counter() - t1})

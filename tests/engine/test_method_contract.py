@@ -1,0 +1,87 @@
+"""Every registered method fulfils the engine's contract: it is a checked Method subclass, its
+--quick run writes the one results.json schema (metrics, selection, history), the same seed gives
+identical metrics twice in one process, and the registry has no import cycle."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.quick_runs import quick_run
+from zslfast.engine import METHODS, Method, method_class
+from zslfast.engine.context import SELECTION_MODES
+from zslfast.engine.method import check_contract
+from zslfast.train import main
+
+METRICS = {"zsl+gzsl": {"zsl_t1", "gzsl_s", "gzsl_u", "gzsl_h"}, "continual gzsl": {"mSA", "mUA", "mH"}}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_registered_class_fulfils_the_contract(name):
+    cls = method_class(name)
+    assert issubclass(cls, Method) and cls.name == name
+    assert set(cls.selection_modes) <= set(SELECTION_MODES)
+
+
+def test_contract_check_names_what_is_missing():
+    class Incomplete(Method):
+        name = "incomplete"
+        setting = "zsl+gzsl"
+
+    with pytest.raises(TypeError, match="abstract members left: run.*settings is not"):
+        check_contract(Incomplete, "incomplete")
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_quick_run_writes_the_results_schema(name, tmp_path_factory):
+    res, ckpt = quick_run(tmp_path_factory, name)
+    cls = method_class(name)
+    setting = "continual gzsl" if res["setting"].startswith("continual") else "zsl+gzsl"
+    assert METRICS[setting] <= set(res["metrics"])
+    assert all(isinstance(v, float) for v in res["metrics"].values())
+    sel = res["selection"]
+    assert set(sel) == {"on", "metric", "choices"} and sel["on"] == cls.selection_modes[0]
+    assert (sel["metric"] is None) == (sel["on"] == "fixed")
+    for choice in sel["choices"].values():
+        assert set(choice) == {"value", "score", "history"}
+        if choice["history"]:  # a chosen value is the first argmax of its history
+            scores = [s for _, s in choice["history"]]
+            assert choice["score"] == max(scores) and choice["value"] == choice["history"][scores.index(max(scores))][0]
+    assert isinstance(res["history"], dict)
+    for stage, records in res["history"].items():  # iterative methods: one record per epoch
+        assert [r["epoch"] for r in records] == list(range(1, len(records) + 1)), stage
+        assert all(r["steps"] > 0 and all(v == v for v in r.get("loss", {}).values()) for r in records), stage
+    assert ckpt["method"] == name and ckpt["state"]
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_same_seed_same_metrics_in_one_process(name, tmp_path_factory, tmp_path):
+    """A second run in the same process (the global RNG now in another state) gives the same numbers."""
+    import torch
+
+    first, _ = quick_run(tmp_path_factory, name)
+    torch.manual_seed(12345)  # whatever a user's script did before must not matter
+    torch.rand(7)
+    out = tmp_path / "again"
+    assert main(["--method", name, "--quick", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["metrics"] == first["metrics"] and again["selection"] == first["selection"]
+    assert again["per_task"] == first["per_task"]
+
+
+def test_another_seed_gives_other_numbers(tmp_path_factory, tmp_path):
+    first, _ = quick_run(tmp_path_factory, "gsmflow")
+    out = tmp_path / "seed1"
+    assert main(["--method", "gsmflow", "--quick", "--device", "cpu", "--no-progress", "--seed", "1",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["metrics"] != first["metrics"]
+
+
+def test_registry_imports_no_method_and_has_no_cycle():
+    """Importing the engine (or the CLI) loads no method module; any method module imports alone."""
+    code = ("import sys, zslfast.engine, zslfast.train; "
+            "assert not [m for m in sys.modules if m.startswith('zslfast.models.')], sorted(sys.modules); "
+            + "; ".join(f"import {path.split(':')[0]}" for path in METHODS.values()))
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for path in METHODS.values():  # each method module alone, first: a cycle would fail here
+        subprocess.run([sys.executable, "-c", f"import {path.split(':')[0]}"], check=True)

@@ -1,0 +1,24 @@
+"""Model state for checkpoints: CPU copies of a module's weights, and reading a zslfast
+checkpoint.pt back with one clear error for every way it can be wrong."""
+import torch
+
+from zslfast.errors import ZSLError
+
+
+def cpu_state(module):
+    """A CPU copy of ``module``'s state dict (a copy: on the CPU ``.cpu()`` would alias the live weights)."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def load_checkpoint(path, setting, method=None, part=None):
+    """The checkpoint dict at ``path`` (a training run's checkpoint.pt), checked to come from
+    ``method`` and to hold ``state[part]``; ``setting`` names the config key in errors."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a missing, truncated or foreign file: one clear error, whatever torch raised
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ZSLError(f"{setting} {path}: cannot read it ({first})") from None
+    if (not isinstance(ckpt, dict) or (method is not None and ckpt.get("method") != method)
+            or (part is not None and part not in (ckpt.get("state") or {}))):
+        raise ZSLError(f"{setting} {path}: not a checkpoint of --method {method}")
+    return ckpt

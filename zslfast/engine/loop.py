@@ -1,0 +1,99 @@
+"""The one training loop of every iterative method.
+
+:func:`train_epochs` runs ``epochs`` epochs of a sampler's batches through a method's ``step``
+function and owns everything around it, with one convention each:
+
+- batching: the sampler's (its last-batch policy is declared by the method, see
+  :mod:`zslfast.engine.samplers`);
+- the learning-rate schedule steps once after every epoch (a schedule stepped at the start of every
+  epoch but the first, as CVC's original does, gives the same learning rate in every epoch);
+- evaluation after epoch e when e >= ``eval_start`` and (e % ``eval_every`` == 0 or e is the last);
+- a progress bar showing the epoch's mean losses;
+- a per-epoch history record: the epoch, its step count, the mean of every loss the step returned
+  (synchronised once per epoch, never per step) and the evaluation score where one was taken;
+- an epoch-end hook: every ``ctx.hooks`` entry's ``on_epoch_end(EpochEvent)``, where checkpointing,
+  resume and distributed training attach.
+"""
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class EpochEvent:
+    """What an epoch-end hook sees: the stage name, the epoch (1-based) of ``epochs``, the epoch's
+    history record and the modules / optimisers the method registered for the stage."""
+
+    stage: str
+    epoch: int
+    epochs: int
+    record: dict
+    modules: dict = field(default_factory=dict)
+
+
+class History:
+    """Per-epoch records of one stage."""
+
+    def __init__(self, stage):
+        self.stage = stage
+        self.records = []
+
+    def scores(self):
+        """[(epoch, score)] of the evaluated epochs."""
+        return [(r["epoch"], r["score"]) for r in self.records if "score" in r]
+
+    def to_list(self):
+        return [dict(r) for r in self.records]
+
+
+def _as_losses(out):
+    if out is None:
+        return {}
+    if isinstance(out, dict):
+        return out
+    return {"loss": out}
+
+
+def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=None, eval_every=1, eval_start=1,
+                 on_epoch_start=None, modules=None, desc=None, leave=False):
+    """Train ``epochs`` epochs; returns the stage's :class:`History`.
+
+    Args:
+        stage: the stage's name (history, hooks, progress bar).
+        batches: a sampler (``epoch()`` yields the epoch's batches).
+        step: ``step(batch) -> loss tensor | {name: loss tensor} | None``, one optimiser step; losses
+            detached.
+        scheduler: an LR scheduler stepped after every epoch.
+        evaluate: ``evaluate(epoch) -> float`` at the evaluation epochs (see the module docstring).
+        on_epoch_start: ``f(epoch)`` before the epoch's first batch (e.g. a pseudo-label refresh).
+        modules: what the epoch-end hooks may save ({name: module or optimiser}).
+    """
+    history = History(stage)
+    bar = tqdm(range(1, epochs + 1), desc=desc or stage, disable=not ctx.progress, leave=leave)
+    for epoch in bar:
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        sums, steps = {}, 0
+        for batch in batches.epoch():
+            for key, value in _as_losses(step(batch)).items():
+                sums[key] = sums[key] + value if key in sums else value
+            steps += 1
+        if scheduler is not None:
+            scheduler.step()
+        record = {"epoch": epoch, "steps": steps}
+        if sums:
+            record["loss"] = {k: float(v) / steps for k, v in sums.items()}
+            bar.set_postfix({k: f"{v:.4f}" for k, v in list(record["loss"].items())[:3]})
+        if evaluate is not None and epoch >= eval_start and (epoch % eval_every == 0 or epoch == epochs):
+            record["score"] = float(evaluate(epoch))
+        history.records.append(record)
+        event = EpochEvent(stage, epoch, epochs, record, modules or {})
+        for hook in ctx.hooks:
+            hook.on_epoch_end(event)
+    return history
+
+
+def detached(loss):
+    """A loss for the loop's history: detached, not synchronised."""
+    return loss.detach() if isinstance(loss, torch.Tensor) else loss

@@ -1,0 +1,84 @@
+"""The method contract: what a method class declares and implements.
+
+A method is a :class:`Method` subclass listed in :data:`zslfast.engine.registry.METHODS`. It declares
+its name, the setting it addresses, its settings (a :class:`zslfast.settings.Section`) and the
+selection modes it supports, and implements ``run(data, config, ctx) -> MethodResult`` as a short
+*recipe*: build its networks, hand its step functions to the engine's loop
+(:func:`zslfast.engine.loop.train_epochs`, :func:`zslfast.engine.continual.run_continual`), let the
+run's :class:`zslfast.engine.selection.Selector` choose epochs or hyper-parameters, and evaluate
+through :mod:`zslfast.eval`. A method never loops over epochs, tracks a best score, branches on the
+selection mode or seeds a random generator itself.
+"""
+import inspect
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from zslfast.engine.context import SELECTION_MODES
+
+
+@dataclass
+class MethodResult:
+    """What a method returns.
+
+    Attributes:
+        metrics: headline metrics (ZSL: ``zsl_t1``, ``gzsl_s``, ``gzsl_u``, ``gzsl_h``; continual:
+            ``mSA``, ``mUA``, ``mH``), in percent.
+        state: tensors to checkpoint (CPU).
+        selection: the run's :meth:`Selector.to_dict` record (one schema for every method).
+        history: per-stage training histories (:meth:`History.to_list`), keyed by stage name.
+        per_task: per-task metrics (continual methods).
+        timings: seconds per phase.
+        info: method-specific facts about the run (e.g. a generative method's synthetic budget).
+    """
+
+    metrics: dict
+    state: dict
+    selection: dict
+    history: dict = field(default_factory=dict)
+    per_task: list = None
+    timings: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+class Method(ABC):
+    """Base class of every method (see the module docstring).
+
+    Class attributes to set:
+        name: the registry name (``--method NAME``; config ``zslfast/configs/NAME.yaml``).
+        setting: what it addresses, for results.json (e.g. ``"zsl+gzsl"``).
+        settings: its declared configuration keys (:class:`zslfast.settings.Section`).
+        selection_modes: the :data:`SELECTION_MODES` it supports; the first is its default.
+    """
+
+    name = None
+    setting = None
+    settings = None
+    selection_modes = ("validation", "test")
+
+    @property
+    def default_selection(self):
+        return self.selection_modes[0]
+
+    @abstractmethod
+    def run(self, data, config, ctx):
+        """Train and evaluate on ``data`` with the resolved ``config``; returns a :class:`MethodResult`."""
+
+
+def check_contract(cls, name=None):
+    """Raise TypeError when ``cls`` does not fulfil the :class:`Method` contract."""
+    from zslfast.settings import Section
+
+    problems = []
+    if inspect.isabstract(cls):
+        problems.append(f"abstract members left: {', '.join(sorted(cls.__abstractmethods__))}")
+    if not isinstance(cls.name, str) or (name is not None and cls.name != name):
+        problems.append(f"name is {cls.name!r}, registered as {name!r}")
+    if not isinstance(cls.setting, str):
+        problems.append("setting is not a string")
+    if not isinstance(cls.settings, Section):
+        problems.append("settings is not a zslfast.settings.Section")
+    modes = cls.selection_modes
+    if not modes or any(m not in SELECTION_MODES for m in modes):
+        problems.append(f"selection_modes {modes!r} must be a non-empty subset of {SELECTION_MODES}")
+    if problems:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} breaks the Method contract: " + "; ".join(problems))

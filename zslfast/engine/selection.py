@@ -1,0 +1,179 @@
+"""The one model-selection mechanism.
+
+A run has one :class:`Selector`, built from its context's selection mode:
+
+- ``validation`` (default): epochs and hyper-parameters are chosen on the class-disjoint
+  validation split of trainval (:meth:`zslfast.data.ZSLDataset.validation_split`, a view that holds
+  no test sample), then the model is refitted on all of trainval with the chosen values. While a
+  choice is being made the full dataset is sealed: reading its test splits raises.
+- ``test``: the original papers' protocol (``--select-on-test``): train on trainval, evaluate on the
+  test splits at the original's cadence, keep the best evaluation (its weights and its metrics).
+- ``fixed``: nothing is chosen (e.g. GRW trains a fixed number of epochs per task).
+
+Every method records its choices through the selector, so results.json has one ``selection``
+schema for all of them:
+
+    {"on": "validation" | "test" | "fixed", "metric": "gzsl_h" | ... | null,
+     "choices": {NAME: {"value": chosen value, "score": its score, "history": [[candidate, score], ...]}}}
+
+Ties keep the first best candidate (the earliest epoch).
+"""
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+
+class BestTracker:
+    """The best (highest) score seen so far, with its candidate, an optional copy of a module's
+    weights (on the CPU) and an optional payload; ties keep the first."""
+
+    def __init__(self):
+        self.candidate = self.score = self.state = self.payload = None
+        self.history = []
+
+    def update(self, candidate, score, module=None, payload=None):
+        score = float(score)
+        self.history.append([candidate, score])
+        if self.score is None or score > self.score:
+            self.candidate, self.score, self.payload = candidate, score, payload
+            if module is not None:
+                # a copy: on the CPU .cpu() would alias the weights still being trained
+                self.state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            return True
+        return False
+
+
+@dataclass
+class Fitted:
+    """The outcome of :meth:`Selector.epochs`: the final model, the chosen epoch, the metrics of the
+    chosen evaluation on the test splits (``test`` mode only; otherwise the caller evaluates the
+    refitted model), the nested choices the chosen evaluation made (e.g. a generative method's
+    classifier epochs), and the validation run's model at its best epoch (``validation`` mode)."""
+
+    model: object
+    epoch: int
+    metrics: dict = None
+    nested: dict = None
+    val_model: object = None
+
+
+class Selector:
+    """Makes and records every choice of one run (see the module docstring).
+
+    Args:
+        data: the run's dataset (already normalised and on the device).
+        ctx: the run context (its ``selection`` is the mode).
+        metric: the metric every choice maximises.
+        validation: the keyword arguments of :meth:`ZSLDataset.validation_split`.
+    """
+
+    def __init__(self, data, ctx, metric="gzsl_h", validation=None):
+        self.data, self.ctx, self.mode, self.metric = data, ctx, ctx.selection, metric
+        self.validation = validation or {}
+        self._val = None
+        self.choices = {}
+
+    @property
+    def val(self):
+        """The validation view (built once per run)."""
+        if self._val is None:
+            self._val = self.data.validation_split(**self.validation)
+        return self._val
+
+    def view(self):
+        """The data choices are scored on: the validation view, or the data itself in ``test`` mode."""
+        return self.data if self.mode == "test" else self.val
+
+    def record(self, name, value, score=None, history=None):
+        """Record a choice (also used for values taken as given, with no score)."""
+        self.choices[name] = {"value": value, "score": score, "history": history or []}
+
+    def to_dict(self):
+        return {"on": self.mode, "metric": None if self.mode == "fixed" else self.metric,
+                "choices": dict(self.choices)}
+
+    # ------------------------------------------------------------------ choices
+    def epochs(self, name, fit, evaluate, epochs, eval_every=1, eval_start=1, test_eval_every=None,
+               keep_val_model=False):
+        """Choose a number of epochs for one training stage and return the final model (:class:`Fitted`).
+
+        Args:
+            fit: ``fit(data, epochs, on_eval, eval_every, eval_start, phase) -> model`` trains a model
+                on ``data``'s trainval for ``epochs`` epochs, calling ``on_eval(model, epoch)`` at the
+                evaluation epochs (``on_eval`` may be None); ``phase`` is ``"select"`` on the
+                validation view, ``"final"`` otherwise.
+            evaluate: ``evaluate(model, data) -> (metrics, nested)``: metrics on ``data``'s test
+                splits; ``nested`` the choices that evaluation made itself (``{name: {"value",
+                "score", "history"}}``) or None.
+            eval_every, eval_start: the evaluation cadence in ``validation`` mode.
+            test_eval_every: the original's cadence in ``test`` mode (default: ``eval_every``).
+            keep_val_model: return the validation run's model restored to its best epoch (e.g. CVC's
+                transductive stage starts its validation run from it).
+        """
+        tracker = BestTracker()
+        if self.mode == "fixed":
+            model = fit(self.data, epochs, None, eval_every, eval_start, "final")
+            self.record(name, epochs)
+            return Fitted(model, epochs)
+        test = self.mode == "test"
+        view = self.view()
+
+        def on_eval(model, epoch):
+            metrics, nested = evaluate(model, view)
+            tracker.update(epoch, metrics[self.metric], module=model if (test or keep_val_model) else None,
+                           payload=(metrics, nested))
+            return metrics[self.metric]
+
+        if test:
+            model = fit(view, epochs, on_eval, test_eval_every or eval_every, eval_start, "final")
+            model.load_state_dict(tracker.state)
+            self._record_tracker(name, tracker)
+            return Fitted(model, tracker.candidate, tracker.payload[0], tracker.payload[1])
+        with self.data.sealed("validation-based selection"):
+            val_model = fit(view, epochs, on_eval, eval_every, eval_start, "select")
+        if keep_val_model:
+            val_model.load_state_dict(tracker.state)
+        self._record_tracker(name, tracker)
+        model = fit(self.data, tracker.candidate, None, eval_every, eval_start, "final")
+        return Fitted(model, tracker.candidate, None, tracker.payload[1], val_model if keep_val_model else None)
+
+    def grid(self, name, candidates, make_scorer, label=None):
+        """Choose one of ``candidates``: ``make_scorer(view)`` returns ``score(candidate) -> float``
+        on the selection view. Returns the chosen candidate."""
+        if self.mode == "fixed":
+            raise ValueError("a grid choice needs a validation or test selection mode")
+        tracker = BestTracker()
+        with self.data.sealed("validation-based selection") if self.mode == "validation" else _nothing():
+            score = make_scorer(self.view())
+            for cand in tqdm(candidates, desc=label or name, disable=not self.ctx.progress, leave=False):
+                tracker.update(cand, score(cand))
+        self._record_tracker(name, tracker)
+        return tracker.candidate
+
+    def _record_tracker(self, name, tracker):
+        self.record(name, tracker.candidate, tracker.score, tracker.history)
+
+
+def best_epoch(name, fit, score):
+    """Train once and keep the best epoch (no refit), e.g. a final classifier's epoch scored on the
+    held-out data of the view being evaluated. ``fit(on_eval) -> model`` calls ``on_eval(model,
+    epoch)`` after every epoch; ``score(model) -> float``. Returns the model restored to its best
+    epoch and the choice as a nested record ``{name: {"value", "score", "history"}}``."""
+    tracker = BestTracker()
+
+    def on_eval(model, epoch):
+        s = float(score(model))
+        tracker.update(epoch, s, module=model)
+        return s
+
+    model = fit(on_eval)
+    model.load_state_dict(tracker.state)
+    return model, {name: {"value": tracker.candidate, "score": tracker.score, "history": tracker.history}}
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,81 @@
+"""The shared evaluation stage of generative ZSL methods (GSMFlow now, SC-EGG next).
+
+Given a trained generator, :func:`generative_evaluation`:
+
+1. synthesizes ``n_per_class`` features for every unseen class of the data it is given (drawn from
+   the run's ``synthesis`` stream on the training device; the stream restarts at every call, so
+   every evaluated epoch of a run sees the same noise);
+2. trains the GZSL softmax classifier on real trainval (seen) + synthetic unseen features and the
+   ZSL classifier on synthetic unseen features only (:func:`zslfast.eval.classifier.train_softmax_classifier`);
+3. reports ZSL T1 (argmax over the unseen classes) and GZSL S/U/H on the data's test splits.
+
+Each classifier's number of epochs is either chosen (``select=True``: the best epoch on the given
+data's own held-out splits, which are the validation view's in the default protocol and the real
+test splits only with ``--select-on-test``) or given (``epochs``, e.g. the counts chosen on
+validation). ``inputs`` maps classifier inputs, real and synthetic alike (SC-EGG trains its
+classifiers on [x, Dec(x), Dec_hidden(x)]).
+"""
+import torch
+
+from zslfast.eval.classifier import train_softmax_classifier
+from zslfast.eval.metrics import harmonic_mean, per_class_accuracy, predict
+
+
+def synthetic_budget(data, synth_per_class=None, synth_ratio=None):
+    """Synthetic features per unseen class for ``data``: ``synth_ratio`` × the mean number of real
+    trainval features per seen class when ``synth_ratio`` is set (so the budget follows the data),
+    else the absolute ``synth_per_class``. Returns (count, record for results.json)."""
+    real_per_seen = data.splits["trainval"].numel() / max(1, data.seen_classes.numel())
+    n = max(1, round(synth_ratio * real_per_seen)) if synth_ratio is not None else int(synth_per_class)
+    return n, {"per_unseen_class": n, "real_per_seen_class": round(real_per_seen, 2),
+               "ratio": round(n / real_per_seen, 4)}
+
+
+def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, select=False, epochs=None,
+                          calibration=0.0, inputs=None):
+    """Synthesize, train the final classifiers, evaluate (see the module docstring).
+
+    Args:
+        synthesize: ``synthesize(classes, n_per_class, generator) -> (features, labels)`` on the device.
+        data: the dataset evaluated (a validation view or the full data), on the device.
+        classifier: ``{"lr", "epochs", "batch_size"}`` of the final classifiers.
+        select: choose each classifier's epoch on ``data``'s held-out splits.
+        epochs: ``{"gzsl": n, "zsl": n}`` epoch counts when not selecting (default: ``classifier["epochs"]``).
+        inputs: optional map applied to every classifier input.
+
+    Returns:
+        (metrics in percent, nested choices ``{"gzsl_classifier_epochs": {...}, "zsl_classifier_epochs": {...}}``).
+    """
+    device = ctx.device
+    unseen, seen = data.unseen_classes.to(device), data.seen_classes.to(device)
+    g = ctx.rng("synthesis", device)
+    syn_x, syn_y = synthesize(unseen, n_per_class, g)
+    real_x, real_y = data.subset("trainval")
+    xs, ys = data.subset("test_seen")
+    xu, yu = data.subset("test_unseen")
+    if inputs is not None:
+        with torch.no_grad():
+            syn_x, real_x, xs, xu = inputs(syn_x), inputs(real_x), inputs(xs), inputs(xu)
+    epochs = epochs or {"gzsl": classifier["epochs"], "zsl": classifier["epochs"]}
+
+    def gzsl(clf):
+        with torch.no_grad():
+            s = per_class_accuracy(predict(clf(xs), None, seen, calibration), ys)
+            u = per_class_accuracy(predict(clf(xu), None, seen, calibration), yu)
+        return s, u
+
+    def zsl(clf):
+        with torch.no_grad():
+            return per_class_accuracy(predict(clf(xu), unseen), yu)
+
+    def fit(x, y, kind, score):
+        return train_softmax_classifier(
+            x, y, data.num_classes, classifier["epochs"] if select else epochs[kind], classifier["lr"],
+            classifier["batch_size"], select_fn=score if select else None, generator=g, ctx=ctx,
+            desc=f"{kind} classifier", name=f"{kind}_classifier_epochs")
+
+    clf, nested = fit(torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y]), "gzsl", lambda m: harmonic_mean(*gzsl(m)))
+    s, u = gzsl(clf)
+    zclf, nested_z = fit(syn_x, syn_y, "zsl", zsl)
+    metrics = {"zsl_t1": 100 * zsl(zclf), "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
+    return metrics, {**nested, **nested_z}
