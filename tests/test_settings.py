@@ -114,7 +114,7 @@ BAD_CASES = [
     (["--method", "grw", "--set", "rw.decay=x"], "setting rw.decay = 'x'"),
     (["--method", "cvc", "--set", "inductive_checkpoint=/no/such.pt"], "setting inductive_checkpoint"),
     (["--method", "eszsl", "--set", "select_metric=mAP"], "expected one of zsl_t1, gzsl_h"),
-    (["--method", "gsmflow", "--set", "eval_start_epoch=1000"], "nothing would be evaluated"),
+    (["--method", "gsmflow", "--set", "eval_start=1000"], "nothing would be evaluated"),
     (["--out", "/proc/zslfast-cannot-write-here"], "--out /proc/zslfast-cannot-write-here: cannot write there"),
 ]
 

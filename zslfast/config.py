@@ -2,6 +2,8 @@
 
 Layers, later ones winning:
 
+0. the shared base (``configs/_base.yaml``): the values of the blocks the file ``extends``, one name
+   per shared concept (optimiser, schedule, epochs, evaluation cadence, validation split);
 1. the file's ``defaults``;
 2. the dataset layer: ``datasets.<DATASET>`` for a real dataset or for the built-in synthetic data
    (``datasets.synthetic``). Synthetic data shaped like a real dataset (``--like NAME``) takes
@@ -11,7 +13,9 @@ Layers, later ones winning:
 4. a user ``--config`` file (a flat or nested mapping of the same keys);
 5. ``--set key=value`` overrides (dotted keys for nested values; values parsed as YAML).
 
-Unknown keys are refused, so a typo cannot silently do nothing, and the resolved configuration is
+Names from before the shared base (``lr_step_epochs``, ``step_size``, ``gamma``,
+``eval_every_epochs``, ``eval_start_epoch``) are still accepted in layers 4 and 5 (the base's
+``aliases``). Unknown keys are refused, so a typo cannot silently do nothing, and the resolved configuration is
 checked against the method's declared settings (:mod:`zslfast.settings`): a wrong type or an
 out-of-range value is one clear error before any data is loaded.
 """
@@ -36,6 +40,20 @@ def _load_yaml(path):
     if not isinstance(data, dict):
         raise ZSLError(f"{path}: a config file must hold a mapping of settings")
     return data
+
+
+def _base():
+    return _load_yaml(os.path.join(CONFIG_DIR, "_base.yaml"))
+
+
+def base_blocks():
+    """{block name: [the shared names it holds]} of ``configs/_base.yaml``."""
+    return {name: list(values) for name, values in _base()["blocks"].items()}
+
+
+def _aliased(update, aliases):
+    """``update`` with old names replaced by their shared names, at every level."""
+    return {aliases.get(k, k): (_aliased(v, aliases) if isinstance(v, dict) else v) for k, v in update.items()}
 
 
 def _merge(base, update, where, path=()):
@@ -87,7 +105,18 @@ def resolve_config(method, dataset="synthetic", config_file=None, overrides=(), 
     """
     path = os.path.join(CONFIG_DIR, f"{method}.yaml")
     spec = _load_yaml(path)
-    config = copy.deepcopy(spec.get("defaults", {}))
+    base = _base()
+    config = {}
+    for block in spec.get("extends", []):
+        if block not in base["blocks"]:
+            raise ZSLError(f"{path}: extends unknown block {block!r} (known: {', '.join(sorted(base['blocks']))})")
+        config.update(copy.deepcopy(base["blocks"][block]))
+    for key, value in copy.deepcopy(spec.get("defaults", {})).items():  # the method's values and own keys
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge(config[key], value, f"{path} (defaults)", (key,))
+        else:
+            config[key] = value
+    aliases = base.get("aliases", {})
     like_name = None
     if like is not None and dataset == "synthetic":
         from zslfast.data.synthetic import like_dataset_name
@@ -99,9 +128,9 @@ def resolve_config(method, dataset="synthetic", config_file=None, overrides=(), 
     if quick and spec.get("quick"):
         _merge(config, copy.deepcopy(spec["quick"]), f"{path} (quick)")
     if config_file:
-        _merge(config, _load_yaml(config_file), config_file)
+        _merge(config, _aliased(_load_yaml(config_file), aliases), config_file)
     for item in overrides:
-        _merge(config, parse_set(item), f"--set {item}")
+        _merge(config, _aliased(parse_set(item), aliases), f"--set {item}")
     if validate:
         from zslfast.engine.registry import method_class
 

@@ -214,6 +214,41 @@ def VALIDATION():
                    seen_test_fraction=Float(min=0, max=1, max_open=True))
 
 
+def _shared():
+    return {
+        "feature_norm": FEATURE_NORM(), "attributes": ATTRIBUTES(),
+        "lr": Float(min=0, min_open=True), "weight_decay": Float(min=0),
+        "lr_step": Int(min=1), "lr_gamma": Float(min=0, max=1, min_open=True),
+        "epochs": Int(min=1), "batch_size": Int(min=1),
+        "eval_every": Int(min=1), "eval_start": Int(min=1),
+        "validation": VALIDATION(),
+    }
+
+
+def shared(*blocks, **overrides):
+    """The declarations of the shared names in ``blocks`` of ``zslfast/configs/_base.yaml`` (the
+    blocks a method's config file ``extends``), for a method's Section; ``overrides`` replace a
+    declaration with a narrower one (e.g. GRW's ``batch_size`` of at least 2)."""
+    from zslfast.config import base_blocks
+
+    table, known = _shared(), base_blocks()
+    out = {}
+    for block in blocks:
+        for name in known[block]:
+            out[name] = table[name]
+    unknown = set(overrides) - set(out)
+    if unknown:
+        raise ValueError(f"overrides of names not in the blocks {blocks}: {sorted(unknown)}")
+    return {**out, **overrides}
+
+
+def schedule_settings():
+    """The optimiser, schedule, epoch and evaluation names, for a nested stage section (e.g. CVC's
+    ``transductive_training``), declared as the shared ones."""
+    t = _shared()
+    return {k: t[k] for k in ("lr", "weight_decay", "lr_step", "lr_gamma", "epochs", "eval_every")}
+
+
 def FEATURE_NORM():
     """Feature normalisation, statistics from trainval only (``ZSLDataset.normalized``)."""
     return Choice(*NORMALIZATIONS)

@@ -146,13 +146,13 @@ def test_select_on_test_keeps_the_best_test_epoch_and_its_weights(tmp_path_facto
     """The original protocol: the chosen flow epoch is the argmax of the recorded per-evaluation
     test H, the reported metrics are that evaluation's, and the checkpoint holds that epoch's flow
     (re-evaluating it the same way gives the same numbers)."""
-    res, ckpt = quick_run(tmp_path_factory, "gsmflow", "--select-on-test", "--set", "eval_every_epochs=2",
+    res, ckpt = quick_run(tmp_path_factory, "gsmflow", "--select-on-test", "--set", "eval_every=2",
                           tag="on_test")
     sel, m = res["selection"], res["metrics"]
     assert sel["on"] == "test"
     flow = sel["choices"]["flow_epochs"]
     epochs = [e for e, _ in flow["history"]]
-    assert epochs == list(range(res["config"]["eval_start_epoch"], res["config"]["epochs"] + 1, 2))
+    assert epochs == list(range(res["config"]["eval_start"], res["config"]["epochs"] + 1, 2))
     scores = [h for _, h in flow["history"]]
     assert flow["value"] == epochs[scores.index(max(scores))] and m["gzsl_h"] == max(scores)
     assert len(set(scores)) > 1  # the evaluations differ, so keeping the wrong one would show
@@ -192,7 +192,7 @@ def test_select_on_test_keeps_the_best_evaluation_not_the_last(monkeypatch):
 
     monkeypatch.setattr(gsmflow, "evaluate_flow", scripted)
     cfg = resolve_config("gsmflow", "synthetic", quick=True,
-                         overrides=["epochs=3", "eval_start_epoch=1", "eval_every_epochs=1"])
+                         overrides=["epochs=3", "eval_start=1", "eval_every=1"])
     ctx = RunContext(device=torch.device("cpu"), selection="test", progress=False)
     result = gsmflow.GSMFlow().run(make_synthetic(seed=0), cfg, ctx)
     assert result.selection["choices"]["flow_epochs"]["value"] == 2 and result.metrics["gzsl_h"] == 30.0

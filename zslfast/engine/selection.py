@@ -93,7 +93,7 @@ class Selector:
                 "choices": dict(self.choices)}
 
     # ------------------------------------------------------------------ choices
-    def epochs(self, name, fit, evaluate, epochs, eval_every=1, eval_start=1, test_eval_every=None,
+    def epochs(self, name, fit, evaluate, epochs, eval_every=1, eval_start=1, test_cadence=None,
                keep_val_model=False):
         """Choose a number of epochs for one training stage and return the final model (:class:`Fitted`).
 
@@ -106,7 +106,8 @@ class Selector:
                 splits; ``nested`` the choices that evaluation made itself (``{name: {"value",
                 "score", "history"}}``) or None.
             eval_every, eval_start: the evaluation cadence in ``validation`` mode.
-            test_eval_every: the original's cadence in ``test`` mode (default: ``eval_every``).
+            test_cadence: ``(every, start)``, the original's cadence in ``test`` mode (default: the
+                validation cadence).
             keep_val_model: return the validation run's model restored to its best epoch (e.g. CVC's
                 transductive stage starts its validation run from it).
         """
@@ -125,7 +126,8 @@ class Selector:
             return metrics[self.metric]
 
         if test:
-            model = fit(view, epochs, on_eval, test_eval_every or eval_every, eval_start, "final")
+            every, start = test_cadence or (eval_every, eval_start)
+            model = fit(view, epochs, on_eval, every, start, "final")
             model.load_state_dict(tracker.state)
             self._record_tracker(name, tracker)
             return Fitted(model, tracker.candidate, tracker.payload[0], tracker.payload[1])

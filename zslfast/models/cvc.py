@@ -22,7 +22,7 @@ Conscious choices (§7):
 - Attributes as the original reads them: L2-normalised ``att``, raw ``original_att`` for AWA2 (§7.2).
 - β is kept although it cancels in the softmax (it shifts the pseudo-label ratio test, §7.3).
 - Inductive GZSL uses generated seen classifiers, as the code does (§7.4).
-- StepLR: the learning rate of epoch e (0-based) is lr·γ^⌊e/step_size⌋. The original calls
+- StepLR: the learning rate of epoch e (0-based) is lr·γ^⌊e/lr_step⌋ (γ = ``lr_gamma``). The original calls
   ``scheduler.step()`` at the start of every epoch, which on its PyTorch 0.4.1 gives exactly this
   schedule (0.4's scheduler constructor leaves ``last_epoch`` at −1, so the first call sets epoch
   0); there is no one-epoch shift (§7.8). Weight decay applies to s and β too (§7.9).
@@ -52,16 +52,11 @@ from zslfast.errors import ZSLError
 from zslfast.eval.metrics import zsl_gzsl_metrics
 from zslfast.nn import MLP, CosineScorer
 from zslfast.optim import adam
-from zslfast.settings import ATTRIBUTES, VALIDATION, Bool, File, Float, Int, Section
-
-
-def _schedule_settings(**extra):
-    return dict(lr=Float(min=0, min_open=True), weight_decay=Float(min=0), step_size=Int(min=1),
-                gamma=Float(min=0, max=1, min_open=True), epochs=Int(min=1), eval_every=Int(min=1), **extra)
+from zslfast.settings import Bool, File, Float, Int, Section, schedule_settings, shared
 
 
 SETTINGS = Section(
-    attributes=ATTRIBUTES(),
+    **shared("attributes", "optim", "schedule", "epochs", "evaluation", "validation"),
     transductive=Bool(),
     inductive_checkpoint=File(nullable=True),
     hidden=Int(min=1),
@@ -75,12 +70,10 @@ SETTINGS = Section(
     transductive_training=Section(
         ways=Int(min=2), shots=Int(min=1), refresh_every=Int(min=1), loss_q=Float(min=0, max=1, min_open=True),
         ratio=Float(min=1), top_per_class=Int(min=1), test_shots_factor=Float(min=0, min_open=True),
-        **_schedule_settings()),
-    validation=VALIDATION(),
+        **schedule_settings()),
     checks=[lambda c: None if c["episodes_per_step"] <= c["episodes_per_epoch"] else
             f"episodes_per_step = {c['episodes_per_step']} is more than episodes_per_epoch = "
             f"{c['episodes_per_epoch']}"],
-    **_schedule_settings(),
 )
 
 
@@ -147,16 +140,16 @@ def episode_logits(model, x, weights, episodes):
 
 def _schedule(model_params, cfg, device):
     opt = adam(model_params, device, cfg["lr"], cfg["weight_decay"])
-    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_size"], gamma=cfg["gamma"])
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["lr_step"], gamma=cfg["lr_gamma"])
 
 
 def _on_eval(evaluate, obj):
     return None if evaluate is None else (lambda epoch: evaluate(obj, epoch))
 
 
-def train_inductive(data, cfg, ctx, epochs, evaluate=None, eval_every=1, desc="cvc"):
+def train_inductive(data, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_start=1, desc="cvc"):
     """Episode training of a new :class:`CVCModel` on ``data``'s trainval split (§3.1);
-    ``evaluate(model, epoch) -> float`` every ``eval_every`` epochs and after the last."""
+    ``evaluate(model, epoch) -> float`` every ``eval_every`` epochs from ``eval_start`` and after the last."""
     device = ctx.device
     with ctx.init_scope():
         model = CVCModel(data.attribute_dim, data.feature_dim, cfg["hidden"], cfg["init_std"], cfg["scale_init"])
@@ -179,7 +172,7 @@ def train_inductive(data, cfg, ctx, epochs, evaluate=None, eval_every=1, desc="c
         return loss.detach()
 
     train_epochs(desc, epochs, batches, step, ctx, scheduler=sched, evaluate=_on_eval(evaluate, model),
-                 eval_every=eval_every, modules={"model": model, "optimizer": opt})
+                 eval_every=eval_every, eval_start=eval_start, modules={"model": model, "optimizer": opt})
     return model
 
 
@@ -281,7 +274,7 @@ class CVC(Method):
         data = data.to(ctx.device)
         t_cfg = config["transductive_training"]
         selector = Selector(data, ctx, "gzsl_h", config["validation"])
-        test_cadence = 1  # the original evaluates on the test sets after every epoch
+        test_cadence = (1, 1)  # the original evaluates on the test sets after every epoch
         timings, state = {}, {}
 
         def scored(model_or_state, view):
@@ -296,9 +289,10 @@ class CVC(Method):
         else:
             fitted = selector.epochs(
                 "inductive_epochs",
-                lambda view, epochs, on_eval, every, _start, phase: train_inductive(
-                    view, config, ctx, epochs, on_eval, every, desc="cvc (validation)" if phase == "select" else "cvc"),
-                scored, config["epochs"], config["eval_every"], test_eval_every=test_cadence,
+                lambda view, epochs, on_eval, every, start, phase: train_inductive(
+                    view, config, ctx, epochs, on_eval, every, start,
+                    desc="cvc (validation)" if phase == "select" else "cvc"),
+                scored, config["epochs"], config["eval_every"], config["eval_start"], test_cadence=test_cadence,
                 keep_val_model=config["transductive"])
             model, val_model = fitted.model, fitted.val_model
             inductive_metrics = fitted.metrics or evaluate(model, data)
@@ -323,7 +317,7 @@ class CVC(Method):
             metrics = evaluate(st, data)
         else:
             fitted = selector.epochs("transductive_epochs", fit_t, scored, t_cfg["epochs"], t_cfg["eval_every"],
-                                     test_eval_every=test_cadence)
+                                     test_cadence=test_cadence)
             st = fitted.model
             metrics = fitted.metrics or evaluate(st, data)
         timings["transductive_s"] = time.perf_counter() - t1

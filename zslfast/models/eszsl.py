@@ -14,16 +14,14 @@ import torch
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.selection import Selector
 from zslfast.eval.metrics import zsl_gzsl_metrics
-from zslfast.settings import ATTRIBUTES, FEATURE_NORM, VALIDATION, Choice, Float, Int, Numbers, Section
+from zslfast.settings import Choice, Float, Int, Numbers, Section, shared
 
 SETTINGS = Section(
-    feature_norm=FEATURE_NORM(),
-    attributes=ATTRIBUTES(),
+    **shared("features", "attributes", "validation"),
     gamma_exponents=Numbers(Int(min=-12, max=12)),   # γ = 10^k
     lambda_exponents=Numbers(Int(min=-12, max=12)),  # λ = 10^k
     select_metric=Choice("zsl_t1", "gzsl_h"),
     calibration=Float(),
-    validation=VALIDATION(),
 )
 
 

@@ -72,7 +72,7 @@ from zslfast.engine.selection import Selector
 from zslfast.errors import ZSLError
 from zslfast.nn import MLP, class_means, init_linear, scaled_cosine
 from zslfast.optim import adam
-from zslfast.settings import Bool, Choice, Float, Int, Numbers, Section
+from zslfast.settings import Bool, Choice, Float, Int, Numbers, Section, shared
 
 ATTRIBUTE_GENERATION = ("interpolation", "learnable")
 SCHEDULES = ("one_step", "two_step")
@@ -83,6 +83,7 @@ def _per_generation_method(spec):
 
 
 SETTINGS = Section(
+    **shared("optim", "epochs", "batches", batch_size=Int(min=2)),  # batches of one are skipped, as the original
     attribute_generation=Choice(*ATTRIBUTE_GENERATION),
     schedule=Choice(*SCHEDULES),
     g_prototypes=Choice("after_d_step", "before_d_step"),
@@ -92,10 +93,6 @@ SETTINGS = Section(
     split=Section(test_size=Float(min=0, max=1, min_open=True, max_open=True), seed=Int(min=0)),
     buffer_size=Int(min=0),
     hidden=Int(min=1),
-    epochs=Int(min=1),
-    batch_size=Int(min=2),  # batches of one sample are skipped, as in the original
-    lr=Float(min=0, min_open=True),
-    weight_decay=Float(min=0),
     dic_lr=Float(min=0, min_open=True),
     scale=Float(min=0, min_open=True),
     cls_weight=Float(min=0),

@@ -43,37 +43,27 @@ from zslfast.eval.generative import generative_evaluation, synthetic_budget
 from zslfast.nn import ConditionalFlow, class_means
 from zslfast.ops.coupling import CLAMP_MODES
 from zslfast.optim import adam
-from zslfast.settings import ATTRIBUTES, FEATURE_NORM, VALIDATION, Choice, Float, Int, Section
+from zslfast.settings import Choice, Float, Int, Section, shared
 
 SETTINGS = Section(
-    feature_norm=FEATURE_NORM(),
-    attributes=ATTRIBUTES(),
+    **shared("features", "attributes", "optim", "schedule", "epochs", "batches", "evaluation", "validation"),
     data_format=Choice("xlsa17", "epgn"),
     flow=Section(blocks=Int(min=1), hidden=Int(min=1), cond_dim=Int(min=1), clamp=Float(min=0, min_open=True),
                  clamp_mode=Choice(*CLAMP_MODES), init_std=Float(min=0, min_open=True)),
     anchors=Choice("seen", "all"),
-    lr=Float(min=0, min_open=True),
-    weight_decay=Float(min=0),
-    lr_step_epochs=Int(min=1),
-    lr_gamma=Float(min=0, max=1, min_open=True),
-    batch_size=Int(min=1),
-    epochs=Int(min=1),
     perturbation=Float(min=0),
     perturbation_dropout=Float(min=0, max=1, max_open=True),
     proto_weight=Float(min=0),
     synth_per_class=Int(min=1, nullable=True),
     synth_ratio=Float(min=0, min_open=True, nullable=True),
     classifier=Section(lr=Float(min=0, min_open=True), epochs=Int(min=1), batch_size=Int(min=1)),
-    eval_start_epoch=Int(min=1),
-    eval_every_epochs=Int(min=1),
     calibration=Float(),
-    validation=VALIDATION(),
     checks=[
         lambda c: None if c["synth_per_class"] is not None or c["synth_ratio"] is not None else
         "synth_per_class and synth_ratio are both null; set one (the number of synthetic features per unseen "
         "class, or that number as a multiple of the mean real count per seen class)",
-        lambda c: None if c["eval_start_epoch"] <= c["epochs"] else
-        f"eval_start_epoch = {c['eval_start_epoch']} is after the last epoch ({c['epochs']}): nothing would be "
+        lambda c: None if c["eval_start"] <= c["epochs"] else
+        f"eval_start = {c['eval_start']} is after the last epoch ({c['epochs']}): nothing would be "
         "evaluated or selected",
     ],
 )
@@ -185,7 +175,7 @@ def train_flow(data, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_start=1
     with ctx.init_scope():
         model = build_model(data, cfg, device)
     opt = adam(model.parameters(), device, cfg["lr"], cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["lr_step_epochs"], gamma=cfg["lr_gamma"])
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["lr_step"], gamma=cfg["lr_gamma"])
     proto_target = class_means(x_all, y_all, data.num_classes)[0][seen]  # the prototype targets (§2f)
     g = ctx.rng("batch_order", device)  # batch order and perturbation noise share one stream
     batches = ShuffledBatches(x_all.shape[0], cfg["batch_size"], g, device, last_batch="drop")
@@ -238,8 +228,8 @@ class GSMFlow(Method):
                               desc="gsmflow (validation)" if phase == "select" else "gsmflow")
 
         # The flow's epochs and, nested in each evaluation, each final classifier's epochs.
-        fitted = selector.epochs("flow_epochs", fit, lambda model, view: evaluate_flow(model, view, config, ctx), config["epochs"], config["eval_every_epochs"],
-                                 config["eval_start_epoch"])
+        fitted = selector.epochs("flow_epochs", fit, lambda model, view: evaluate_flow(model, view, config, ctx), config["epochs"], config["eval_every"],
+                                 config["eval_start"])
         for name, choice in fitted.nested.items():
             selector.record(name, choice["value"], choice["score"], choice["history"])
         t1 = time.perf_counter()
