@@ -143,8 +143,13 @@ setup(
     # original's train_test_split (random_state=42), reproduced by calling it.
     install_requires=["torch>=2.4", "numpy", "scipy", "scikit-learn", "pyyaml", "tqdm"],
     extras_require={
-        # pytest for the suite; FrEIA for the flow parity tests and the GSMFlow benchmark baseline
-        "test": ["pytest", "freia"],
+        # h5py reads and writes SC-EGG's region-feature HDF5 files (zslfast.data.regions)
+        "regions": ["h5py"],
+        # feature extraction from images (zslfast.data.extract): h5py plus Pillow to decode images
+        "extract": ["h5py", "pillow"],
+        # pytest for the suite; FrEIA for the flow parity tests and the GSMFlow benchmark baseline;
+        # h5py and Pillow so that the region-data and extraction tests run
+        "test": ["pytest", "freia", "h5py", "pillow"],
     },
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -115,6 +115,21 @@ def cases(quick, device):
                             "forward+backward": F32 * 2 * ((k + m) * d + (steps + 1) * k * k + m * m)},
                     extra={"dense": (lambda steps=steps: (lambda c, x: reference.random_walk_landing_dense(
                         c, x, steps)))()}))
+    # attention_pool: SC-EGG's region attention, B images of C=2048 × R=196 (14×14) regions, SUN's
+    # (A=102) and CUB's (A=312) attribute counts; the features need no gradient (as in SC-EGG).
+    b, c, rr = (16 if quick else 64), 2048, 196
+    for ds, a in (("SUN", 102), ("CUB", 312)):
+        for red in ("mean", "none"):
+            logits = 2 * a * c * rr * b
+            pool = (2 * c * rr if red == "mean" else 2 * a * c * rr) * b
+            out_elems = b * c if red == "mean" else b * a * c
+            fb = b * c * rr  # feature elements: read once forward, once backward at least
+            out.append(Case("attention_pool", f"{ds}:B={b},C={c},R={rr},A={a},{red}",
+                            lambda a=a, red=red: ((r(b, c, rr, grad=False), r(a, c)),
+                                                  lambda f, q: ops.attention_pool(f, q, True, red)),
+                            flops={"forward": logits + pool, "forward+backward": 2 * (logits + pool)},
+                            bytes_={"forward": F32 * (fb + a * c + b * a * rr + out_elems),
+                                    "forward+backward": F32 * (2 * fb + 2 * a * c + 3 * b * a * rr + 2 * out_elems)}))
     return out
 
 

@@ -18,6 +18,13 @@
 //   coupling_forward(x, s_raw, t, clamp, mode, reverse, scale opt) -> (y, logdet); writes exp(±s)
 //        into scale when it is defined
 //   coupling_backward(gy, glogdet, x, s_raw, t opt, scale, clamp, mode, reverse) -> (gx, gs_raw)
+//   region_inv_norm(F [B,C,R]) -> 1/max(|F_b[:, r]|, eps) [B,R]
+//   region_pool(F [B,C,R], w [B,R]) -> [B,C], out_bc = Σ_r F_bcr·w_br
+//   region_dot(F [B,C,R], v [B,C]) -> [B,R], out_br = Σ_c F_bcr·v_bc
+//   attention_softmax(E [B,A,R], s opt [B,R], wbar opt [B,R])   in place:
+//        E_bir <- softmax_r(E_bir·s_br); when wbar is defined also wbar_br = s_br·mean_i E_bir
+//   attention_softmax_backward(da opt [B,A,R], P [B,A,R], s opt, row_add opt [B,R])
+//        -> P ⊙ (d − Σ_r P⊙d) · s with d_bir = da_bir + row_add_br (the s-scaled dL/dE)
 #pragma once
 
 #include <ATen/ATen.h>
@@ -404,6 +411,105 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward(const at::Tensor& gy
                               scale.contiguous(), clamp, mode, reverse);
 }
 
+// ---------------------------------------------------------------------------------------------
+// attention_pool: attribute attention over image regions (DAZLE / SC-EGG). The per-region L2
+// normalisation is folded into scales s [B,R], so no normalised copy of the features is made:
+//   E_b = (Q·F_b)·diag(s_b)  (one batched GEMM),  α = softmax_r(E)  (fused with the scale),
+//   mean:  g_b = F_b·(s_b ⊙ mean_i α_b)  (a GEMV; H [B,A,C] is never formed),
+//   none:  H_b = (α_b·diag(s_b))·F_bᵀ   (a second batched GEMM).
+// ---------------------------------------------------------------------------------------------
+inline bool parse_reduce_mean(c10::string_view reduce) {
+  if (reduce == "mean") return true;
+  if (reduce == "none") return false;
+  TORCH_CHECK(false, "zslfast: unknown reduce '", std::string(reduce), "'; expected one of mean, none");
+}
+
+inline void check_attention(const at::Tensor& f, const at::Tensor& q) {
+  TORCH_CHECK(f.dim() == 3, "zslfast: features must be 3-D [B,C,R], got shape ", f.sizes());
+  check_matrix(q, "queries");
+  TORCH_CHECK(f.scalar_type() == q.scalar_type(), "zslfast: features and queries must have the same dtype");
+  TORCH_CHECK(f.device() == q.device(), "zslfast: features and queries must be on the same device");
+  TORCH_CHECK(f.size(1) == q.size(1), "zslfast: features have ", f.size(1), " channels but queries have ", q.size(1));
+  TORCH_CHECK(f.size(2) > 0, "zslfast: features need at least one region");
+  TORCH_CHECK(q.size(0) > 0, "zslfast: queries need at least one attribute");
+}
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_pool(const at::Tensor& features_, const at::Tensor& queries_,
+                                                              bool normalize, c10::string_view reduce) {
+  check_attention(features_, queries_);
+  const bool mean = parse_reduce_mean(reduce);
+  auto f = features_.contiguous(), q = queries_.contiguous();
+  const int64_t b = f.size(0), c = f.size(1), r = f.size(2), a = q.size(0);
+  at::Tensor s = normalize ? K::region_inv_norm(f) : at::empty({0}, f.options());
+  at::Tensor scales = normalize ? s : at::Tensor();
+  // [B,A,R]: Q broadcast over the batch at stride 0, no copy. (at::matmul would pick another plan,
+  // with a full transposed copy of F, whenever Q requires grad.)
+  at::Tensor attn = at::bmm(q.expand({b, a, c}), f);
+  if (mean) {
+    at::Tensor wbar = at::empty({b, r}, f.options());
+    if (attn.numel() > 0) K::attention_softmax(attn, scales, wbar);
+    return {K::region_pool(f, wbar), attn, s};
+  }
+  if (attn.numel() > 0) K::attention_softmax(attn, scales, at::Tensor());
+  at::Tensor scaled = normalize ? attn * s.unsqueeze(1) : attn;
+  return {at::bmm(scaled, f.transpose(1, 2)), attn, s};
+}
+
+// grad_pooled and grad_attn may be undefined (no gradient flows into that output). Returns
+// (grad_features, grad_queries); grad_features is an empty tensor unless features_grad.
+template <class K>
+std::tuple<at::Tensor, at::Tensor> attention_pool_backward(const c10::optional<at::Tensor>& grad_pooled_,
+                                                           const c10::optional<at::Tensor>& grad_attn_,
+                                                           const at::Tensor& features_, const at::Tensor& queries_,
+                                                           const at::Tensor& attn_, const at::Tensor& s_,
+                                                           bool normalize, c10::string_view reduce,
+                                                           bool features_grad) {
+  const bool mean = parse_reduce_mean(reduce);
+  auto f = features_.contiguous(), q = queries_.contiguous(), attn = attn_.contiguous();
+  const int64_t b = f.size(0), c = f.size(1), r = f.size(2), a = q.size(0);
+  const bool has_gp = grad_pooled_.has_value() && grad_pooled_->defined();
+  const bool has_ga = grad_attn_.has_value() && grad_attn_->defined();
+  at::Tensor gp = has_gp ? grad_pooled_->contiguous() : at::Tensor();
+  at::Tensor s = normalize ? s_.contiguous() : at::Tensor();
+  // dL/dα = (pooled path) + grad_attn. mean: s_br·(F_bᵀ·dg_b)_r / A added to every row i (a GEMV);
+  // none: s ⊙ (dH_b·F_b) (a batched GEMM).
+  at::Tensor da = has_ga ? grad_attn_->contiguous() : at::Tensor();
+  at::Tensor row_add;
+  if (has_gp) {
+    if (mean) {
+      row_add = K::region_dot(f, gp).div_(static_cast<double>(a));
+      if (normalize) row_add.mul_(s);
+    } else {
+      at::Tensor dh = at::bmm(gp, f);
+      if (normalize) dh.mul_(s.unsqueeze(1));
+      da = has_ga ? dh.add_(da) : dh;
+    }
+  }
+  at::Tensor de = attn.numel() > 0 ? K::attention_softmax_backward(da, attn, s, row_add) : at::zeros_like(attn);
+  // dQ = Σ_b dEs_b·F_bᵀ, accumulated image by image: a [A,B·R]×[B·R,C] GEMM would need a
+  // transposed copy of the whole feature batch.
+  at::Tensor gq = at::zeros_like(q);
+  for (int64_t i = 0; i < b; ++i) gq.addmm_(de[i], f[i].t());
+  if (!features_grad) return {at::empty({0}, f.options()), gq};
+  // G = s ⊙ dF̂ = Qᵀ·dEs + (mean: dg ⊗ wbar | none: dHᵀ·(α·diag(s))); dF = G − s²·F·⟨F, G⟩ per region.
+  at::Tensor g = at::bmm(q.t().expand({b, c, a}), de);
+  if (has_gp) {
+    at::Tensor scaled = normalize ? attn * s.unsqueeze(1) : attn;
+    if (mean) {
+      g.add_(gp.unsqueeze(2) * scaled.mean(1).unsqueeze(1));
+    } else {
+      g.add_(at::bmm(gp.transpose(1, 2), scaled));
+    }
+  }
+  if (normalize) {
+    // Regions clamped at the eps norm have a constant scale: no projection term.
+    at::Tensor coef = (f * g).sum(1).mul_(s).mul_(s).mul_(s.lt(1.0 / kNormEps));
+    g.sub_(f * coef.unsqueeze(1));
+  }
+  return {g, gq};
+}
+
 }  // namespace zslfast
 
 // Registers every operator of the library for one dispatch key with the kernels of policy K.
@@ -420,4 +526,6 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward(const at::Tensor& gy
     m.impl("random_walk_landing_backward", &zslfast::random_walk_landing_backward<K>);        \
     m.impl("affine_coupling", &zslfast::affine_coupling<K>);                                  \
     m.impl("affine_coupling_backward", &zslfast::affine_coupling_backward<K>);                \
+    m.impl("attention_pool", &zslfast::attention_pool<K>);                                    \
+    m.impl("attention_pool_backward", &zslfast::attention_pool_backward<K>);                  \
   } while (0)

@@ -61,4 +61,11 @@ TORCH_LIBRARY(zslfast, m) {
   // Python without another pass. t is needed only in reverse mode.
   m.def("affine_coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor s_raw, Tensor? t, "
         "Tensor scale, float clamp, str clamp_mode, bool reverse) -> (Tensor, Tensor)");
+
+  // Returns (pooled, attn, scale): pooled [B,C] (reduce="mean") or [B,A,C] ("none"), attn [B,A,R]
+  // and the per-region inverse norms [B,R] (empty without normalize), saved for the backward.
+  m.def("attention_pool(Tensor features, Tensor queries, bool normalize, str reduce) -> (Tensor, Tensor, Tensor)");
+  // (grad_features, grad_queries); grad_features is empty unless features_grad.
+  m.def("attention_pool_backward(Tensor? grad_pooled, Tensor? grad_attn, Tensor features, Tensor queries, "
+        "Tensor attn, Tensor scale, bool normalize, str reduce, bool features_grad) -> (Tensor, Tensor)");
 }

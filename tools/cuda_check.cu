@@ -19,7 +19,10 @@ namespace zc = zslfast::cuda;
   template __global__ void zc::coupling_forward_kernel<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, \
                                                           int64_t, T, int, bool);                           \
   template __global__ void zc::coupling_backward_kernel<T>(const T*, const T*, const T*, const T*, const T*, \
-                                                           const T*, T*, T*, int64_t, int64_t, T, int, bool);
+                                                           const T*, T*, T*, int64_t, int64_t, T, int, bool); \
+  template __global__ void zc::attention_softmax_kernel<T>(T*, const T*, T*, int64_t, int64_t);              \
+  template __global__ void zc::attention_softmax_backward_kernel<T>(const T*, const T*, const T*, const T*,  \
+                                                                    T*, int64_t, int64_t, int64_t);
 
 ZSLFAST_INSTANTIATE(float)
 ZSLFAST_INSTANTIATE(double)

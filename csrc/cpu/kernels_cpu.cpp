@@ -85,6 +85,27 @@ inline T row_max(const T* r, int64_t m) {
   return best;
 }
 
+// In place r <- softmax(r), one row of m values.
+template <typename T>
+inline void softmax_row(T* r, int64_t m) {
+  using V = Vectorized<T>;
+  const V vmax(row_max(r, m));
+  V vsum(0);
+  for (int64_t j = 0; j < m; j += V::size()) {
+    const int64_t k = std::min<int64_t>(V::size(), m - j);
+    // Lanes past the row end are not stored, but must not be summed: zero them.
+    V e = (V::loadu(r + j, k) - vmax).exp();
+    if (k < V::size()) e = V::set(V(0), e, k);
+    e.store(r + j, k);
+    vsum = vsum + e;
+  }
+  const V inv(T(1) / hsum(vsum));
+  for (int64_t j = 0; j < m; j += V::size()) {
+    const int64_t k = std::min<int64_t>(V::size(), m - j);
+    (V::loadu(r + j, k) * inv).store(r + j, k);
+  }
+}
+
 // float32 atan for the coupling clamp: Sleef's 1-ULP atan dominated the coupling's run time (it cost
 // ~4x the memory traffic of the whole op). Here: atan(x) = sign(x)·(|x| ≤ 1 ? r·P(r²) : π/2 − r·P(r²))
 // with r = min(|x|, 1/|x|) and P a degree-7 polynomial fitted by us (iteratively reweighted least
@@ -250,21 +271,7 @@ struct CpuKernels {
           scalar_t* r = sp + i * m;
           affine_row<scalar_t>(r, m, static_cast<scalar_t>(scale) * (rsp ? rsp[i] : scalar_t(1)), csp, cbp);
           if (exclude_self) r[i] = -std::numeric_limits<scalar_t>::infinity();
-          const V vmax(row_max(r, m));
-          V vsum(0);
-          for (int64_t j = 0; j < m; j += V::size()) {
-            const int64_t k = std::min<int64_t>(V::size(), m - j);
-            // Lanes past the row end are not stored, but must not be summed: zero them.
-            V e = (V::loadu(r + j, k) - vmax).exp();
-            if (k < V::size()) e = V::set(V(0), e, k);
-            e.store(r + j, k);
-            vsum = vsum + e;
-          }
-          const V inv(scalar_t(1) / hsum(vsum));
-          for (int64_t j = 0; j < m; j += V::size()) {
-            const int64_t k = std::min<int64_t>(V::size(), m - j);
-            (V::loadu(r + j, k) * inv).store(r + j, k);
-          }
+          softmax_row(r, m);
         }
       });
     });
@@ -493,6 +500,145 @@ struct CpuKernels {
       });
     });
     return {gx, gs};
+  }
+
+  // The three region reductions stream F_b [C,R] row by row (rows contiguous over regions), so one
+  // pass over memory each; threads split the images (or, for region_pool, the B·C rows).
+  template <typename T, typename Row>
+  static at::Tensor region_accumulate(const at::Tensor& f, Row row_weight) {
+    const int64_t b = f.size(0), c = f.size(1), r = f.size(2);
+    at::Tensor out = at::zeros({b, r}, f.options());
+    const T* fp = f.const_data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, b, 1, [&](int64_t begin, int64_t end) {
+      using V = Vectorized<T>;
+      for (int64_t n = begin; n < end; ++n) {
+        T* acc = op + n * r;
+        for (int64_t ch = 0; ch < c; ++ch) {
+          const T* row = fp + (n * c + ch) * r;
+          for (int64_t j = 0; j < r; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), r - j);
+            const V x = V::loadu(row + j, k);
+            at::vec::fmadd(x, row_weight(n, ch, x), V::loadu(acc + j, k)).store(acc + j, k);
+          }
+        }
+      }
+    });
+    return out;
+  }
+
+  static at::Tensor region_inv_norm(const at::Tensor& f) {
+    at::Tensor out;
+    AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "zslfast_region_inv_norm", [&] {
+      using V = Vectorized<scalar_t>;
+      out = region_accumulate<scalar_t>(f, [](int64_t, int64_t, const V& x) { return x; });
+    });
+    return inv_norm(out.sqrt_());
+  }
+
+  static at::Tensor region_dot(const at::Tensor& f, const at::Tensor& v) {
+    at::Tensor out;
+    AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "zslfast_region_dot", [&] {
+      using V = Vectorized<scalar_t>;
+      const scalar_t* vp = v.const_data_ptr<scalar_t>();
+      const int64_t c = f.size(1);
+      out = region_accumulate<scalar_t>(f, [&](int64_t n, int64_t ch, const V&) { return V(vp[n * c + ch]); });
+    });
+    return out;
+  }
+
+  static at::Tensor region_pool(const at::Tensor& f, const at::Tensor& w) {
+    const int64_t b = f.size(0), c = f.size(1), r = f.size(2);
+    at::Tensor out = at::empty({b, c}, f.options());
+    AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "zslfast_region_pool", [&] {
+      using V = Vectorized<scalar_t>;
+      const scalar_t *fp = f.const_data_ptr<scalar_t>(), *wp = w.const_data_ptr<scalar_t>();
+      scalar_t* op = out.data_ptr<scalar_t>();
+      at::parallel_for(0, b * c, grain_for(r), [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          const scalar_t *x = fp + row * r, *wr = wp + (row / c) * r;
+          V acc(0);  // zero-filled tail lanes add nothing
+          for (int64_t j = 0; j < r; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), r - j);
+            acc = at::vec::fmadd(V::loadu(x + j, k), V::loadu(wr + j, k), acc);
+          }
+          op[row] = hsum(acc);
+        }
+      });
+    });
+    return out;
+  }
+
+  // Images split across threads, so each image's ᾱ is accumulated by one thread, in row order
+  // (deterministic). Per row: scale by s_b, softmax, add into ᾱ_b; the row stays in L1 throughout.
+  static void attention_softmax(at::Tensor& e, const at::Tensor& s, const at::Tensor& wbar) {
+    const int64_t b = e.size(0), a = e.size(1), r = e.size(2);
+    AT_DISPATCH_FLOATING_TYPES(e.scalar_type(), "zslfast_attention_softmax", [&] {
+      using V = Vectorized<scalar_t>;
+      scalar_t* ep = e.data_ptr<scalar_t>();
+      const scalar_t* sp = ptr_or_null<scalar_t>(s);
+      scalar_t* wp = wbar.defined() ? wbar.data_ptr<scalar_t>() : nullptr;
+      at::parallel_for(0, b, grain_for(a * r), [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          const scalar_t* cs = sp ? sp + n * r : nullptr;
+          scalar_t* w = wp ? wp + n * r : nullptr;
+          if (w) std::fill(w, w + r, scalar_t(0));
+          for (int64_t i = 0; i < a; ++i) {
+            scalar_t* row = ep + (n * a + i) * r;
+            if (cs) affine_row<scalar_t>(row, r, scalar_t(1), cs, nullptr);
+            softmax_row(row, r);
+            if (!w) continue;
+            for (int64_t j = 0; j < r; j += V::size()) {
+              const int64_t k = std::min<int64_t>(V::size(), r - j);
+              (V::loadu(w + j, k) + V::loadu(row + j, k)).store(w + j, k);
+            }
+          }
+          if (!w) continue;
+          const V inv_a(scalar_t(1) / static_cast<scalar_t>(a));
+          for (int64_t j = 0; j < r; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), r - j);
+            V v = V::loadu(w + j, k) * inv_a;
+            if (cs) v = v * V::loadu(cs + j, k);
+            v.store(w + j, k);
+          }
+        }
+      });
+    });
+  }
+
+  static at::Tensor attention_softmax_backward(const at::Tensor& da, const at::Tensor& p, const at::Tensor& s,
+                                               const at::Tensor& row_add) {
+    at::Tensor out = at::empty_like(p);
+    const int64_t b = p.size(0), a = p.size(1), r = p.size(2);
+    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "zslfast_attention_softmax_backward", [&] {
+      using V = Vectorized<scalar_t>;
+      const scalar_t *pp = p.const_data_ptr<scalar_t>(), *dp = ptr_or_null<scalar_t>(da),
+                     *sp = ptr_or_null<scalar_t>(s), *ap = ptr_or_null<scalar_t>(row_add);
+      scalar_t* op = out.data_ptr<scalar_t>();
+      at::parallel_for(0, b * a, grain_for(r, 16384), [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t n = row / a, off = row * r;
+          const scalar_t *cs = sp ? sp + n * r : nullptr, *add = ap ? ap + n * r : nullptr;
+          auto d = [&](int64_t j, int64_t k) {
+            V v = dp ? V::loadu(dp + off + j, k) : V(0);
+            return add ? v + V::loadu(add + j, k) : v;
+          };
+          V acc(0);  // zero-filled tail lanes contribute nothing
+          for (int64_t j = 0; j < r; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), r - j);
+            acc = acc + d(j, k) * V::loadu(pp + off + j, k);
+          }
+          const V c(hsum(acc));
+          for (int64_t j = 0; j < r; j += V::size()) {
+            const int64_t k = std::min<int64_t>(V::size(), r - j);
+            V v = V::loadu(pp + off + j, k) * (d(j, k) - c);
+            if (cs) v = v * V::loadu(cs + j, k);
+            v.store(op + off + j, k);
+          }
+        }
+      });
+    });
+    return out;
   }
 };
 

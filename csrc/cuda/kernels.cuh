@@ -269,6 +269,80 @@ __global__ void coupling_backward_kernel(const T* __restrict__ gy, const T* __re
   }
 }
 
+// ------------------------------------------------------------------------------------------
+// Attention over regions: one warp per (image, attribute) row of R logits
+// ------------------------------------------------------------------------------------------
+// Butterfly reductions: every lane receives the result.
+template <typename T, bool IsMax>
+__device__ __forceinline__ T warp_allreduce(T v) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const T o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = IsMax ? fmax(v, o) : v + o;
+  }
+  return v;
+}
+
+// One block per image. Its warps take the rows i of E_b [A,R] in turn: E_bir <- softmax_r(E_bir·s_br).
+// Then, if wbar is not null, wbar_br = s_br·mean_i α_bir, summed over i in row order by one thread
+// per region (deterministic, no atomics).
+template <typename T>
+__global__ void attention_softmax_kernel(T* __restrict__ e, const T* __restrict__ s, T* __restrict__ wbar, int64_t a,
+                                         int64_t r) {
+  const int64_t n = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const T* cs = s ? s + n * r : nullptr;
+  for (int64_t i = warp; i < a; i += nwarps) {
+    T* row = e + (n * a + i) * r;
+    T vmax = neg_inf<T>();
+    for (int64_t j = lane; j < r; j += 32) {
+      const T v = cs ? row[j] * cs[j] : row[j];
+      row[j] = v;
+      vmax = fmax(vmax, v);
+    }
+    vmax = warp_allreduce<T, true>(vmax);
+    T sum = 0;
+    for (int64_t j = lane; j < r; j += 32) {
+      const T x = exp(row[j] - vmax);
+      row[j] = x;
+      sum += x;
+    }
+    const T inv = T(1) / warp_allreduce<T, false>(sum);
+    for (int64_t j = lane; j < r; j += 32) row[j] *= inv;
+  }
+  if (!wbar) return;
+  __syncthreads();  // every row of this image is final
+  for (int64_t j = threadIdx.x; j < r; j += blockDim.x) {
+    T acc = 0;
+    for (int64_t i = 0; i < a; ++i) acc += e[(n * a + i) * r + j];
+    acc /= static_cast<T>(a);
+    wbar[n * r + j] = cs ? acc * cs[j] : acc;
+  }
+}
+
+// One warp per row (image n = row / a): out = P ⊙ (d − Σ_r P⊙d)·s_n with d = da + row_add_n
+// (da and row_add may be null: zero).
+template <typename T>
+__global__ void attention_softmax_backward_kernel(const T* __restrict__ da, const T* __restrict__ p,
+                                                  const T* __restrict__ s, const T* __restrict__ row_add,
+                                                  T* __restrict__ out, int64_t rows, int64_t a, int64_t r) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= rows) return;  // whole warps leave together, so the shuffles below stay full-warp
+  const int64_t n = row / a, off = row * r;
+  const T *cs = s ? s + n * r : nullptr, *add = row_add ? row_add + n * r : nullptr;
+  T acc = 0;
+  for (int64_t j = lane; j < r; j += 32) {
+    const T d = (da ? da[off + j] : T(0)) + (add ? add[j] : T(0));
+    acc += d * p[off + j];
+  }
+  const T c = warp_allreduce<T, false>(acc);
+  for (int64_t j = lane; j < r; j += 32) {
+    const T d = (da ? da[off + j] : T(0)) + (add ? add[j] : T(0));
+    const T v = p[off + j] * (d - c);
+    out[off + j] = cs ? v * cs[j] : v;
+  }
+}
+
 // Grid size for the grid-stride element-wise kernels.
 inline unsigned int elementwise_blocks(int64_t total) {
   const int64_t blocks = (total + kThreads - 1) / kThreads;

@@ -170,6 +170,44 @@ struct CudaKernels {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {gx, gs};
   }
+
+  // The region reductions are a norm and batched GEMVs, at full speed in ATen/cuBLAS on a GPU.
+  static at::Tensor region_inv_norm(const at::Tensor& f) { return inv_norm(at::linalg_vector_norm(f, 2, {1})); }
+
+  static at::Tensor region_pool(const at::Tensor& f, const at::Tensor& w) {
+    return at::bmm(f, w.unsqueeze(2)).squeeze(2);
+  }
+
+  static at::Tensor region_dot(const at::Tensor& f, const at::Tensor& v) {
+    return at::bmm(v.unsqueeze(1), f).squeeze(1);
+  }
+
+  static void attention_softmax(at::Tensor& e, const at::Tensor& s, const at::Tensor& wbar) {
+    const c10::cuda::CUDAGuard guard(e.device());
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(e.scalar_type(), "zslfast_attention_softmax_cuda", [&] {
+      cuda::attention_softmax_kernel<scalar_t><<<row_grid(e.size(0)), kThreads, 0, stream>>>(
+          e.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(s), wbar.defined() ? wbar.data_ptr<scalar_t>() : nullptr,
+          e.size(1), e.size(2));
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  static at::Tensor attention_softmax_backward(const at::Tensor& da, const at::Tensor& p, const at::Tensor& s,
+                                               const at::Tensor& row_add) {
+    const c10::cuda::CUDAGuard guard(p.device());
+    at::Tensor out = at::empty_like(p);
+    const int64_t rows = p.size(0) * p.size(1), per_block = kThreads / 32;
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "zslfast_attention_softmax_backward_cuda", [&] {
+      cuda::attention_softmax_backward_kernel<scalar_t><<<row_grid((rows + per_block - 1) / per_block), kThreads, 0,
+                                                          stream>>>(
+          ptr_or_null<scalar_t>(da), p.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(s),
+          ptr_or_null<scalar_t>(row_add), out.data_ptr<scalar_t>(), rows, p.size(1), p.size(2));
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return out;
+  }
 };
 
 }  // namespace

@@ -78,3 +78,17 @@ def ulp32(v):
 
 def freia_clamp_bound(clamp, mode):
     return clamp * (0.636 * math.pi / 2 if mode.startswith("atan") else 1.0)
+
+
+def attention(features, queries, normalize, reduce):
+    """Attention pooling with explicit per-image loops, ``F.normalize`` and ``log_softmax``:
+    (pooled, attn) in float64."""
+    f, q = features.double(), queries.double()
+    pooled, attn = [], []
+    for fb in f:  # [C, R]
+        fh = F.normalize(fb, dim=0) if normalize else fb
+        a = torch.log_softmax(q @ fh, dim=1).exp()  # [A, R]
+        h = torch.stack([(a[i][None, :] * fh).sum(1) for i in range(q.shape[0])])  # [A, C]
+        pooled.append(h.mean(0) if reduce == "mean" else h)
+        attn.append(a)
+    return torch.stack(pooled), torch.stack(attn)

@@ -93,6 +93,8 @@ def test_package_works_without_extension():
         y, ld = ops.affine_coupling(x, x, x)
         xb, ldr = ops.affine_coupling(y, x, x, reverse=True)
         assert torch.allclose(xb, x) and torch.allclose(ld + ldr, torch.zeros(20, dtype=torch.float64))
+        g, attn = ops.attention_pool(x.T[None].relu(), c)
+        assert g.shape == (1, 6) and torch.allclose(attn.sum(-1), torch.ones(1, 4, dtype=torch.float64))
         print("OK")
     """)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr

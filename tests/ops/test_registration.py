@@ -25,6 +25,8 @@ def _samples(device, gen):
           for mode in ("atan", "atan_scaled", "tanh", "none") for rev in (False, True)],
         (zo.affine_coupling, (r(4, 6, grad=False), r(4, 6, grad=False), r(4, 6, grad=False), 1.0, "atan", False,
                               False)),
+        *[(zo.attention_pool, (r(3, 5, 7, grad=fg), r(4, 5), norm, red))
+          for red in ("mean", "none") for norm in (True, False) for fg in (True, False)],
     ]
 
 
@@ -69,3 +71,20 @@ def test_compile_transition_matrix(device, metric, gen, use_backend):
     expected, got = f(x), compiled(x)
     assert rel_err(got, expected) < 1e-5
     assert rel_err(torch.autograd.grad(got, x)[0], torch.autograd.grad(expected, x)[0]) < 1e-5
+
+
+@pytest.mark.parametrize("device,reduce", product(devices, ["mean", "none"]))
+def test_compile_attention_pool(device, reduce, gen, use_backend):
+    use_backend("ext", device)
+    f = randn(4, 16, 9, dtype=torch.float32, device=device, generator=gen).relu()
+    q = randn(5, 16, dtype=torch.float32, device=device, generator=gen, requires_grad=True)
+
+    def fn(f, q):
+        pooled, attn = ops.attention_pool(f, q, True, reduce)
+        return (pooled * pooled).sum() + (attn * attn).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    expected, got = fn(f, q), compiled(f, q)
+    assert rel_err(got, expected) < 1e-5
+    assert rel_err(torch.autograd.grad(got, q)[0], torch.autograd.grad(expected, q)[0]) < 1e-5

@@ -8,12 +8,13 @@ import torch
 
 from zslfast import _ext
 from zslfast.ops import _register  # noqa: F401  (fake kernels and autograd of the compiled ops)
+from zslfast.ops.attention import attention_pool
 from zslfast.ops.coupling import affine_coupling
 from zslfast.ops.distance import nearest_prototype, pairwise_distance
 from zslfast.ops.walk import random_walk_landing, transition_matrix
 
 __all__ = ["pairwise_distance", "nearest_prototype", "transition_matrix", "random_walk_landing",
-           "affine_coupling", "backend", "set_backend", "extension_info"]
+           "affine_coupling", "attention_pool", "backend", "set_backend", "extension_info"]
 
 
 def backend(device="cpu"):

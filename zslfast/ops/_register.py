@@ -61,6 +61,18 @@ def _register():
     def _(grad_y, grad_logdet, x, s_raw, t, scale, clamp, clamp_mode, reverse):
         return torch.empty_like(x), torch.empty_like(x)
 
+    @torch.library.register_fake(lib + "attention_pool")
+    def _(features, queries, normalize, reduce):
+        b, c, r = features.shape
+        a = queries.shape[0]
+        pooled = features.new_empty(b, c) if reduce == "mean" else features.new_empty(b, a, c)
+        return pooled, features.new_empty(b, a, r), features.new_empty(b, r) if normalize else features.new_empty(0)
+
+    @torch.library.register_fake(lib + "attention_pool_backward")
+    def _(grad_pooled, grad_attn, features, queries, attn, scale, normalize, reduce, features_grad):
+        gf = features.new_empty(features.shape) if features_grad else features.new_empty(0)
+        return gf, torch.empty_like(queries)
+
     # --- autograd ------------------------------------------------------------------------------
     def pd_setup(ctx, inputs, output):
         x, y, metric = inputs
@@ -141,6 +153,24 @@ def _register():
         return gx, gs, gt, None, None, None, None
 
     torch.library.register_autograd(lib + "affine_coupling", ac_backward, setup_context=ac_setup)
+
+    def ap_setup(ctx, inputs, output):
+        features, queries, normalize, reduce = inputs
+        ctx.save_for_backward(features, queries, output[1], output[2])
+        ctx.mark_non_differentiable(output[2])
+        ctx.set_materialize_grads(False)  # an unused output gets no zero-filled gradient
+        ctx.args = (normalize, reduce)
+
+    def ap_backward(ctx, grad_pooled, grad_attn, _grad_scale):
+        if grad_pooled is None and grad_attn is None:
+            return None, None, None, None
+        features, queries, attn, scale = ctx.saved_tensors
+        features_grad = ctx.needs_input_grad[0]
+        gf, gq = ops.attention_pool_backward(grad_pooled, grad_attn, features, queries, attn, scale, *ctx.args,
+                                             features_grad)
+        return (gf if features_grad else None), gq, None, None
+
+    torch.library.register_autograd(lib + "attention_pool", ap_backward, setup_context=ap_setup)
 
 
 if _ext._C is not None:

@@ -104,3 +104,20 @@ def affine_coupling(x, s_raw, t, clamp=1.0, clamp_mode="atan", reverse=False):
     if reverse:
         return (x - t) * torch.exp(-s), -s.sum(1)
     return x * torch.exp(s) + t, s.sum(1)
+
+
+ATTENTION_REDUCE = ("mean", "none")
+
+
+def attention_pool(features, queries, normalize=True, reduce="mean"):
+    """Attribute attention over regions (DAZLE / SC-EGG), written out with every intermediate.
+
+    features [B,C,R], queries [A,C]. F̂ = features with each region (column) L2-normalised when
+    ``normalize``; attn = softmax_r(Q·F̂_b) [B,A,R]; ``reduce="none"`` returns H = attn·F̂ᵀ
+    [B,A,C], ``"mean"`` the attribute-mean pooled feature F̂·mean_i(attn) [B,C].
+    """
+    fh = features / features.norm(dim=1, keepdim=True).clamp_min(NORM_EPS) if normalize else features
+    attn = torch.softmax(torch.einsum("ac,bcr->bar", queries, fh), dim=-1)
+    if reduce == "none":
+        return torch.einsum("bar,bcr->bac", attn, fh), attn
+    return torch.einsum("br,bcr->bc", attn.mean(1), fh), attn
