@@ -67,8 +67,7 @@ class ZSLDataset:
     def check(self):
         """Refuse inconsistent data with one message naming the source and the problem."""
         f, y, a = self.features, self.labels, self.attributes
-        if f.dim() != 2:
-            self._fail(f"features must be a 2-D [N, D] matrix, got shape {tuple(f.shape)}")
+        self._check_features()
         if y.dim() != 1 or y.shape[0] != f.shape[0]:
             self._fail(f"labels must be a vector with one entry per feature row ({f.shape[0]}), "
                        f"got shape {tuple(y.shape)}")
@@ -76,8 +75,6 @@ class ZSLDataset:
             self._fail(f"class embeddings must be a 2-D [C, d] matrix, got shape {tuple(a.shape)}")
         if len(self.class_names) != a.shape[0]:
             self._fail(f"{len(self.class_names)} class names for {a.shape[0]} classes")
-        if not torch.isfinite(f).all():
-            self._fail(f"features contain {int((~torch.isfinite(f)).sum())} NaN/inf values")
         if not torch.isfinite(a).all():
             self._fail(f"class embeddings contain {int((~torch.isfinite(a)).sum())} NaN/inf values")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= a.shape[0]):
@@ -110,6 +107,13 @@ class ZSLDataset:
         extra = torch.unique(self.labels[self.splits["test_seen"]])
         if (~torch.isin(extra, seen)).any():
             self._fail("test_seen contains classes that have no trainval samples")
+
+    def _check_features(self):
+        f = self.features
+        if f.dim() != 2:
+            self._fail(f"features must be a 2-D [N, D] matrix, got shape {tuple(f.shape)}")
+        if not torch.isfinite(f).all():
+            self._fail(f"features contain {int((~torch.isfinite(f)).sum())} NaN/inf values")
 
     # ------------------------------------------------------------------ views
     @property

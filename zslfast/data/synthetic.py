@@ -65,6 +65,38 @@ def _spread(total, parts, rng):
     return counts
 
 
+def synthetic_attributes(rng, c, attribute_dim):
+    """Sparse, non-negative, correlated class attributes [c, attribute_dim], L2-normalised per class
+    like xlsa17's ``att``."""
+    latent = rng.standard_normal((c, max(4, attribute_dim // 4)))
+    att = np.maximum(latent @ rng.standard_normal((latent.shape[1], attribute_dim)), 0)
+    att += 1e-3 * rng.random(att.shape)
+    return att / np.linalg.norm(att, axis=1, keepdims=True)
+
+
+def synthetic_splits(rng, c, u, n_tv, n_ts, n_tu):
+    """Random seen/unseen classes and labels for ``n_tv + n_ts`` seen and ``n_tu`` unseen samples, in
+    random sample order: (labels, seen classes, trainval, test_seen, test_unseen), every seen class
+    keeping at least one trainval sample."""
+    perm = rng.permutation(c)
+    unseen, seen = np.sort(perm[:u]), np.sort(perm[u:])
+    # Labels: unseen images spread over unseen classes, seen (trainval + test_seen) over seen classes.
+    labels = np.concatenate([np.repeat(unseen, _spread(n_tu, u, rng)),
+                             np.repeat(seen, _spread(n_tv + n_ts, c - u, rng))])
+    order = rng.permutation(labels.size)  # sample locations in random order
+    labels = labels[order]
+    is_unseen = np.isin(labels, unseen)
+    test_unseen = np.flatnonzero(is_unseen)
+    seen_idx = rng.permutation(np.flatnonzero(~is_unseen))
+    test_seen, trainval = np.sort(seen_idx[:n_ts]), np.sort(seen_idx[n_ts:])
+    missing = np.setdiff1d(seen, labels[trainval])
+    if missing.size:  # a tiny class lost all its training samples to test_seen: give one back
+        for cls in missing:
+            j = test_seen[labels[test_seen] == cls][0]
+            test_seen, trainval = test_seen[test_seen != j], np.sort(np.append(trainval, j))
+    return labels, seen, trainval, test_seen, test_unseen
+
+
 def make_synthetic(like=None, seed=0, num_classes=50, num_unseen=10, attribute_dim=64, feature_dim=512,
                    images_per_class=60, test_seen_fraction=0.2, hidden_dim=None, latent_dim=None, class_offset=0.8,
                    noise=2.5, shared_root=None):
@@ -100,11 +132,7 @@ def make_synthetic(like=None, seed=0, num_classes=50, num_unseen=10, attribute_d
         c, u = num_classes, num_unseen
         if not 0 < u < c:
             raise ZSLError(f"synthetic data needs 0 < num_unseen < num_classes, got {u} and {c}")
-        # Sparse, non-negative, correlated attributes, L2-normalised per class like xlsa17's `att`.
-        latent = rng.standard_normal((c, max(4, attribute_dim // 4)))
-        att = np.maximum(latent @ rng.standard_normal((latent.shape[1], attribute_dim)), 0)
-        att += 1e-3 * rng.random(att.shape)
-        att /= np.linalg.norm(att, axis=1, keepdims=True)
+        att = synthetic_attributes(rng, c, attribute_dim)
         names = [f"synthetic_{i:03d}" for i in range(c)]
         n_tu = u * images_per_class
         n_seen = (c - u) * images_per_class
@@ -112,23 +140,8 @@ def make_synthetic(like=None, seed=0, num_classes=50, num_unseen=10, attribute_d
         n_tv = n_seen - n_ts
         source, name = "synthetic (built-in default)", "synthetic"
 
-    perm = rng.permutation(c)
-    unseen, seen = np.sort(perm[:u]), np.sort(perm[u:])
-    # Labels: unseen images spread over unseen classes, seen (trainval + test_seen) over seen classes.
-    labels = np.concatenate([np.repeat(unseen, _spread(n_tu, u, rng)),
-                             np.repeat(seen, _spread(n_tv + n_ts, c - u, rng))])
+    labels, seen, trainval, test_seen, test_unseen = synthetic_splits(rng, c, u, n_tv, n_ts, n_tu)
     n = labels.size
-    order = rng.permutation(n)  # sample locations in random order
-    labels = labels[order]
-    is_unseen = np.isin(labels, unseen)
-    test_unseen = np.flatnonzero(is_unseen)
-    seen_idx = rng.permutation(np.flatnonzero(~is_unseen))
-    test_seen, trainval = np.sort(seen_idx[:n_ts]), np.sort(seen_idx[n_ts:])
-    missing = np.setdiff1d(seen, labels[trainval])
-    if missing.size:  # a tiny class lost all its training samples to test_seen: give one back
-        for cls in missing:
-            j = test_seen[labels[test_seen] == cls][0]
-            test_seen, trainval = test_seen[test_seen != j], np.sort(np.append(trainval, j))
 
     # Class structure lives in a latent space of `latent_dim` dimensions (real features, too, vary
     # between classes in far fewer directions than they have): class means are a random two-layer
@@ -164,28 +177,37 @@ def make_synthetic(like=None, seed=0, num_classes=50, num_unseen=10, attribute_d
                       source=source, info={"synthetic": {"like": like, "seed": seed}})
 
 
-def write_xlsa17(dataset, out_dir, name=None):
-    """Write ``dataset`` as ``<out_dir>/<name>/res101.mat`` and ``att_splits.mat`` (xlsa17 layout:
-    features D × N, 1-based labels and locations, uint16 locations when N allows). Files are written
-    to temporary names first and renamed, so a failed write leaves no partial dataset."""
-    name = name or (dataset.name if dataset.name in DATASETS else "SYNTHETIC")
-    folder = os.path.join(out_dir, name)
+def _save_mat(folder, fname, fields):
+    final = os.path.join(folder, fname)
+    tmp = final + ".tmp"
+    with open(tmp, "wb") as f:
+        scipy.io.savemat(f, fields)
+    os.replace(tmp, final)
+
+
+def write_att_splits(dataset, folder):
+    """Write ``<folder>/att_splits.mat`` (xlsa17: ``att`` d × C, 1-based uint16 locations where N
+    allows, class names) for ``dataset``, atomically."""
     os.makedirs(folder, exist_ok=True)
-    loc_type = np.uint16 if dataset.features.shape[0] < 2 ** 16 else np.uint32
+    loc_type = np.uint16 if dataset.labels.shape[0] < 2 ** 16 else np.uint32
     att_fields = {"att": dataset.attributes.numpy().T.astype(np.float64),
                   "allclasses_names": np.array([[s] for s in dataset.class_names], dtype=object)}
     for split, key in (("trainval", "trainval_loc"), ("test_seen", "test_seen_loc"),
                        ("test_unseen", "test_unseen_loc"), ("train", "train_loc"), ("val", "val_loc")):
         if split in dataset.splits:
             att_fields[key] = (dataset.splits[split].numpy() + 1).astype(loc_type)[:, None]
-    feat_fields = {"features": dataset.features.numpy().T,
-                   "labels": (dataset.labels.numpy() + 1).astype(np.int32)[:, None]}
-    for fname, fields in (("att_splits.mat", att_fields), ("res101.mat", feat_fields)):
-        final = os.path.join(folder, fname)
-        tmp = final + ".tmp"
-        with open(tmp, "wb") as f:
-            scipy.io.savemat(f, fields)
-        os.replace(tmp, final)
+    _save_mat(folder, "att_splits.mat", att_fields)
+
+
+def write_xlsa17(dataset, out_dir, name=None):
+    """Write ``dataset`` as ``<out_dir>/<name>/res101.mat`` and ``att_splits.mat`` (xlsa17 layout:
+    features D × N, 1-based labels and locations, uint16 locations when N allows). Files are written
+    to temporary names first and renamed, so a failed write leaves no partial dataset."""
+    name = name or (dataset.name if dataset.name in DATASETS else "SYNTHETIC")
+    folder = os.path.join(out_dir, name)
+    write_att_splits(dataset, folder)
+    _save_mat(folder, "res101.mat", {"features": dataset.features.numpy().T,
+                                     "labels": (dataset.labels.numpy() + 1).astype(np.int32)[:, None]})
     return folder
 
 
