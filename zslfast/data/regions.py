@@ -492,7 +492,7 @@ def main(argv=None):
     rp.add_argument("--dtype", choices=["float32", "float16"], help="feature-map dtype of the output")
     ip = sub.add_parser("info", help="validate a file and print what it holds")
     ip.add_argument("path")
-    ip.add_argument("--storage", default="stream", choices=STORAGE_MODES)
+    ip.add_argument("--storage", default="auto", choices=STORAGE_MODES)
     args = p.parse_args(argv)
     try:
         if args.command == "repack":
