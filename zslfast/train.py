@@ -20,7 +20,7 @@ import torch
 import zslfast
 from zslfast import ops
 from zslfast.config import resolve_config
-from zslfast.errors import ZSLError
+from zslfast.errors import ZSLError, run_cli
 from zslfast.io import check_writable, save_checkpoint, write_json
 from zslfast.engine import METHODS, RunContext, get_method
 
@@ -156,12 +156,7 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except ZSLError as exc:
-        print(f"zslfast: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 h5py = pytest.importorskip("h5py")
 
 from zslfast.data import regions  # noqa: E402
-from zslfast.data.regions import RegionFeatures, read_region_hdf5, repack, write_region_hdf5  # noqa: E402
+from zslfast.data.regions import RegionFeatures, read_region_hdf5, write_region_hdf5  # noqa: E402
 from zslfast.data.synthetic import write_att_splits  # noqa: E402
 from zslfast.data.synthetic_regions import make_synthetic_regions  # noqa: E402
 from zslfast.errors import ZSLError  # noqa: E402

@@ -30,7 +30,7 @@ import torch
 
 from zslfast.data.regions import LOCATIONS, region_file, require_h5py
 from zslfast.data.xlsa17 import read_mat
-from zslfast.errors import ZSLError
+from zslfast.errors import ZSLError, run_cli
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -216,7 +216,8 @@ def main(argv=None):
     p.add_argument("--w2v", help="attribute word vectors (.npy) to store as w2v_att")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    try:
+
+    def body():
         if not args.weights:
             raise ZSLError("--weights is required: a local ResNet-101 file (torchvision's resnet101-63fe2227.pth); "
                            "nothing is downloaded")
@@ -239,11 +240,9 @@ def main(argv=None):
         shutil.copyfile(args.att_splits, os.path.join(os.path.dirname(out), "att_splits.mat.tmp"))
         os.replace(os.path.join(os.path.dirname(out), "att_splits.mat.tmp"),
                    os.path.join(os.path.dirname(out), "att_splits.mat"))
-    except ZSLError as exc:
-        print(f"zslfast: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} and {os.path.join(os.path.dirname(out), 'res101.mat')}")
-    return 0
+        print(f"wrote {out} and {os.path.join(os.path.dirname(out), 'res101.mat')}")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

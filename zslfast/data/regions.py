@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from zslfast.data.dataset import ZSLDataset
-from zslfast.errors import ZSLError
+from zslfast.errors import ZSLError, run_cli
 
 STORAGE_MODES = ("auto", "memory", "stream")
 MAP_DTYPES = (np.float32, np.float16)
@@ -494,17 +494,15 @@ def main(argv=None):
     ip.add_argument("path")
     ip.add_argument("--storage", default="auto", choices=STORAGE_MODES)
     args = p.parse_args(argv)
-    try:
+
+    def body():
         if args.command == "repack":
             repack(args.src, args.dst, args.dtype)
             print(f"wrote {args.dst} (one image per chunk)")
         else:
             print(read_region_hdf5(args.path, storage=args.storage).summary())
-    except ZSLError as exc:
-        print(f"zslfast: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
+    return run_cli(body)
 
 if __name__ == "__main__":
     sys.exit(main())

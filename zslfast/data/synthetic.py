@@ -22,7 +22,7 @@ import torch
 
 from zslfast.data.dataset import ZSLDataset
 from zslfast.data.xlsa17 import DATASETS, dataset_name, read_att_splits
-from zslfast.errors import ZSLError
+from zslfast.errors import ZSLError, run_cli
 
 # Seen/unseen class counts of the xlsa17 proposed splits (the att_splits files hold no labels, so the
 # counts cannot be read from them).
@@ -74,6 +74,42 @@ def synthetic_attributes(rng, c, attribute_dim):
     return att / np.linalg.norm(att, axis=1, keepdims=True)
 
 
+def synthetic_layout(rng, like, num_classes, num_unseen, attribute_dim, images_per_class, test_seen_fraction,
+                     shared_root=None):
+    """Classes and split sizes of a synthetic dataset: ``like``'s real attributes, class names, class
+    count and split sizes, or the built-in default's. Returns a dict with ``attributes`` (float64
+    [C, A]), ``class_names``, ``num_classes``, ``split_sizes`` (C, U, n_trainval, n_test_seen,
+    n_test_unseen, the arguments of :func:`synthetic_splits`), ``name`` and ``path`` (the
+    att_splits.mat, or None)."""
+    if like is not None:
+        path, name = find_att_splits(like, shared_root)
+        meta = read_att_splits(path)
+        att = meta["attributes"].numpy().astype(np.float64)
+        c = att.shape[0]
+        u = UNSEEN_CLASSES.get(name, max(1, round(0.2 * c)))
+        sizes = tuple(meta["splits"][k].numel() for k in ("trainval", "test_seen", "test_unseen"))
+        return {"attributes": att, "class_names": meta["class_names"], "num_classes": c, "split_sizes": (c, u) + sizes,
+                "name": name or "SYNTHETIC", "dataset": name, "path": path}
+    c, u = num_classes, num_unseen
+    if not 0 < u < c:
+        raise ZSLError(f"synthetic data needs 0 < num_unseen < num_classes, got {u} and {c}")
+    att = synthetic_attributes(rng, c, attribute_dim)
+    n_seen = (c - u) * images_per_class
+    n_ts = round(test_seen_fraction * n_seen)
+    return {"attributes": att, "class_names": [f"synthetic_{i:03d}" for i in range(c)], "num_classes": c,
+            "split_sizes": (c, u, n_seen - n_ts, n_ts, u * images_per_class), "name": "synthetic", "dataset": None,
+            "path": None}
+
+
+def with_val_partition(rng, seen, labels, trainval, test_seen, test_unseen):
+    """The splits dict with xlsa17-style class-disjoint ``train``/``val`` parts of trainval (20% of the
+    seen classes are validation classes)."""
+    val_classes = rng.choice(seen, max(1, round(0.2 * seen.size)), replace=False)
+    in_val = np.isin(labels[trainval], val_classes)
+    return {"trainval": trainval, "test_seen": test_seen, "test_unseen": test_unseen,
+            "train": trainval[~in_val], "val": trainval[in_val]}
+
+
 def synthetic_splits(rng, c, u, n_tv, n_ts, n_tu):
     """Random seen/unseen classes and labels for ``n_tv + n_ts`` seen and ``n_tu`` unseen samples, in
     random sample order: (labels, seen classes, trainval, test_seen, test_unseen), every seen class
@@ -117,30 +153,16 @@ def make_synthetic(like=None, seed=0, num_classes=50, num_unseen=10, attribute_d
         noise: scale of the per-sample latent noise.
     """
     rng = np.random.default_rng(seed)
+    layout = synthetic_layout(rng, like, num_classes, num_unseen, attribute_dim, images_per_class,
+                              test_seen_fraction, shared_root)
+    att, names, c, name = layout["attributes"], layout["class_names"], layout["num_classes"], layout["name"]
     if like is not None:
-        path, name = find_att_splits(like, shared_root)
-        meta = read_att_splits(path)
-        att = meta["attributes"].numpy().astype(np.float64)
-        names = meta["class_names"]
-        c = att.shape[0]
-        u = UNSEEN_CLASSES.get(name, max(1, round(0.2 * c)))
-        n_tv, n_ts, n_tu = (meta["splits"][k].numel() for k in ("trainval", "test_seen", "test_unseen"))
         feature_dim = feature_dim if feature_dim != 512 else 2048
-        source = f"synthetic features on {path}"
-        name = name or "SYNTHETIC"
+        source = f"synthetic features on {layout['path']}"
     else:
-        c, u = num_classes, num_unseen
-        if not 0 < u < c:
-            raise ZSLError(f"synthetic data needs 0 < num_unseen < num_classes, got {u} and {c}")
-        att = synthetic_attributes(rng, c, attribute_dim)
-        names = [f"synthetic_{i:03d}" for i in range(c)]
-        n_tu = u * images_per_class
-        n_seen = (c - u) * images_per_class
-        n_ts = round(test_seen_fraction * n_seen)
-        n_tv = n_seen - n_ts
-        source, name = "synthetic (built-in default)", "synthetic"
+        source = "synthetic (built-in default)"
 
-    labels, seen, trainval, test_seen, test_unseen = synthetic_splits(rng, c, u, n_tv, n_ts, n_tu)
+    labels, seen, trainval, test_seen, test_unseen = synthetic_splits(rng, *layout["split_sizes"])
     n = labels.size
 
     # Class structure lives in a latent space of `latent_dim` dimensions (real features, too, vary
@@ -166,11 +188,7 @@ def make_synthetic(like=None, seed=0, num_classes=50, num_unseen=10, attribute_d
         z += 0.3 * rng.standard_normal(z.shape) + bias
         features[sl] = np.maximum(z, 0)
 
-    # xlsa17-style class-disjoint train/val partition of the seen classes (20% val classes).
-    val_classes = rng.choice(seen, max(1, round(0.2 * seen.size)), replace=False)
-    in_val = np.isin(labels[trainval], val_classes)
-    splits = {"trainval": trainval, "test_seen": test_seen, "test_unseen": test_unseen,
-              "train": trainval[~in_val], "val": trainval[in_val]}
+    splits = with_val_partition(rng, seen, labels, trainval, test_seen, test_unseen)
     return ZSLDataset(name=name, features=torch.from_numpy(features), labels=torch.from_numpy(labels),
                       attributes=torch.from_numpy(att.astype(np.float32)), class_names=list(names),
                       splits={k: torch.from_numpy(v.astype(np.int64)) for k, v in splits.items()},
@@ -219,15 +237,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--feature-dim", type=int, default=None)
     args = p.parse_args(argv)
-    try:
+
+    def body():
         kwargs = {"feature_dim": args.feature_dim} if args.feature_dim else {}
         data = make_synthetic(like=args.like, seed=args.seed, **kwargs)
         folder = write_xlsa17(data, args.out)
-    except ZSLError as exc:
-        print(f"zslfast: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {folder}: {data.summary()}")
-    return 0
+        print(f"wrote {folder}: {data.summary()}")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

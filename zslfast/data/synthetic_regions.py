@@ -35,11 +35,9 @@ import numpy as np
 import torch
 
 from zslfast.data.regions import RegionDataset, RegionFeatures, region_file, write_region_dataset
-from zslfast.data.synthetic import (UNSEEN_CLASSES, find_att_splits, synthetic_attributes, synthetic_splits,
-                                    write_att_splits)
+from zslfast.data.synthetic import synthetic_layout, synthetic_splits, with_val_partition, write_att_splits
 from zslfast.data.w2v import find_shared_w2v, load_w2v_file
-from zslfast.data.xlsa17 import read_att_splits
-from zslfast.errors import ZSLError
+from zslfast.errors import run_cli
 
 WORD_DIM = 300
 
@@ -129,31 +127,15 @@ def make_synthetic_regions(like=None, seed=0, num_classes=50, num_unseen=10, att
             clutter_amplitude, background, style, word_noise, sparsity, neighbour.
     """
     rng = np.random.default_rng(seed)
+    layout = synthetic_layout(rng, like, num_classes, num_unseen, attribute_dim, images_per_class,
+                              test_seen_fraction, shared_root)
+    att, names, name = layout["attributes"], layout["class_names"], layout["name"]
     word_vectors, w2v_source = None, "generated (noisy view of the prototypes)"
-    if like is not None:
-        path, name = find_att_splits(like, shared_root)
-        meta = read_att_splits(path)
-        att = meta["attributes"].numpy().astype(np.float64)
-        names = meta["class_names"]
-        c = att.shape[0]
-        u = UNSEEN_CLASSES.get(name, max(1, round(0.2 * c)))
-        n_tv, n_ts, n_tu = (meta["splits"][s].numel() for s in ("trainval", "test_seen", "test_unseen"))
-        w2v_path = find_shared_w2v(name, shared_root) if name else None
-        if w2v_path:
-            word_vectors, w2v_source = load_w2v_file(w2v_path, att.shape[1]), w2v_path
-        source, name = f"synthetic regions on {path}", name or "SYNTHETIC"
-    else:
-        c, u = num_classes, num_unseen
-        if not 0 < u < c:
-            raise ZSLError(f"synthetic data needs 0 < num_unseen < num_classes, got {u} and {c}")
-        att = synthetic_attributes(rng, c, attribute_dim)
-        names = [f"synthetic_{i:03d}" for i in range(c)]
-        n_tu = u * images_per_class
-        n_seen = (c - u) * images_per_class
-        n_ts = round(test_seen_fraction * n_seen)
-        n_tv = n_seen - n_ts
-        source, name = "synthetic regions (built-in default)", "synthetic"
-    labels, seen, trainval, test_seen, test_unseen = synthetic_splits(rng, c, u, n_tv, n_ts, n_tu)
+    w2v_path = find_shared_w2v(layout["dataset"], shared_root) if layout["dataset"] else None
+    if w2v_path:
+        word_vectors, w2v_source = load_w2v_file(w2v_path, att.shape[1]), w2v_path
+    source = f"synthetic regions on {layout['path']}" if like is not None else "synthetic regions (built-in default)"
+    labels, seen, trainval, test_seen, test_unseen = synthetic_splits(rng, *layout["split_sizes"])
     gen = SyntheticRegions(att, labels, seed=seed, channels=channels, grid=grid, word_vectors=word_vectors,
                            **structure)
     n, a = labels.size, att.shape[1]
@@ -162,10 +144,7 @@ def make_synthetic_regions(like=None, seed=0, num_classes=50, num_unseen=10, att
     neighbour = np.empty((n, a), dtype=np.int16)
     for i in range(n):
         maps[i], footprint[i], neighbour[i] = gen.image(i)
-    val_classes = rng.choice(seen, max(1, round(0.2 * seen.size)), replace=False)
-    in_val = np.isin(labels[trainval], val_classes)
-    splits = {"trainval": trainval, "test_seen": test_seen, "test_unseen": test_unseen,
-              "train": trainval[~in_val], "val": trainval[in_val]}
+    splits = with_val_partition(rng, seen, labels, trainval, test_seen, test_unseen)
     return RegionDataset(
         name=name, features=RegionFeatures(array=maps), labels=torch.from_numpy(labels.astype(np.int64)),
         attributes=torch.from_numpy(att.astype(np.float32)), class_names=list(names),
@@ -187,18 +166,15 @@ def main(argv=None):
     p.add_argument("--grid", type=int, nargs=2, default=(7, 7), metavar=("H", "W"))
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     args = p.parse_args(argv)
-    try:
+
+    def body():
         data = make_synthetic_regions(like=args.like, seed=args.seed, channels=args.channels, grid=tuple(args.grid))
-        name = data.name if args.like else "SYNTHETIC"
-        path = region_file(args.out, name)
+        path = region_file(args.out, data.name if args.like else "SYNTHETIC")
         write_region_dataset(data, path, dtype=args.dtype, grid=tuple(args.grid))
         write_att_splits(data, os.path.dirname(path))
-    except ZSLError as exc:
-        print(f"zslfast: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}: {data.summary()}")
-    return 0
+        print(f"wrote {path}: {data.summary()}")
 
+    return run_cli(body)
 
 if __name__ == "__main__":
     sys.exit(main())
