@@ -1,0 +1,137 @@
+"""TF-VAEGAN's networks and losses (Narayan et al., ECCV 2020), the generative stage of SC-EGG.
+
+Written from ``../shared/reference/sc_egg_spec.md`` §1.5 (TF-VAEGAN is MIT-licensed; SC-EGG reuses
+it): every Linear layer starts N(0, 0.02) with zero bias, LeakyReLU(0.2) throughout.
+
+- :class:`Encoder` E: [x, a] → hidden → 2·latent → (μ, log σ²);
+- :class:`Generator` G: [z, a] → hidden (+ a1·feedback) → features, sigmoid output (features
+  min-max scaled to [0, 1]);
+- :class:`Critic` D: [x, a] → hidden → 1 (WGAN, no sigmoid);
+- :class:`AttributeDecoder` Dec: x → hidden (exposed for the feedback and the classifier's input
+  augmentation) → attributes, L2-normalised;
+- :class:`Feedback` Fb: Dec's hidden state → hidden → hidden.
+
+Deviations, each a guard where the original divides by a norm that can be zero (spec §1.8 item 13):
+the decoder's output norm and the weighted-L1 weight ‖d‖ are clamped at ``eps`` (1e-12). They change
+nothing unless a norm is exactly zero, where the original produces NaN.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_EPS = 1e-12
+LEAK = 0.2
+
+
+def init_normal(module, std=0.02):
+    """N(0, std) weights and zero biases for every Linear layer in ``module`` (TF-VAEGAN's init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+class Encoder(nn.Module):
+    def __init__(self, feature_dim, attribute_dim, latent_dim, hidden=4096):
+        super().__init__()
+        self.fc1 = nn.Linear(feature_dim + attribute_dim, hidden)
+        self.fc2 = nn.Linear(hidden, 2 * latent_dim)
+        self.mu = nn.Linear(2 * latent_dim, latent_dim)
+        self.logvar = nn.Linear(2 * latent_dim, latent_dim)
+        init_normal(self)
+
+    def forward(self, x, a):
+        h = F.leaky_relu(self.fc2(F.leaky_relu(self.fc1(torch.cat([x, a], 1)), LEAK)), LEAK)
+        return self.mu(h), self.logvar(h)
+
+
+class Generator(nn.Module):
+    def __init__(self, feature_dim, attribute_dim, latent_dim, hidden=4096):
+        super().__init__()
+        self.fc1 = nn.Linear(latent_dim + attribute_dim, hidden)
+        self.fc2 = nn.Linear(hidden, feature_dim)
+        init_normal(self)
+
+    def forward(self, z, a, feedback=None, weight=0.0):
+        """G(z, a); with ``feedback`` (Fb's output) the hidden state becomes h + weight·feedback. A
+        zero weight skips the feedback term entirely (it would add exact zeros)."""
+        h = F.leaky_relu(self.fc1(torch.cat([z, a], 1)), LEAK)
+        if feedback is not None and weight != 0:
+            h = h + weight * feedback
+        return torch.sigmoid(self.fc2(h))
+
+
+class Critic(nn.Module):
+    def __init__(self, feature_dim, attribute_dim, hidden=4096):
+        super().__init__()
+        self.fc1 = nn.Linear(feature_dim + attribute_dim, hidden)
+        self.fc2 = nn.Linear(hidden, 1)
+        init_normal(self)
+
+    def forward(self, x, a):
+        return self.fc2(F.leaky_relu(self.fc1(torch.cat([x, a], 1)), LEAK)).squeeze(1)
+
+
+class AttributeDecoder(nn.Module):
+    def __init__(self, feature_dim, attribute_dim, hidden=4096):
+        super().__init__()
+        self.fc1 = nn.Linear(feature_dim, hidden)
+        self.fc2 = nn.Linear(hidden, attribute_dim)
+        init_normal(self)
+
+    def forward(self, x):
+        """(attributes [B, A] with unit L2 norm, hidden state [B, hidden])."""
+        hidden = F.leaky_relu(self.fc1(x), LEAK)
+        out = self.fc2(hidden)
+        return out / out.norm(dim=1, keepdim=True).clamp_min(NORM_EPS), hidden
+
+
+class Feedback(nn.Module):
+    def __init__(self, hidden=4096):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        init_normal(self)
+
+    def forward(self, h):
+        return F.leaky_relu(self.fc2(F.leaky_relu(self.fc1(h), LEAK)), LEAK)
+
+
+def weighted_l1(pred, target):
+    """TF-VAEGAN's weighted L1: (1/B)·Σ_b Σ_j |d_bj|³ / ‖d_b‖₂ with d = pred − target. The weight
+    |d|²/‖d‖ is not detached (as in the original)."""
+    d = pred - target
+    return ((d.abs() ** 3).sum(1) / d.norm(dim=1).clamp_min(NORM_EPS)).mean()
+
+
+def kl_divergence(mu, logvar):
+    """KL(N(μ, σ²) ‖ N(0, I)) summed over the latent dimensions and the batch."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum()
+
+
+def vae_loss(recon, x, mu, logvar):
+    """[Σ BCE(recon + 1e-12, x) + KL] / B: binary cross-entropy summed over every feature of the batch
+    (the released reduction: it dominates the other terms, spec §1.8 item 9)."""
+    bce = F.binary_cross_entropy(recon + 1e-12, x, reduction="sum")
+    return (bce + kl_divergence(mu, logvar)) / x.shape[0]
+
+
+def gradient_penalty(critic, real, fake, attributes, generator=None):
+    """mean_b (‖∇_x̂ D(x̂, a)‖₂ − 1)² at x̂ = u·real + (1 − u)·fake, u ~ U(0, 1) per row (drawn from
+    ``generator`` on the inputs' device). The gradient is taken w.r.t. x̂ only, with a graph, so the
+    penalty trains the critic."""
+    u = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype, generator=generator)
+    mixed = (u * real + (1 - u) * fake).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed, attributes).sum(), mixed, create_graph=True)
+    return ((grad.norm(dim=1) - 1) ** 2).mean()
+
+
+def adapt_lambda(lam, gp, high=1.05, low=1.001, factor=1.1):
+    """TF-VAEGAN's adaptive GP weight: ×1.1 when the epoch's mean penalty exceeds ``high``, ÷1.1
+    when it is below ``low``, unchanged in between."""
+    if gp > high:
+        return lam * factor
+    if gp < low:
+        return lam / factor
+    return lam
