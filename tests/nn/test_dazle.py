@@ -59,3 +59,52 @@ def test_min_max_scaler_guards_constant_channels():
     assert torch.equal(s(x), x)  # identity before fit
     s.fit(x)
     assert torch.equal(s(x), torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
+
+
+def test_dense_pass_matches_the_network_and_cached_stage2_equals_recomputed():
+    """The cache (one pass over the maps) gives exactly the dense features and teacher logits the
+    original recomputes from the region maps for every batch; a few float64 stage-2 steps on the
+    cache and on the recomputed formulation give the same losses and weights."""
+    from zslfast.nn.dazle import DistillationHead, dense_pass
+
+    d = make_synthetic_regions(seed=1, num_classes=8, num_unseen=2, attribute_dim=12, images_per_class=6,
+                               channels=16, grid=(3, 3))
+    g = torch.Generator().manual_seed(0)
+    net = AttributeAttentionNet(16, d.attributes, d.w2v, generator=g).double()
+    torch.nn.init.normal_(net.W2, 0, 0.3, generator=g)  # non-uniform attention, as after stage 1
+    x64 = d.features.read().double()
+    feats = d.features
+    dense, teacher = dense_pass(net, _Float64(feats), block=7)
+    with torch.no_grad():
+        local, _, _ = net(x64)
+        assert torch.allclose(dense, net.dense(x64), atol=1e-12) and torch.allclose(teacher, local, atol=1e-12)
+    net.scaler.fit(dense[d.splits["trainval"]])
+    heads = [DistillationHead(16, 8, hidden=32).double() for _ in range(2)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    opts = [torch.optim.RMSprop(h.parameters(), lr=1e-3, weight_decay=1e-4, momentum=0.9) for h in heads]
+    tv = d.splits["trainval"]
+    for step in range(4):
+        idx = tv[torch.randint(0, tv.numel(), (10,), generator=g)]
+        cached = torch.nn.functional.mse_loss(heads[0](net.scaler(dense[idx])), teacher[idx])
+        with torch.no_grad():  # the original: attention recomputed from the maps, teacher forward again
+            target, _, _ = net(x64[idx])
+            x = net.scaler(net.dense(x64[idx]))
+        recomputed = torch.nn.functional.mse_loss(heads[1](x), target)
+        assert abs(float((cached - recomputed).detach())) < 1e-12
+        for loss, opt in zip((cached, recomputed), opts):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for a, b in zip(heads[0].parameters(), heads[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+class _Float64:
+    """A RegionFeatures view whose blocks come out as float64 (for the float64 comparison)."""
+
+    def __init__(self, feats):
+        self.feats = feats
+
+    def blocks(self, block):
+        for pos, x in self.feats.blocks(block):
+            yield pos, x.double()

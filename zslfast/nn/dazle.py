@@ -17,6 +17,11 @@ word vectors w2v [A, d]:
   original's mismatch, kept (spec §1.8 item 2).
 
 SC-EGG's W3 only feeds an output nothing uses, so it is not built (it never receives a gradient).
+
+:func:`dense_pass` is the one pass over the region maps that stages 2 and 3 need: for every image the
+dense feature g and the frozen stage-1 net's local class logits (the distillation targets), read block
+by block from a :class:`zslfast.data.RegionFeatures`. After it, nothing touches region maps again (the
+original recomputes the attention from the maps for every batch: twice per batch in stage 2).
 """
 import torch
 import torch.nn.functional as F
@@ -79,3 +84,29 @@ class AttributeAttentionNet(nn.Module):
         local, glob, _ = self(features)
         target = torch.searchsorted(seen, labels)
         return F.cross_entropy(local[:, seen], target) + F.cross_entropy(glob[:, seen], target)
+
+
+class DistillationHead(nn.Module):
+    """SC-EGG's stage-2 head ("TS"): C → hidden → K with LeakyReLU(0.01), default init; fitted by MSE to
+    the frozen stage-1 net's local logits over all K classes (unseen classes scored through their
+    attributes)."""
+
+    def __init__(self, channels, num_classes, hidden=1024):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(channels, hidden), nn.LeakyReLU(0.01), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@torch.no_grad()
+def dense_pass(net, features, block=256):
+    """(g [N, C], local logits [N, K]) of every image of ``features`` (a RegionFeatures or view), one
+    attention pass per block: g is the attribute mean of the same H the logits come from."""
+    gs, logits = [], []
+    for _, x in features.blocks(block):
+        x = x.to(net.V.device)
+        h, _ = ops.attention_pool(x, net.queries(), True, "none")
+        logits.append(((h * (net.V @ net.W1)).sum(-1)) @ net.class_att.T)
+        gs.append(h.mean(1))
+    return torch.cat(gs), torch.cat(logits)
