@@ -192,3 +192,21 @@ def test_named_streams():
     assert torch.equal(torch.rand(3), expected_next)  # the global RNG is restored
     with ctx.init_scope():
         assert torch.equal(torch.nn.Linear(4, 2).weight, inside)  # the same initialisation every time
+
+
+def test_balanced_batches_rows_and_classes():
+    from zslfast.engine.samplers import BalancedBatches
+
+    labels = torch.arange(40).repeat_interleave(5)  # AWA2's 40 seen classes, 5 images each
+    g = torch.Generator().manual_seed(0)
+    exact = BalancedBatches(labels, 64, g, steps=3)
+    batches = list(exact.epoch())
+    assert len(batches) == 3 and all(b.numel() == 64 for b in batches)
+    for b in batches:  # every class appears once or twice (⌈64/40⌉ = 2 drawn per class, cut back to 64)
+        counts = torch.bincount(labels[b], minlength=40)
+        assert counts.min() >= 0 and counts.max() <= 2 and (counts > 0).sum() >= 24
+    original = BalancedBatches(labels, 64, g, steps=1, exact=False)
+    assert original.sample().numel() == 40  # the original's 40 rows for a batch of 64
+    many = torch.arange(200).repeat_interleave(3)  # S ≥ B: B distinct classes, one image each
+    b = BalancedBatches(many, 64, g, steps=1).sample()
+    assert b.numel() == 64 and torch.unique(many[b]).numel() == 64

@@ -107,3 +107,38 @@ class EpisodeBatches:
     def epoch(self):
         for _ in range(self.steps):
             yield self.sampler.sample(self.ways, self.shots, self.episodes)
+
+
+class BalancedBatches:
+    """``steps`` class-balanced batches per epoch (SC-EGG's / TF-VAEGAN's sampler), as index tensors.
+
+    Each batch takes min(S, B) distinct classes at random (S = the classes of ``labels``) and, for each,
+    k images with replacement, k = max(B // S, 1) as in the original. With ``exact`` (the default) k is
+    ⌈B / S⌉ and the rows are cut back at random to exactly B: the original returns S·⌊B/S⌋ rows, which
+    for AWA2 (40 classes, B = 64) is 40 rows where the rest of its code assumes 64, and crashes (spec
+    §1.8 item 3). Whenever S divides B or S ≥ B (SUN, CUB) both rules give the same batches.
+    """
+
+    def __init__(self, labels, batch_size, generator, steps, exact=True):
+        self.sampler = EpisodeSampler(labels, generator)
+        self.generator, self.batch_size, self.steps, self.exact = generator, batch_size, steps, exact
+        s = self.sampler.classes.numel()
+        self.ways = min(s, batch_size)
+        self.per_class = -(-batch_size // s) if exact else max(batch_size // s, 1)
+
+    def __len__(self):
+        return self.steps
+
+    def sample(self):
+        table, counts, g = self.sampler.table, self.sampler.counts, self.generator
+        dev = table.device
+        pick = torch.rand(counts.numel(), generator=g, device=dev).topk(self.ways).indices
+        slot = (torch.rand(self.ways, self.per_class, generator=g, device=dev) * counts[pick, None]).long()
+        idx = table[pick[:, None], slot].flatten()
+        if self.exact and idx.numel() > self.batch_size:
+            idx = idx[torch.randperm(idx.numel(), generator=g, device=dev)[:self.batch_size]]
+        return idx
+
+    def epoch(self):
+        for _ in range(self.steps):
+            yield self.sample()
