@@ -11,6 +11,7 @@ so the CLI exits 2 with that line instead of failing deep inside training (or, w
 nothing). Checking returns a normalised copy: integral floats become ints where an integer is
 declared (``--set synth_per_class=1e3``), ints become floats where a number is declared.
 """
+import abc
 import math
 import os
 
@@ -23,19 +24,22 @@ def _show(value):
     return repr(value) if isinstance(value, str) else ("null" if value is None else str(value))
 
 
-class Setting:
-    """One declared value. ``nullable``: ``null`` is allowed (and means "not set" / "automatic")."""
+class Setting(abc.ABC):
+    """One declared value. ``nullable``: ``null`` is allowed (and means "not set" / "automatic").
+    Each kind of value (Int, Float, Bool, Choice, File, Numbers) says what it accepts
+    (:meth:`describe`) and how a value is checked (:meth:`_convert`)."""
 
     def __init__(self, nullable=False, doc=""):
         self.nullable = nullable
         self.doc = doc
 
+    @abc.abstractmethod
     def describe(self):
-        raise NotImplementedError
+        """What the setting accepts, in words (for error messages)."""
 
+    @abc.abstractmethod
     def _convert(self, value):
         """The checked value, or raise ValueError (the caller words the error)."""
-        raise NotImplementedError
 
     def check(self, value, key):
         if value is None:

@@ -180,7 +180,7 @@ def test_refuses_missing_images_and_bad_labels(image_set, weights, tmp_path, cap
     assert "1 listed images not found, e.g." in capsys.readouterr().err
     (tmp / "list.txt").write_text("c0/nothere.jpg 1\n")
     assert _run(tmp, weights, tmp_path / "o") == 2
-    assert "points outside the 1 listed images" in capsys.readouterr().err
+    assert "but there are only 1 samples" in capsys.readouterr().err
     (tmp / "list.txt").write_text("\n".join(lines[:-2] + ["c0/x.jpg 9", ""]))
     assert _run(tmp, weights, tmp_path / "o") == 2
     assert "labels must be 1-based class ids in [1, 3]" in capsys.readouterr().err

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from zslfast.data.regions import LOCATIONS, region_file, require_h5py
-from zslfast.data.xlsa17 import read_mat
+from zslfast.data.xlsa17 import mat_locations, read_mat
 from zslfast.errors import ZSLError, run_cli
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -104,14 +104,8 @@ def _check_inputs(paths, labels, att_path):
     if labels.min() < 1 or labels.max() > k:
         raise ZSLError(f"image labels must be 1-based class ids in [1, {k}] (the classes of {att_path}), got "
                        f"range [{labels.min()}, {labels.max()}]")
-    locs = {}
-    for split, key in LOCATIONS.items():
-        if key not in mat:
-            raise ZSLError(f"{att_path}: missing field '{key}'")
-        loc = np.asarray(mat[key]).reshape(-1).astype(np.int64) - 1  # xlsa17: 1-based uint16
-        if loc.size and (loc.min() < 0 or loc.max() >= n):
-            raise ZSLError(f"{att_path}: '{key}' points outside the {n} listed images")
-        locs[split] = loc
+    # the xlsa17 reader's location handling: 1-based (uint16) to 0-based, range-checked against N
+    locs = {split: loc.numpy() for split, loc in mat_locations(mat, att_path, n).items() if split in LOCATIONS}
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise ZSLError(f"{len(missing)} listed images not found, e.g. {missing[0]}")

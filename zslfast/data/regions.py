@@ -116,9 +116,6 @@ class RegionFeatures:
         n, c, r = self._full
         return (n if self.index is None else int(self.index.size), c, r)
 
-    def dim(self):
-        return 3
-
     def __len__(self):
         return self.shape[0]
 
@@ -419,8 +416,8 @@ def write_region_hdf5(path, features, labels, splits, attributes, w2v=None, orig
     dtype = np.dtype(dtype)
     if dtype.type not in MAP_DTYPES:
         raise ZSLError(f"feature map dtype must be float32 or float16, got {dtype}")
-    n, c, r = features.shape[:3] if len(features.shape) == 3 else (features.shape[0], features.shape[1],
-                                                                   int(np.prod(features.shape[2:])))
+    n, c = features.shape[:2]
+    r = int(np.prod(features.shape[2:]))  # a [N, C, H, W] input has H·W regions
     shape = (n, c) + (tuple(grid) if grid else (r,))
     if int(np.prod(shape[2:])) != r:
         raise ZSLError(f"grid {grid} does not hold {r} regions")

@@ -229,12 +229,17 @@ def write_xlsa17(dataset, out_dir, name=None):
     return folder
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m zslfast.data.synthetic",
-                                description="Write a synthetic dataset in xlsa17 format.")
+def synthetic_parser(prog, description):
+    """The arguments every synthetic-data writer takes: --like, --out, --seed."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--like", help="dataset name (AWA1, AWA2, CUB, SUN, APY, FLO) or an att_splits.mat path")
-    p.add_argument("--out", required=True, help="output folder; the dataset goes to OUT/<NAME>/")
+    p.add_argument("--out", required=True, help="output folder; the files go to OUT/<NAME>/")
     p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv=None):
+    p = synthetic_parser("python -m zslfast.data.synthetic", "Write a synthetic dataset in xlsa17 format.")
     p.add_argument("--feature-dim", type=int, default=None)
     args = p.parse_args(argv)
 

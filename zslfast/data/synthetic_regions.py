@@ -27,7 +27,6 @@ so image n is the same whatever else is generated (:meth:`SyntheticRegions.image
 writes ``DIR/<NAME>/feature_map_ResNet_101_<NAME>.hdf5`` and ``att_splits.mat`` (``NAME`` = SYNTHETIC
 without ``--like``), readable with :func:`zslfast.data.regions.load_regions`.
 """
-import argparse
 import os
 import sys
 
@@ -35,7 +34,8 @@ import numpy as np
 import torch
 
 from zslfast.data.regions import RegionDataset, RegionFeatures, region_file, write_region_dataset
-from zslfast.data.synthetic import synthetic_layout, synthetic_splits, with_val_partition, write_att_splits
+from zslfast.data.synthetic import (synthetic_layout, synthetic_parser, synthetic_splits, with_val_partition,
+                                    write_att_splits)
 from zslfast.data.w2v import find_shared_w2v, load_w2v_file
 from zslfast.errors import run_cli
 
@@ -157,11 +157,8 @@ def make_synthetic_regions(like=None, seed=0, num_classes=50, num_unseen=10, att
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m zslfast.data.synthetic_regions",
-                                description="Write synthetic region features in SC-EGG's HDF5 layout.")
-    p.add_argument("--like", help="dataset name (AWA1, AWA2, CUB, SUN, APY, FLO) or an att_splits.mat path")
-    p.add_argument("--out", required=True, help="output folder; the files go to OUT/<NAME>/")
-    p.add_argument("--seed", type=int, default=0)
+    p = synthetic_parser("python -m zslfast.data.synthetic_regions",
+                         "Write synthetic region features in SC-EGG's HDF5 layout.")
     p.add_argument("--channels", type=int, default=256)
     p.add_argument("--grid", type=int, nargs=2, default=(7, 7), metavar=("H", "W"))
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")

@@ -39,7 +39,7 @@ def read_mat(path, what):
         raise ZSLError(f"{path}: cannot read as a MATLAB .mat file ({type(exc).__name__}: {exc})") from None
 
 
-def _locations(mat, path, n=None):
+def mat_locations(mat, path, n=None):
     """0-based int64 split indices from the ``*_loc`` fields (1-based, usually uint16)."""
     out = {}
     for split, key in LOCATIONS.items():
@@ -82,12 +82,12 @@ def read_att_splits(path, attributes="att", sent_path=None):
     if attributes not in ATTRIBUTE_SOURCES:
         raise ZSLError(f"attributes must be one of {', '.join(ATTRIBUTE_SOURCES)}, got {attributes!r}")
     mat = read_mat(path, "class attributes and splits")
-    splits = _locations(mat, path)
+    splits = mat_locations(mat, path)
     if attributes == "sent":
         sent_path = sent_path or os.path.join(os.path.dirname(path), "sent_splits.mat")
         emb_mat, emb_path = read_mat(sent_path, "sentence embeddings"), sent_path
         # sent_splits.mat also carries train_loc/val_loc, which some att_splits copies lack
-        for split, loc in _locations(emb_mat, emb_path).items():
+        for split, loc in mat_locations(emb_mat, emb_path).items():
             splits.setdefault(split, loc)
         att = _matrix(emb_mat, "att", emb_path)
     else:
