@@ -19,6 +19,18 @@ real attributes, d_a=102), 10 generated samples per class (M=6580 walk points), 
 powers P_xx^t, D run on B×K repeated attribute rows, Python loops over classes), both in
 ``zslfast.models.grw`` and checked equal by the tests; the same weights, interleaved repeats, plus
 the extra peak memory of one batch of each. ``--quick``: K=100, CUB-like sizes.
+
+scegg: one stage-3 iteration (5 critic steps and the generator step, each on a fresh class-balanced
+batch, §1.5 of sc_egg_spec.md) and one stage-2 iteration (the distillation head's MSE step), at
+SUN's shapes (B=64, C=2048, R=196, A=102, K=717, 645 seen classes, 4096-wide TF-VAEGAN networks):
+zslfast's cached pipeline (dense features and teacher logits computed once) against the original
+formulation (``tests/oracles/scegg_original.py``: every batch's dense features recomputed from its
+region maps with the frozen stage-1 net, and the teacher's forward run again in stage 2). Both start
+from the same weights; the first step's losses are compared (the tests check the two equal in
+float64). The original's region maps come from a pool of ``--pool`` images (a gather from a pool
+larger than every cache costs what a gather from the full 23 GB costs); the resident data of both
+at SUN's full size (14,340 images) is computed, the extra peak memory of a step measured.
+``--quick``: C=512, R=49, 256-wide networks.
 """
 import argparse
 import json
@@ -33,6 +45,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import timing  # noqa: E402
 from zslfast import ops  # noqa: E402
+from zslfast.engine.samplers import BalancedBatches  # noqa: E402
 from zslfast.nn import ConditionalFlow  # noqa: E402
 
 
@@ -166,13 +179,113 @@ def bench_grw(args):
     return [record]
 
 
+def bench_scegg(args):
+    import copy
+
+    from tests.oracles.scegg_original import RecomputedDense, original_stage2_loss
+    from zslfast.config import resolve_config
+    from zslfast.models import scegg
+    from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead
+
+    device = torch.device(args.device)
+    cfg = resolve_config("scegg", "SUN")
+    if args.quick:
+        c, r, hidden = 512, 49, 256
+        cfg["gan"]["hidden"] = hidden
+    else:
+        c, r, hidden = 2048, 196, cfg["gan"]["hidden"]
+    a, k, s_cls, n_tr, n_all, b = 102, 717, 645, 10320, 14340, cfg["batch_size"]
+    pool = min(args.pool, n_tr)
+    g = torch.Generator().manual_seed(0)
+    att = torch.nn.functional.normalize(torch.rand(k, a, generator=g), dim=1)
+    net = AttributeAttentionNet(c, att, torch.randn(a, 300, generator=g), generator=g).to(device)
+    torch.nn.init.normal_(net.W2, 0, 0.05, generator=g)  # non-uniform attention, as after stage 1
+    for p in net.parameters():
+        p.requires_grad_(False)
+    maps = torch.relu(torch.randn(pool, c, r, generator=g)).to(device)
+    rows = (torch.arange(n_tr) % pool).to(device)  # image i of trainval is pool image i mod P
+    labels = (torch.arange(n_tr) % s_cls).to(device)
+    recomputed = RecomputedDense(net, maps, rows)
+    with torch.no_grad():
+        dense = torch.cat([RecomputedDense(net, maps)[torch.arange(i, min(pool, i + 64), device=device)]
+                           for i in range(0, pool, 64)])
+        net.scaler.fit(dense)
+        cache = net.scaler(dense)[rows]
+        teacher = torch.cat([net(maps[i:i + 64])[0] for i in range(0, pool, 64)])[rows]
+    torch.manual_seed(0)
+    head = DistillationHead(c, k, cfg["stage2"]["hidden"]).to(device)
+    gan = scegg.VAEGAN(c, a, hidden).to(device)
+    att_d, unseen = att.to(device), torch.arange(s_cls, k, device=device)
+    batches = BalancedBatches(labels, b, torch.Generator(device=device).manual_seed(1), 1)
+    noise = torch.Generator(device=device).manual_seed(2)
+    group = [batches.sample() for _ in range(cfg["gan"]["critic_iters"] + 1)]
+
+    def stage3(x_all):
+        for p in head.parameters():
+            p.requires_grad_(False)
+        model = scegg.SCEGGModel(net, head, copy.deepcopy(gan))
+        step = scegg.gan_step(model, scegg.gan_optimizers(model.gan, cfg["gan"]), x_all, labels, att_d, unseen,
+                              cfg, noise, {"lambda": cfg["gan"]["lambda_gp"]})
+        return lambda: step((0, group))
+
+    def stage2(original):
+        h = copy.deepcopy(head).requires_grad_(True)
+        opt = scegg.rmsprop(h.parameters(), cfg["stage2"])
+        idx = group[0]
+
+        def step():
+            loss = (original_stage2_loss(net, h, maps[rows[idx]]) if original else
+                    torch.nn.functional.mse_loss(h(cache[idx]), teacher[idx]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return {"mse": loss.detach()}
+        return step
+
+    machine = timing.machine_description(device)
+    shape = f"B={b},C={c},R={r},A={a},K={k},S={s_cls},hidden={hidden},critic={cfg['gan']['critic_iters']},pool={pool}"
+    print(f"machine: {machine}; zslfast backend {ops.backend(device)}; {shape}")
+    full_maps = n_all * c * r * 4
+    cache_bytes = n_all * (c + k) * 4
+    records = []
+    for what, make in (("stage-3 iteration (5 critic steps + generator step)", lambda o: stage3(recomputed if o else cache)),
+                       ("stage-2 iteration (distillation head MSE step)", stage2)):
+        steps = [make(True), make(False)]  # original, cached
+        first = []
+        for noise_seed, fn in zip((2, 2), steps):  # the same noise stream for both first steps
+            noise.manual_seed(noise_seed)
+            first.append({key: float(v) for key, v in fn().items()})
+        diff = max(abs(first[0][key] - first[1][key]) / max(1.0, abs(first[0][key])) for key in first[0])
+        peak = [timing.peak_memory_bytes(fn, device) for fn in steps]
+        reps = args.repeats
+        t = timing.compare(steps, device, warmup=1, min_repeats=reps, budget_s=0.0)
+        rec = {"method": "scegg", "what": what, "shape": shape, "device": args.device,
+               "baseline": "original formulation (dense features recomputed from region maps per batch)",
+               "baseline_ms": t[0], "ours_ms": t[1], "speedup": t[0] / t[1], "repeats": reps,
+               "first_step_max_rel_loss_diff": diff, "first_step_losses": first,
+               "baseline_peak_mib": peak[0] / 2 ** 20 if peak[0] is not None else None,
+               "ours_peak_mib": peak[1] / 2 ** 20 if peak[1] is not None else None,
+               "resident_data_mib_full_size": {"original_region_maps": full_maps / 2 ** 20,
+                                               "cached_dense_and_teacher_logits": cache_bytes / 2 ** 20},
+               "machine": machine, "backend": ops.backend(device)}
+        records.append(rec)
+        mem = "" if peak[0] is None else f"; extra peak {rec['baseline_peak_mib']:.0f} vs {rec['ours_peak_mib']:.0f} MiB"
+        print(f"{what}: original {t[0]:9.1f} ms   cached {t[1]:9.1f} ms   {t[0] / t[1]:5.2f}x   "
+              f"first-step losses differ by {diff:.1e} (relative){mem}")
+    print(f"resident data at SUN's full size: region maps {full_maps / 2 ** 30:.1f} GiB (the original, "
+          f"plus 2x at load) vs dense cache + teacher logits {cache_bytes / 2 ** 20:.0f} MiB")
+    return records
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, choices=["gsmflow", "grw"])
+    p.add_argument("--method", required=True, choices=["gsmflow", "grw", "scegg"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=3, help="grw: timed repeats of each side (default 3; the "
                    "original formulation takes minutes per batch on a CPU)")
+    p.add_argument("--pool", type=int, default=1024, help="scegg: region maps held for the original formulation "
+                   "(default 1024 images, 1.6 GB at SUN's shapes)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     if args.method == "gsmflow":
@@ -181,8 +294,10 @@ def main(argv=None):
         except ImportError:
             sys.exit("bench_train: the FrEIA baseline needs `pip install freia`")
         records = bench_gsmflow(args)
-    else:
+    elif args.method == "grw":
         records = bench_grw(args)
+    else:
+        records = bench_scegg(args)
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

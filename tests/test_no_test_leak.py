@@ -16,6 +16,9 @@ import torch
 
 from tests.quick_runs import quick_run
 from zslfast.data import ContinualSplit, make_synthetic
+from zslfast.data.regions import RegionDataset, RegionFeatures
+from zslfast.data.synthetic_regions import make_synthetic_regions
+from zslfast.engine import method_class
 from zslfast.models import cvc
 from zslfast.config import resolve_config
 from zslfast.models.grw import continual_setting
@@ -36,16 +39,20 @@ def only_for_testing(data, method):
 
 def tampered(data, groups, labels=True, features=True, seed=123):
     """A copy of ``data`` whose samples in each index group have their labels permuted within the
-    group and/or their features replaced by Gaussian noise of the features' mean and spread."""
+    group and/or their features (vectors or region maps) replaced by noise of the features' mean
+    and spread."""
     g = torch.Generator().manual_seed(seed)
-    x, y = data.features.clone(), data.labels.clone()
+    regions = isinstance(data, RegionDataset)
+    original = data.features.read() if regions else data.features
+    x, y = original.clone(), data.labels.clone()
     for idx in groups:
         if labels:
             y[idx] = y[idx][torch.randperm(idx.numel(), generator=g)]
         if features:
-            x[idx] = data.features.mean() + data.features.std() * torch.randn(idx.numel(), x.shape[1], generator=g)
+            noise = original.mean() + original.std() * torch.randn(idx.numel(), *x.shape[1:], generator=g)
+            x[idx] = noise.clamp_min(0) if regions else noise  # region maps are post-ReLU
     assert not torch.equal(y, data.labels) or not labels
-    return replace(data, features=x, labels=y)
+    return replace(data, features=RegionFeatures(array=x.numpy()) if regions else x, labels=y)
 
 
 def assert_identical(a, b, path="state"):
@@ -64,9 +71,9 @@ def assert_identical(a, b, path="state"):
         assert a == b, path
 
 
-@pytest.mark.parametrize("method", ["eszsl", "gsmflow", "grw", "cvc"])
+@pytest.mark.parametrize("method", ["eszsl", "gsmflow", "grw", "cvc", "scegg"])
 def test_tampered_test_samples_change_nothing_but_the_test_metrics(method, tmp_path_factory):
-    data = make_synthetic(seed=0)
+    data = make_synthetic_regions(seed=0) if method_class(method).inputs == "regions" else make_synthetic(seed=0)
     clean_res, clean_ckpt = quick_run(tmp_path_factory, method)
     bad = tampered(data, only_for_testing(data, method))
     res, ckpt = quick_run(tmp_path_factory, method, data=bad, tag="tampered")

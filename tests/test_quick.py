@@ -6,14 +6,15 @@ import pytest
 
 from tests.quick_runs import quick_run
 from zslfast.data import make_synthetic
-from zslfast.engine import METHODS
+from zslfast.data.synthetic_regions import make_synthetic_regions
+from zslfast.engine import METHODS, method_class
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_quick_run_learns(method, tmp_path_factory):
     res, _ = quick_run(tmp_path_factory, method)
     m = res["metrics"]
-    data = make_synthetic(seed=0)
+    data = make_synthetic_regions(seed=0) if method_class(method).inputs == "regions" else make_synthetic(seed=0)
     if res["setting"].startswith("continual"):
         chance = 100 / data.num_classes
         assert m["mUA"] >= 1.5 * chance and m["mH"] > 0, m

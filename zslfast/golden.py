@@ -25,6 +25,7 @@ RUNS = [
     ("grw_learnable", ["--method", "grw", "--set", "attribute_generation=learnable"]),
     ("cvc_inductive", ["--method", "cvc"]),
     ("cvc_transductive", ["--method", "cvc", "--set", "transductive=true"]),
+    ("scegg", ["--method", "scegg"]),
 ]
 FOLDER = os.path.join(os.path.dirname(__file__), "golden")
 

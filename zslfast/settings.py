@@ -26,7 +26,7 @@ def _show(value):
 
 class Setting(abc.ABC):
     """One declared value. ``nullable``: ``null`` is allowed (and means "not set" / "automatic").
-    Each kind of value (Int, Float, Bool, Choice, File, Numbers) says what it accepts
+    Each kind of value (Int, Float, Bool, Choice, File, Text, Names, Numbers) says what it accepts
     (:meth:`describe`) and how a value is checked (:meth:`_convert`)."""
 
     def __init__(self, nullable=False, doc=""):
@@ -144,6 +144,30 @@ class File(Setting):
         if not isinstance(value, str) or not os.path.isfile(value):
             raise ValueError
         return value
+
+
+class Text(Setting):
+    """Any string (e.g. a keyword or a path, interpreted by the code that uses it)."""
+
+    def describe(self):
+        return "a string"
+
+    def _convert(self, value):
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+
+
+class Names(Setting):
+    """A list of strings (possibly empty), e.g. setting names."""
+
+    def describe(self):
+        return "a list of strings"
+
+    def _convert(self, value):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise TypeError
+        return list(value)
 
 
 class Numbers(Setting):

@@ -22,7 +22,7 @@ from zslfast import ops
 from zslfast.config import resolve_config
 from zslfast.errors import ZSLError, run_cli
 from zslfast.io import check_writable, save_checkpoint, write_json
-from zslfast.engine import METHODS, RunContext, get_method
+from zslfast.engine import METHODS, RunContext, get_method, method_class
 
 DATASET_CHOICES = ("synthetic", "AWA1", "AWA2", "CUB", "SUN", "APY", "FLO")
 
@@ -44,6 +44,9 @@ def build_parser():
     p.add_argument("--like", help="synthetic data shaped like a real dataset: a name (its att_splits.mat "
                                   "from ../shared/data or $ZSLFAST_SHARED_DATA) or an att_splits.mat path")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data (default 0)")
+    p.add_argument("--pooled-regions", action="store_true",
+                   help="for methods on feature vectors: use region data (synthetic regions, or the region HDF5 "
+                        "under --data-root) globally average-pooled, i.e. the same images SC-EGG sees")
     p.add_argument("--config", help="YAML file of settings overriding the method's defaults")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (repeatable; dotted keys for nested settings)")
@@ -78,16 +81,34 @@ def _device(spec):
 
 
 def load_data(args, config):
-    """The dataset the run uses (synthetic, or a real one from --data-root)."""
+    """The dataset the run uses (synthetic, or a real one from --data-root), in the form the
+    method takes: feature vectors, or region feature maps for region-based methods (SC-EGG)."""
     from zslfast.data import load_epgn, load_xlsa17, make_synthetic
 
+    takes_regions = method_class(args.method).inputs == "regions"
+    if args.pooled_regions and takes_regions:
+        raise ZSLError(f"--pooled-regions is for methods on feature vectors; {args.method} reads region maps itself")
+    regions = takes_regions or args.pooled_regions
     if args.dataset == "synthetic":
+        if regions:
+            from zslfast.data.synthetic_regions import make_synthetic_regions
+
+            data = make_synthetic_regions(like=args.like, seed=args.data_seed)
+            return data.pooled() if args.pooled_regions else data
         return make_synthetic(like=args.like, seed=args.data_seed)
     if args.like:
         raise ZSLError("--like applies to --dataset synthetic only")
     if not args.data_root:
-        raise ZSLError(f"--dataset {args.dataset} needs --data-root (a folder with {args.dataset}/res101.mat and "
-                       "att_splits.mat; see README 'Real data') or ZSLFAST_DATA_ROOT")
+        wanted = (f"{args.dataset}/feature_map_ResNet_101_{args.dataset}.hdf5" if regions
+                  else f"{args.dataset}/res101.mat and att_splits.mat")
+        raise ZSLError(f"--dataset {args.dataset} needs --data-root (a folder with {wanted}; see README "
+                       "'Real data') or ZSLFAST_DATA_ROOT")
+    if regions:
+        from zslfast.data.regions import load_regions
+
+        if args.pooled_regions:  # the vectors are not needed, and storage streams if the maps do not fit
+            return load_regions(args.data_root, args.dataset, w2v="random").pooled()
+        return load_regions(args.data_root, args.dataset, storage=config["storage"], w2v=config["w2v"])
     if config.get("data_format", "xlsa17") == "epgn":
         return load_epgn(args.data_root, args.dataset)
     return load_xlsa17(args.data_root, args.dataset, attributes=config.get("attributes", "att"))
@@ -103,6 +124,8 @@ def format_table(rows):
 def run(args):
     t_start = time.perf_counter()
     dataset_key = args.dataset if args.dataset != "synthetic" or not args.like else f"synthetic_like_{args.like}"
+    if args.pooled_regions:
+        dataset_key = f"{dataset_key}_pooled_regions"
     method = get_method(args.method)
     # Everything that can be refused is checked before the data is loaded: the settings (types and
     # ranges), the device, and that the output folder is writable.

@@ -152,6 +152,30 @@ def test_selector_modes(mode):
         assert record["choices"]["epochs"]["history"] == [[e, -abs(e - 3.0)] for e in range(1, 7)]
 
 
+@pytest.mark.parametrize("mode", ["test", "validation"])
+def test_independent_metrics_come_from_their_own_best_evaluation(mode):
+    """SC-EGG's original protocol: with ``independent=("zsl",)`` the test-mode result takes H (and
+    its S, U) from the best-H epoch and T1 from the best-T1 epoch, with their nested choices;
+    the weights stay the best-H epoch's. Validation mode refits one model (the option is unused)."""
+    data = make_synthetic(seed=0)
+
+    def evaluate(model, view):
+        e = float(model.epoch)  # H peaks at epoch 2, T1 at epoch 5
+        return ({"zsl_t1": -abs(e - 5), "gzsl_s": e, "gzsl_h": -abs(e - 2)},
+                {"gzsl_classifier_epochs": {"value": e}, "zsl_classifier_epochs": {"value": 10 * e}})
+
+    sel = Selector(data, RunContext(progress=False, selection=mode))
+    fitted = sel.epochs("gan_epochs", _epoch_fit([]), evaluate, 6, independent=("zsl",))
+    choices = sel.to_dict()["choices"]
+    assert fitted.epoch == 2 and float(fitted.model.epoch) == 2
+    if mode == "test":
+        assert fitted.metrics == {"zsl_t1": 0.0, "gzsl_s": 2.0, "gzsl_h": 0.0}
+        assert fitted.nested == {"gzsl_classifier_epochs": {"value": 2.0}, "zsl_classifier_epochs": {"value": 50.0}}
+        assert choices["gan_epochs"]["value"] == 2 and choices["gan_epochs[zsl]"]["value"] == 5
+    else:
+        assert fitted.metrics is None and set(choices) == {"gan_epochs"}
+
+
 def test_reading_a_test_split_during_validation_selection_fails_loudly():
     data = make_synthetic(seed=0)
     sel = Selector(data, RunContext(progress=False))

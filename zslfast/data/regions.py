@@ -221,6 +221,14 @@ class RegionDataset(ZSLDataset):
                            "SC-EGG normalises each region inside its attention")
         return self
 
+    def pooled(self, block=256):
+        """The same images as a :class:`ZSLDataset` of globally average-pooled features [N, C] (the
+        usual ResNet-101 image feature; the baseline SC-EGG's dense features are compared with)."""
+        feats = torch.cat([x.mean(2) for _, x in self.features.blocks(block)])
+        return ZSLDataset(name=f"{self.name}[pooled]", features=feats, labels=self.labels, attributes=self.attributes,
+                          class_names=self.class_names, splits=dict(self.splits), source=self.source,
+                          info={**self.info, "pooling": "global average"})
+
     def summary(self):
         n, c, r = self.features.shape
         s = {k: int(v.numel()) for k, v in self.splits.items()}

@@ -94,6 +94,31 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
     return history
 
 
+class _Chunk:
+    """The next ``chunk`` batches (fewer for the last) of an iteration budget, as one "epoch"."""
+
+    def __init__(self, sampler, iterations, chunk):
+        self.sampler, self.left, self.chunk = sampler, iterations, chunk
+
+    def epoch(self):
+        n = min(self.chunk, self.left)
+        self.left -= n
+        for _ in range(n):
+            yield self.sampler.sample()
+
+
+def train_iterations(stage, iterations, sampler, step, ctx, *, chunk=100, modules=None, desc=None):
+    """Train for a budget of ``iterations`` steps rather than epochs (SC-EGG's stages 1 and 2 count
+    iterations of freshly drawn class-balanced batches, with no notion of an epoch).
+
+    ``sampler.sample()`` draws one batch. The budget runs through :func:`train_epochs` as
+    ⌈iterations / chunk⌉ "epochs" of ``chunk`` steps (the last one shorter), so progress, the
+    per-chunk loss history and the epoch-end hooks work as for any stage. Returns the History.
+    """
+    chunks = _Chunk(sampler, iterations, chunk)
+    return train_epochs(stage, -(-iterations // chunk), chunks, step, ctx, modules=modules, desc=desc)
+
+
 def detached(loss):
     """A loss for the loop's history: detached, not synchronised."""
     return loss.detach() if isinstance(loss, torch.Tensor) else loss

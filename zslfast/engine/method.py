@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from zslfast.engine.context import SELECTION_MODES
 
+INPUTS = ("features", "regions")
+
 
 @dataclass
 class MethodResult:
@@ -48,12 +50,15 @@ class Method(ABC):
         setting: what it addresses, for results.json (e.g. ``"zsl+gzsl"``).
         settings: its declared configuration keys (:class:`zslfast.settings.Section`).
         selection_modes: the :data:`SELECTION_MODES` it supports; the first is its default.
+        inputs: what its data holds: ``features`` (one vector per image, :class:`ZSLDataset`) or
+            ``regions`` (region feature maps, :class:`zslfast.data.RegionDataset`).
     """
 
     name = None
     setting = None
     settings = None
     selection_modes = ("validation", "test")
+    inputs = "features"
 
     @property
     def default_selection(self):
@@ -77,6 +82,8 @@ def check_contract(cls, name=None):
         problems.append("setting is not a string")
     if not isinstance(cls.settings, Section):
         problems.append("settings is not a zslfast.settings.Section")
+    if cls.inputs not in INPUTS:
+        problems.append(f"inputs {cls.inputs!r} must be one of {INPUTS}")
     modes = cls.selection_modes
     if not modes or any(m not in SELECTION_MODES for m in modes):
         problems.append(f"selection_modes {modes!r} must be a non-empty subset of {SELECTION_MODES}")

@@ -14,6 +14,7 @@ METHODS = {
     "gsmflow": "zslfast.models.gsmflow:GSMFlow",
     "grw": "zslfast.models.grw:GRW",
     "cvc": "zslfast.models.cvc:CVC",
+    "scegg": "zslfast.models.scegg:SCEGG",
 }
 
 

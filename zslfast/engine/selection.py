@@ -94,7 +94,7 @@ class Selector:
 
     # ------------------------------------------------------------------ choices
     def epochs(self, name, fit, evaluate, epochs, eval_every=1, eval_start=1, test_cadence=None,
-               keep_val_model=False):
+               keep_val_model=False, independent=()):
         """Choose a number of epochs for one training stage and return the final model (:class:`Fitted`).
 
         Args:
@@ -110,8 +110,17 @@ class Selector:
                 validation cadence).
             keep_val_model: return the validation run's model restored to its best epoch (e.g. CVC's
                 transductive stage starts its validation run from it).
+            independent: in ``test`` mode, metric prefixes (e.g. ``("zsl",)``) whose metrics are
+                reported from *their own* best evaluation rather than from the best-``metric`` one,
+                each prefix ranked by its first metric of the evaluation's metrics dict: the
+                original SC-EGG / TF-VAEGAN protocol, which reports the best T1 and the best H over
+                all evaluations independently. The nested choices whose names start with the
+                prefix come from that evaluation too, and the choice is recorded as
+                ``NAME[PREFIX]``. The returned weights stay those of the best-``metric`` epoch. Not
+                used in ``validation`` mode, which refits one model for all metrics.
         """
         tracker = BestTracker()
+        extra = {prefix: BestTracker() for prefix in independent} if self.mode == "test" else {}
         if self.mode == "fixed":
             model = fit(self.data, epochs, None, eval_every, eval_start, "final")
             self.record(name, epochs)
@@ -123,6 +132,9 @@ class Selector:
             metrics, nested = evaluate(model, view)
             tracker.update(epoch, metrics[self.metric], module=model if (test or keep_val_model) else None,
                            payload=(metrics, nested))
+            for prefix, t in extra.items():
+                key = next(k for k in metrics if k.startswith(prefix))
+                t.update(epoch, metrics[key], payload=(metrics, nested))
             return metrics[self.metric]
 
         if test:
@@ -130,7 +142,12 @@ class Selector:
             model = fit(view, epochs, on_eval, every, start, "final")
             model.load_state_dict(tracker.state)
             self._record_tracker(name, tracker)
-            return Fitted(model, tracker.candidate, tracker.payload[0], tracker.payload[1])
+            metrics, nested = dict(tracker.payload[0]), dict(tracker.payload[1] or {})
+            for prefix, t in extra.items():
+                self._record_tracker(f"{name}[{prefix}]", t)
+                metrics.update({k: v for k, v in t.payload[0].items() if k.startswith(prefix)})
+                nested.update({k: v for k, v in (t.payload[1] or {}).items() if k.startswith(prefix)})
+            return Fitted(model, tracker.candidate, metrics, nested)
         with self.data.sealed("validation-based selection"):
             val_model = fit(view, epochs, on_eval, eval_every, eval_start, "select")
         if keep_val_model:

@@ -17,15 +17,24 @@ from zslfast.engine.samplers import ShuffledBatches
 from zslfast.engine.selection import best_epoch
 
 
-class SoftmaxClassifier(nn.Module):
-    """Linear scores over all classes; ``forward`` returns logits [n, C]."""
+CLASSIFIER_INITS = ("xavier", "normal")
 
-    def __init__(self, in_dim, num_classes, generator=None, device=None):
+
+class SoftmaxClassifier(nn.Module):
+    """Linear scores over all classes; ``forward`` returns logits [n, C]. ``init``: xavier-normal
+    weights (the shared ``classifier.py`` of GSMFlow and others) or N(0, 0.02) (TF-VAEGAN's)."""
+
+    def __init__(self, in_dim, num_classes, generator=None, device=None, init="xavier"):
         super().__init__()
+        if init not in CLASSIFIER_INITS:
+            raise ValueError(f"classifier init must be one of {CLASSIFIER_INITS}, got {init!r}")
         self.fc = nn.Linear(in_dim, num_classes, device=device)
         # Drawn from ``generator`` (not the global RNG) so that a classifier retrained from a saved
         # checkpoint with the same generator is the same classifier.
-        nn.init.xavier_normal_(self.fc.weight, generator=generator)
+        if init == "xavier":
+            nn.init.xavier_normal_(self.fc.weight, generator=generator)
+        else:  # TF-VAEGAN's (and so SC-EGG's) classifier: N(0, 0.02)
+            nn.init.normal_(self.fc.weight, 0.0, 0.02, generator=generator)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x):
@@ -33,7 +42,8 @@ class SoftmaxClassifier(nn.Module):
 
 
 def train_softmax_classifier(features, labels, num_classes, epochs=25, lr=1e-3, batch_size=512, beta1=0.5,
-                             select_fn=None, generator=None, ctx=None, desc="classifier", name="classifier_epochs"):
+                             select_fn=None, generator=None, ctx=None, desc="classifier", name="classifier_epochs",
+                             init="xavier"):
     """Train a :class:`SoftmaxClassifier` on (features, labels), on the features' device.
 
     Args:
@@ -41,13 +51,14 @@ def train_softmax_classifier(features, labels, num_classes, epochs=25, lr=1e-3, 
             epoch are returned. None: the last epoch.
         generator: the stream of the initial weights and the batch order, on the features' device.
         ctx: the run context (progress, hooks); default: a silent one.
+        init: the initial weights, ``xavier`` or ``normal`` (:class:`SoftmaxClassifier`).
 
     Returns:
         (classifier, {name: {"value": the epoch count used, "score", "history": [[epoch, score]]}}).
     """
     device = features.device
     ctx = ctx or RunContext(device=device, progress=False)
-    clf = SoftmaxClassifier(features.shape[1], num_classes, generator=generator, device=device)
+    clf = SoftmaxClassifier(features.shape[1], num_classes, generator=generator, device=device, init=init)
     opt = torch.optim.Adam(clf.parameters(), lr=lr, betas=(beta1, 0.999))
     batches = ShuffledBatches(features.shape[0], batch_size, generator, device, last_batch="keep")
 

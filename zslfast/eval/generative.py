@@ -1,4 +1,4 @@
-"""The shared evaluation stage of generative ZSL methods (GSMFlow now, SC-EGG next).
+"""The shared evaluation stage of generative ZSL methods (GSMFlow, SC-EGG).
 
 Given a trained generator, :func:`generative_evaluation`:
 
@@ -38,7 +38,8 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
     Args:
         synthesize: ``synthesize(classes, n_per_class, generator) -> (features, labels)`` on the device.
         data: the dataset evaluated (a validation view or the full data), on the device.
-        classifier: ``{"lr", "epochs", "batch_size"}`` of the final classifiers.
+        classifier: ``{"lr", "epochs", "batch_size"}`` of the final classifiers, optionally ``"init"``
+            (``xavier``, the default, or ``normal``: see :class:`zslfast.eval.classifier.SoftmaxClassifier`).
         select: choose each classifier's epoch on ``data``'s held-out splits.
         epochs: ``{"gzsl": n, "zsl": n}`` epoch counts when not selecting (default: ``classifier["epochs"]``).
         inputs: optional map applied to every classifier input.
@@ -72,7 +73,8 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
         return train_softmax_classifier(
             x, y, data.num_classes, classifier["epochs"] if select else epochs[kind], classifier["lr"],
             classifier["batch_size"], select_fn=score if select else None, generator=g, ctx=ctx,
-            desc=f"{kind} classifier", name=f"{kind}_classifier_epochs")
+            desc=f"{kind} classifier", name=f"{kind}_classifier_epochs",
+            init=classifier.get("init", "xavier"))
 
     clf, nested = fit(torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y]), "gzsl", lambda m: harmonic_mean(*gzsl(m)))
     s, u = gzsl(clf)

@@ -1,0 +1,471 @@
+"""SC-EGG: "Semantic Compression Embedding for Generative Zero-Shot Learning" (Hong et al., IJCAI 2022).
+
+Written from ``../shared/reference/sc_egg_spec.md`` (section numbers below refer to it); SC-EGG's code
+is AGPL-3.0 and none of it is used here. Three stages on region features F [N, C, R]:
+
+1. **Stage 1** (§1.2): the DAZLE-style attribute attention network
+   (:class:`zslfast.nn.dazle.AttributeAttentionNet`) trained with CE over the seen classes on its
+   local and global logits: RMSprop (lr 1e-4, weight decay 1e-4, momentum 0.9), 2000 iterations of
+   class-balanced batches.
+2. **Dense features** (§1.3): g = F̂·mean_i α for every image, min-max scaled with the trainval
+   images' statistics, and the frozen net's local class logits, **computed once**
+   (:func:`zslfast.nn.dazle.dense_pass`). Nothing after this touches region maps.
+3. **Stage 2** (§1.4): the distillation head h (C → 1024 → K) fitted by MSE to the cached teacher
+   logits over all K classes: 4000 iterations, the same RMSprop.
+4. **Stage 3** (§1.5): TF-VAEGAN (:mod:`zslfast.nn.vaegan`) in the dense space. Per iteration,
+   ``critic_iters`` critic steps, each on a fresh balanced batch (a decoder step 0.01·WL1(Dec(x), a);
+   D on real, on G's reconstruction of the encoder's noise and the gradient penalty with the
+   adaptive λ), then a generator step on another fresh batch: the VAE loss + CE of h(x̃) over all K
+   + 0.001·CE of h(G(ε, a_u)) for random unseen classes u − γG·D(x̃) + 0.01·WL1(Dec(x̃), a), stepping
+   E, G, Dec (and Fb in the feedback pass). An epoch is ``feedback_loops`` passes of ⌈N_tr/B⌉
+   iterations.
+5. **Evaluation** (§1.6): ``synth_per_class`` features per unseen class from G, then the engine's
+   generative evaluation (:func:`zslfast.eval.generative_evaluation`) with classifier inputs
+   [x, Dec(x), Dec.hidden(x)] and TF-VAEGAN's classifier (N(0, 0.02) init, Adam(5e-4, β1 0.5),
+   batch 400, 25 epochs).
+
+The decisions of spec §1.8, item by item:
+
+1. Only SUN was released: CUB's and AWA2's values are TF-VAEGAN's, listed under ``not_released`` in
+   the YAML and in results.json (``info.not_released``).
+2. Training composes the global branch with the MLP, everything after it averages: kept.
+3. AWA2's batch: the balanced sampler returns exactly B rows (``exact_batches: true``; ⌈B/S⌉ per
+   class cut back at random). The original returns 40 rows for B = 64 and crashes; for SUN and
+   CUB both rules give the same batches.
+4. The unused auxiliary loader: not reproduced.
+5. Feedback: with a1 = 0 (released) the feedback forwards are skipped, which is exact (Fb's
+   gradients would be zeros, and Adam does not move on zero moments); both passes per epoch are
+   kept for iteration-count parity (``feedback_loops: 2``).
+6. Attributes: rows L2-normalised (``attribute_norm: l2``). xlsa17's ``att`` rows already have unit
+   norm, so on real data this is the original's "as stored"; it makes the decoder's unit-norm
+   output able to match synthetic data's attributes. ``clip_negative_att`` clips AWA2's four
+   negative entries as the original's AWA2 loader does.
+7. The unseen classes enter only through their attributes (stage-2 targets over all K, the
+   generator's 0.001 unseen-class CE): kept, and tested to be present.
+8. Min-max statistics from trainval only, test values may leave [0, 1]: kept; constant channels
+   are left unscaled (the original divides by zero).
+9. Loss reductions: BCE summed over features and divided by B, KL summed: kept.
+10. Selection: the GAN epochs (and each final classifier's epochs) are chosen on the class-disjoint
+    validation split of trainval by default, then all three stages are refitted on trainval.
+    ``--select-on-test`` is the original: evaluate on the test set after every GAN epoch and
+    report the best H (with its S, U) and the best T1 independently, each classifier at its best
+    epoch; the checkpoint holds the best-H epoch's weights.
+11. ``.squeeze()`` with B = 1: explicit dimensions everywhere.
+12. Memory: region maps are read per batch in stage 1 and once for the dense pass
+    (:class:`zslfast.data.RegionFeatures`, which can stream from the file).
+13. Divisions without eps (scaler, decoder norm, WL1): guarded; nothing changes unless a norm or a
+    range is exactly zero, where the original gives NaN.
+14. No wandb, no logging-only dependencies; the classifier returns its best epoch, not its last.
+15-16. HDF5 chunking and uint16 locations: handled by :mod:`zslfast.data.regions`.
+17. The double attention pass per stage-2 batch: gone with the cache.
+18. The generator step draws a fresh batch (SC-EGG), not the last critic batch (TF-VAEGAN): kept.
+19. The classifier-input augmentation is computed once per evaluation.
+
+Other differences: the original evaluates stage 1 on the test set every 100 iterations for
+logging; nothing here reads the test set during training. The final classifiers' last batch of an
+epoch may be partial (TF-VAEGAN wraps around to a full batch).
+"""
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zslfast.data.dataset import ZSLDataset
+from zslfast.engine.loop import detached, train_epochs, train_iterations
+from zslfast.engine.method import Method, MethodResult
+from zslfast.engine.samplers import BalancedBatches
+from zslfast.engine.selection import Selector
+from zslfast.eval.classifier import CLASSIFIER_INITS
+from zslfast.eval.generative import generative_evaluation, synthetic_budget
+from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead, dense_pass
+from zslfast.nn.vaegan import (AttributeDecoder, Critic, Encoder, Feedback, Generator, adapt_lambda,
+                               gradient_penalty, vae_loss, weighted_l1)
+from zslfast.optim import adam
+from zslfast.settings import Bool, Choice, Float, Int, Names, Section, Text, shared
+
+
+RMSPROP = dict(iterations=Int(min=1), lr=Float(min=0, min_open=True), weight_decay=Float(min=0),
+               momentum=Float(min=0, max=1, max_open=True))
+
+
+def _known_keys(c, prefix=""):
+    for k, v in c.items():
+        yield prefix + k
+        if isinstance(v, dict):
+            yield from _known_keys(v, prefix + k + ".")
+
+
+SETTINGS = Section(
+    **shared("epochs", "batches", "evaluation", "validation"),
+    w2v=Text(),
+    storage=Choice("auto", "memory", "stream"),
+    attribute_norm=Choice("l2", "none"),
+    clip_negative_att=Bool(),
+    exact_batches=Bool(),
+    stage1=Section(**RMSPROP),
+    stage2=Section(hidden=Int(min=1), **RMSPROP),
+    dense_block=Int(min=1),
+    gan=Section(hidden=Int(min=1), critic_iters=Int(min=1), feedback_loops=Int(min=1, max=2),
+                lr=Float(min=0, min_open=True), dec_lr=Float(min=0, min_open=True), feed_lr=Float(min=0, min_open=True),
+                beta1=Float(min=0, max=1, max_open=True), gamma_d=Float(min=0), gamma_g=Float(min=0),
+                lambda_gp=Float(min=0, min_open=True), recons_weight=Float(min=0),
+                seen_cls_weight=Float(min=0), unseen_cls_weight=Float(min=0),
+                a1=Float(min=0), a2=Float(min=0), freeze_dec=Bool(), encoded_noise=Bool()),
+    synth_per_class=Int(min=1, nullable=True),
+    synth_ratio=Float(min=0, min_open=True, nullable=True),
+    classifier=Section(lr=Float(min=0, min_open=True), epochs=Int(min=1), batch_size=Int(min=1),
+                       init=Choice(*CLASSIFIER_INITS)),
+    calibration=Float(),
+    not_released=Names(),
+    checks=[
+        lambda c: None if c["synth_per_class"] is not None or c["synth_ratio"] is not None else
+        "synth_per_class and synth_ratio are both null; set one",
+        lambda c: None if c["eval_start"] <= c["epochs"] else
+        f"eval_start = {c['eval_start']} is after the last GAN epoch ({c['epochs']}): nothing would be evaluated",
+        lambda c: next((f"not_released names {k!r}, which is not a setting (or '*': all of them)"
+                        for k in c["not_released"] if k != "*" and k not in set(_known_keys(c))), None),
+    ],
+)
+
+
+def rmsprop(params, cfg):
+    """The released stage-1/2 optimiser (alpha and eps at PyTorch's defaults, as the original)."""
+    return torch.optim.RMSprop(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], momentum=cfg["momentum"])
+
+
+def class_attributes(data, cfg):
+    """The GAN's class attributes [K, A]: ``att``, optionally with negatives clipped (AWA2) and rows
+    L2-normalised (decision 6)."""
+    att = data.attributes.float()
+    if cfg["clip_negative_att"]:
+        att = att.clamp_min(0)
+    return F.normalize(att, dim=1) if cfg["attribute_norm"] == "l2" else att
+
+
+# ------------------------------------------------------------------------------------ stages 1 and 2
+def train_attention(data, cfg, ctx, stage="stage 1"):
+    """Stage 1 on ``data``'s trainval region maps: the attention net after ``stage1.iterations``
+    RMSprop steps of class-balanced batches (read from the maps per batch). Returns (net, history)."""
+    device, s1 = ctx.device, cfg["stage1"]
+    tv = data.splits["trainval"]
+    maps = data.features[tv].to(device)
+    labels = data.labels[tv].to(device)
+    seen = data.seen_classes.to(device)
+    with ctx.init_scope():
+        net = AttributeAttentionNet(data.features.shape[1], data.attributes, data.w2v).to(device)
+    opt = rmsprop(net.parameters(), s1)
+    sampler = BalancedBatches(labels, cfg["batch_size"], ctx.rng("stage1_batches", device), 1, cfg["exact_batches"])
+
+    def step(idx):
+        loss = net.loss(maps.read(idx), labels[idx], seen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return detached(loss)
+
+    net.train()
+    history = train_iterations(stage, s1["iterations"], sampler, step, ctx, modules={"net": net, "optimizer": opt})
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, history
+
+
+def dense_features(net, data, cfg, ctx):
+    """The cache (§1.3): (a :class:`ZSLDataset` of every image's scaled dense feature [N, C], the
+    frozen net's local class logits [N, K], the stage-2 targets). The scaler is fitted on the
+    trainval images and loaded into ``net``, as the original loads it into the network."""
+    g, logits = dense_pass(net, data.features.to(ctx.device), cfg["dense_block"])
+    net.scaler.fit(g[data.splits["trainval"].to(g.device)])
+    dense = ZSLDataset(name=f"{data.name}[dense]", features=net.scaler(g).contiguous(), labels=data.labels.to(g.device),
+                       attributes=data.attributes.to(g.device), class_names=data.class_names,
+                       splits=dict(data.splits), source=data.source, info=dict(data.info))
+    return dense, logits
+
+
+def train_head(dense, logits, cfg, ctx):
+    """Stage 2 on the cache: the distillation head fitted by MSE to the teacher's logits over all K
+    classes, ``stage2.iterations`` RMSprop steps of class-balanced trainval batches. Returns
+    (frozen head, history)."""
+    device, s2 = ctx.device, cfg["stage2"]
+    x, y = dense.subset("trainval")
+    target = logits[dense.splits["trainval"].to(logits.device)]
+    with ctx.init_scope():
+        head = DistillationHead(dense.feature_dim, dense.num_classes, s2["hidden"]).to(device)
+    opt = rmsprop(head.parameters(), s2)
+    sampler = BalancedBatches(y, cfg["batch_size"], ctx.rng("stage2_batches", device), 1, cfg["exact_batches"])
+
+    def step(idx):
+        loss = F.mse_loss(head(x[idx]), target[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return detached(loss)
+
+    head.train()
+    history = train_iterations("stage 2", s2["iterations"], sampler, step, ctx, modules={"head": head, "optimizer": opt})
+    head.eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head, history
+
+
+# --------------------------------------------------------------------------------------------- stage 3
+class VAEGAN(nn.Module):
+    """TF-VAEGAN's five networks in the dense space (latent = attribute dimension, §1.5)."""
+
+    def __init__(self, feature_dim, attribute_dim, hidden):
+        super().__init__()
+        self.E = Encoder(feature_dim, attribute_dim, attribute_dim, hidden)
+        self.G = Generator(feature_dim, attribute_dim, attribute_dim, hidden)
+        self.D = Critic(feature_dim, attribute_dim, hidden)
+        self.Dec = AttributeDecoder(feature_dim, attribute_dim, hidden)
+        self.Fb = Feedback(hidden)
+
+    def generate(self, z, a, weight=0.0):
+        """G(z, a); with a non-zero feedback ``weight``, G's second pass through the feedback of
+        Dec's (detached) hidden state on the first. A zero weight skips the feedback exactly."""
+        if weight == 0:
+            return self.G(z, a)
+        hidden = self.Dec(self.G(z, a))[1].detach()
+        return self.G(z, a, self.Fb(hidden), weight)
+
+    def augment(self, x):
+        """The final classifiers' input [x, Dec(x), Dec.hidden(x)] (§1.6)."""
+        out, hidden = self.Dec(x)
+        return torch.cat([x, out, hidden], 1)
+
+
+class SCEGGModel(nn.Module):
+    """The three stages' networks. Plain attributes (not part of the state) ride along: ``dense``,
+    the cache of the data it was fitted on; ``histories`` and ``timings`` per stage; ``gp_lambda``,
+    the adaptive gradient-penalty weight at the end of stage 3."""
+
+    def __init__(self, net, head, gan):
+        super().__init__()
+        self.net, self.head, self.gan = net, head, gan
+        self.dense, self.histories, self.timings, self.gp_lambda = None, {}, {}, None
+
+
+class FeedbackPasses:
+    """One GAN epoch (§1.5): ``loops`` passes of ``iterations`` iterations, each item (pass index,
+    [``group`` fresh class-balanced batches]): the critic batches and then the generator batch."""
+
+    def __init__(self, sampler, loops, iterations, group):
+        self.sampler, self.loops, self.iterations, self.group = sampler, loops, iterations, group
+
+    def __len__(self):
+        return self.loops * self.iterations
+
+    def epoch(self):
+        for loop in range(self.loops):
+            for _ in range(self.iterations):
+                yield loop, [self.sampler.sample() for _ in range(self.group)]
+
+
+def gan_optimizers(gan, q):
+    """(E, G, D, Dec, Fb) Adam optimisers with the released learning rates and betas (§1.5), fused
+    where PyTorch has the kernel (:func:`zslfast.optim.adam`): seven optimiser steps per iteration
+    over 4096-wide networks made the default Adam a third of a CPU iteration."""
+    device = next(gan.parameters()).device
+    betas = (q["beta1"], 0.999)
+    return (adam(gan.E.parameters(), device, q["lr"]),  # E: PyTorch's default betas, as released
+            adam(gan.G.parameters(), device, q["lr"], betas=betas),
+            adam(gan.D.parameters(), device, q["lr"], betas=betas),
+            adam(gan.Dec.parameters(), device, q["dec_lr"], betas=betas),
+            adam(gan.Fb.parameters(), device, q["feed_lr"], betas=betas))
+
+
+def gan_step(model, opts, x_all, y_all, att, unseen, cfg, g, state):
+    """One stage-3 iteration (§1.5) as a step function of (pass, batches); ``state["lambda"]`` is the
+    adaptive gradient-penalty weight, updated after the critic steps from their mean penalty."""
+    gan, head, q = model.gan, model.head, cfg["gan"]
+    opt_e, opt_g, opt_d, opt_dec, opt_fb = opts
+
+    def noise(n):
+        return torch.randn(n, att.shape[1], generator=g, device=g.device, dtype=att.dtype)
+
+    def step(item):
+        loop, batches = item
+        weight = q["a1"] if loop == 1 else 0.0
+        gp_sum = 0.0
+        for p in gan.D.parameters():
+            p.requires_grad_(True)
+        for p in gan.Dec.parameters():
+            p.requires_grad_(True)
+        for idx in batches[:-1]:
+            x, a = x_all[idx], att[y_all[idx]]
+            if q["recons_weight"] > 0:
+                opt_dec.zero_grad(set_to_none=True)
+                (q["recons_weight"] * weighted_l1(gan.Dec(x)[0], a)).backward()
+                opt_dec.step()
+            with torch.no_grad():
+                z = noise(x.shape[0])
+                if q["encoded_noise"]:
+                    mu, logvar = gan.E(x, a)
+                    z = mu + torch.exp(0.5 * logvar) * z
+                fake = gan.generate(z, a, weight)
+            gp = gradient_penalty(gan.D, x, fake, a, generator=g)
+            loss_d = q["gamma_d"] * (gan.D(fake, a).mean() - gan.D(x, a).mean() + state["lambda"] * gp)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            gp_sum = gp_sum + gp.detach()
+        state["lambda"] = adapt_lambda(state["lambda"], float(gp_sum) / (len(batches) - 1))
+
+        for p in gan.D.parameters():
+            p.requires_grad_(False)
+        if q["freeze_dec"]:
+            for p in gan.Dec.parameters():
+                p.requires_grad_(False)
+        idx = batches[-1]
+        x, y = x_all[idx], y_all[idx]
+        a = att[y]
+        mu, logvar = gan.E(x, a)
+        recon = gan.generate(mu + torch.exp(0.5 * logvar) * noise(x.shape[0]), a, weight)
+        vae = vae_loss(recon, x, mu, logvar)
+        losses = {"vae": vae}
+        loss = vae - q["gamma_g"] * gan.D(recon, a).mean()
+        if q["seen_cls_weight"] > 0:
+            losses["cls_seen"] = F.cross_entropy(head(recon), y)
+            loss = loss + q["seen_cls_weight"] * losses["cls_seen"]
+        if q["unseen_cls_weight"] > 0:
+            u = unseen[torch.randint(unseen.numel(), (x.shape[0],), generator=g, device=g.device).to(unseen.device)]
+            losses["cls_unseen"] = F.cross_entropy(head(gan.G(noise(x.shape[0]), att[u])), u)
+            loss = loss + q["unseen_cls_weight"] * losses["cls_unseen"]
+        if q["recons_weight"] > 0:
+            loss = loss + q["recons_weight"] * weighted_l1(gan.Dec(recon)[0], a)
+        for opt in opts:
+            if opt is not opt_d:
+                opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_e.step()
+        opt_g.step()
+        if weight != 0:
+            opt_fb.step()
+        if q["recons_weight"] > 0 and not q["freeze_dec"]:
+            opt_dec.step()
+        return {"critic": detached(loss_d), "generator": detached(loss), **{k: detached(v) for k, v in losses.items()}}
+
+    return step
+
+
+def train_gan(model, dense, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_start=1, desc="stage 3"):
+    """Stage 3 (§1.5) on the cached trainval features for ``epochs`` GAN epochs, calling
+    ``evaluate(model, epoch)`` at the evaluation epochs. Returns the history."""
+    device, q = ctx.device, cfg["gan"]
+    x_all, y_all = dense.subset("trainval")
+    att = class_attributes(dense, cfg).to(device)
+    unseen = dense.unseen_classes.to(device)
+    gan = model.gan
+    opts = gan_optimizers(gan, q)
+    g = ctx.rng("gan_noise", device)
+    sampler = BalancedBatches(y_all, cfg["batch_size"], ctx.rng("gan_batches", device), 1, cfg["exact_batches"])
+    passes = FeedbackPasses(sampler, q["feedback_loops"], -(-x_all.shape[0] // cfg["batch_size"]), q["critic_iters"] + 1)
+    state = {"lambda": q["lambda_gp"]}
+    step = gan_step(model, opts, x_all, y_all, att, unseen, cfg, g, state)
+
+    def on_eval(epoch):
+        gan.eval()
+        score = evaluate(model, epoch)
+        gan.train()
+        return score
+
+    gan.train()
+    history = train_epochs(desc, epochs, passes, step, ctx, evaluate=on_eval if evaluate else None,
+                           eval_every=eval_every, eval_start=eval_start,
+                           modules={"gan": gan, **{f"optimizer_{n}": o for n, o in zip("E G D Dec Fb".split(), opts)}})
+    gan.eval()
+    model.histories["stage 3"] = history.to_list()
+    model.gp_lambda = state["lambda"]
+    return history
+
+
+def fit_scegg(data, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_start=1, phase="final"):
+    """All three stages on ``data``'s trainval (a validation view or the full data): returns the
+    :class:`SCEGGModel` with its dense cache, histories and per-stage timings."""
+    tag = " (validation)" if phase == "select" else ""
+    t = [time.perf_counter()]
+    net, h1 = train_attention(data, cfg, ctx, "stage 1" + tag)
+    t.append(time.perf_counter())
+    dense, logits = dense_features(net, data, cfg, ctx)
+    t.append(time.perf_counter())
+    head, h2 = train_head(dense, logits, cfg, ctx)
+    t.append(time.perf_counter())
+    with ctx.init_scope():
+        gan = VAEGAN(dense.feature_dim, dense.attribute_dim, cfg["gan"]["hidden"]).to(ctx.device)
+    model = SCEGGModel(net, head, gan)
+    model.dense = dense
+    model.histories = {"stage 1": h1.to_list(), "stage 2": h2.to_list()}
+    train_gan(model, dense, cfg, ctx, epochs, evaluate, eval_every, eval_start, "stage 3" + tag)
+    t.append(time.perf_counter())
+    model.timings = {f"{k}_s": b - a for k, a, b in zip(("stage1", "dense", "stage2", "stage3"), t, t[1:])}
+    return model
+
+
+def model_from_state(data, cfg, state, ctx):
+    """A :class:`SCEGGModel` for ``data`` with the weights of a checkpoint's ``state`` (the three
+    stages' networks and the scaler), its dense cache recomputed from ``data``'s region maps."""
+    with ctx.init_scope():
+        net = AttributeAttentionNet(data.features.shape[1], data.attributes, data.w2v)
+        head = DistillationHead(data.features.shape[1], data.num_classes, cfg["stage2"]["hidden"])
+        gan = VAEGAN(data.features.shape[1], data.attribute_dim, cfg["gan"]["hidden"])
+    model = SCEGGModel(net, head, gan).to(ctx.device)
+    model.load_state_dict(state)
+    model.eval().requires_grad_(False)
+    model.dense = dense_features(net, data.to(ctx.device), cfg, ctx)[0]
+    return model
+
+
+def evaluate_scegg(model, cfg, ctx, classifier_epochs=None):
+    """The generative evaluation (§1.6) of a fitted model on its own dense cache: ``synthetic_budget``
+    features per unseen class, classifiers on [x, Dec(x), Dec.hidden(x)], each trained for
+    ``classifier_epochs[kind]`` epochs or, when None, for its best epoch on the cache's held-out
+    splits. Returns (metrics, nested classifier-epoch choices)."""
+    dense, gan = model.dense, model.gan
+    att = class_attributes(dense, cfg).to(ctx.device)
+    n = synthetic_budget(dense, cfg["synth_per_class"], cfg["synth_ratio"])[0]
+    a2 = cfg["gan"]["a2"]
+
+    @torch.no_grad()
+    def synthesize(classes, k, g):
+        a = att[classes].repeat_interleave(k, 0)
+        z = torch.randn(a.shape[0], att.shape[1], generator=g, device=g.device, dtype=a.dtype).to(a.device)
+        return gan.generate(z, a, a2), classes.repeat_interleave(k)
+
+    return generative_evaluation(synthesize, dense, n, cfg["classifier"], ctx, select=classifier_epochs is None,
+                                 epochs=classifier_epochs, calibration=cfg["calibration"], inputs=gan.augment)
+
+
+class SCEGG(Method):
+    name = "scegg"
+    setting = "zsl+gzsl"
+    settings = SETTINGS
+    inputs = "regions"
+
+    def run(self, data, config, ctx):
+        t0 = time.perf_counter()
+        data = data.to(ctx.device)
+        _, budget = synthetic_budget(data, config["synth_per_class"], config["synth_ratio"])
+        selector = Selector(data, ctx, "gzsl_h", config["validation"])
+
+        def fit(view, epochs, on_eval, eval_every, eval_start, phase):
+            return fit_scegg(view, config, ctx, epochs, on_eval, eval_every, eval_start, phase)
+
+        fitted = selector.epochs("gan_epochs", fit, lambda model, view: evaluate_scegg(model, config, ctx),
+                                 config["epochs"], config["eval_every"], config["eval_start"], test_cadence=(1, 1),
+                                 independent=("zsl",))
+        for name, choice in fitted.nested.items():
+            selector.record(name, choice["value"], choice["score"], choice["history"])
+        model = fitted.model
+        t1 = time.perf_counter()
+        metrics = fitted.metrics
+        if metrics is None:  # validation: the refitted model, classifiers trained for the chosen epochs
+            metrics, _ = evaluate_scegg(model, config, ctx, {k: fitted.nested[f"{k}_classifier_epochs"]["value"]
+                                                              for k in ("gzsl", "zsl")})
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        info = {"synthetic": budget, "not_released": config["not_released"], "gp_lambda_final": model.gp_lambda}
+        return MethodResult(metrics=metrics, state=state, selection=selector.to_dict(), history=model.histories,
+                            info=info, timings={**model.timings, "train_s": t1 - t0,
+                                                "eval_s": time.perf_counter() - t1})
