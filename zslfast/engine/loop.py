@@ -119,6 +119,23 @@ def train_iterations(stage, iterations, sampler, step, ctx, *, chunk=100, module
     return train_epochs(stage, -(-iterations // chunk), chunks, step, ctx, modules=modules, desc=desc)
 
 
+def eval_mode(module, evaluate, *args):
+    """The ``evaluate(epoch)`` of :func:`train_epochs` for a stage whose evaluation needs ``module``
+    in eval mode: calls ``evaluate(*args, epoch)`` in eval mode and puts the module back in train
+    mode. None when ``evaluate`` is None (no evaluation)."""
+    if evaluate is None:
+        return None
+
+    def scorer(epoch):
+        module.eval()
+        try:
+            return evaluate(*args, epoch)
+        finally:
+            module.train()
+
+    return scorer
+
+
 def detached(loss):
     """A loss for the loop's history: detached, not synchronised."""
     return loss.detach() if isinstance(loss, torch.Tensor) else loss

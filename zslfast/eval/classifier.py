@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from zslfast.engine.context import RunContext
-from zslfast.engine.loop import train_epochs
+from zslfast.engine.loop import eval_mode, train_epochs
 from zslfast.engine.samplers import ShuffledBatches
 from zslfast.engine.selection import best_epoch
 
@@ -69,13 +69,7 @@ def train_softmax_classifier(features, labels, num_classes, epochs=25, lr=1e-3, 
         opt.step()
 
     def fit(on_eval):
-        def evaluate(epoch):
-            clf.eval()
-            score = on_eval(clf, epoch)
-            clf.train()
-            return score
-
-        train_epochs(desc, epochs, batches, step, ctx, evaluate=evaluate if on_eval else None,
+        train_epochs(desc, epochs, batches, step, ctx, evaluate=eval_mode(clf, on_eval, clf),
                      modules={"classifier": clf, "optimizer": opt})
         return clf
 

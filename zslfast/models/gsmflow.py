@@ -35,7 +35,7 @@ import time
 import torch
 from torch import nn
 
-from zslfast.engine.loop import train_epochs
+from zslfast.engine.loop import eval_mode, train_epochs
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.samplers import ShuffledBatches
 from zslfast.engine.selection import Selector
@@ -181,14 +181,8 @@ def train_flow(data, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_start=1
     batches = ShuffledBatches(x_all.shape[0], cfg["batch_size"], g, device, last_batch="drop")
     step = flow_step(model, opt, x_all, y_all, data.attributes, seen, proto_target, cfg, g)
 
-    def on_eval(epoch):
-        model.eval()
-        score = evaluate(model, epoch)
-        model.train()
-        return score
-
     model.train()
-    train_epochs(desc, epochs, batches, step, ctx, scheduler=sched, evaluate=on_eval if evaluate else None,
+    train_epochs(desc, epochs, batches, step, ctx, scheduler=sched, evaluate=eval_mode(model, evaluate, model),
                  eval_every=eval_every, eval_start=eval_start, modules={"model": model, "optimizer": opt})
     model.eval()
     return model

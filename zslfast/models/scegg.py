@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zslfast.data.dataset import ZSLDataset
-from zslfast.engine.loop import detached, train_epochs, train_iterations
+from zslfast.engine.loop import detached, eval_mode, train_epochs, train_iterations
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.samplers import BalancedBatches
 from zslfast.engine.selection import Selector
@@ -366,14 +366,8 @@ def train_gan(model, dense, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_
     state = {"lambda": q["lambda_gp"]}
     step = gan_step(model, opts, x_all, y_all, att, unseen, cfg, g, state)
 
-    def on_eval(epoch):
-        gan.eval()
-        score = evaluate(model, epoch)
-        gan.train()
-        return score
-
     gan.train()
-    history = train_epochs(desc, epochs, passes, step, ctx, evaluate=on_eval if evaluate else None,
+    history = train_epochs(desc, epochs, passes, step, ctx, evaluate=eval_mode(gan, evaluate, model),
                            eval_every=eval_every, eval_start=eval_start,
                            modules={"gan": gan, **{f"optimizer_{n}": o for n, o in zip("E G D Dec Fb".split(), opts)}})
     gan.eval()
