@@ -27,3 +27,6 @@ res = json.load(open(sys.argv[1]))
 assert res["metrics"]["zsl_t1"] > 15, res["metrics"]
 print("check_install: fresh install from install_requires works; extension:", res["extension"])
 PY
+# The quick start's main job (every method, quick budget, one table) from the installed package.
+"$work/venv/bin/python" -m zslfast.sweep --no-progress --device cpu --out "$work/sweep" > "$work/sweep.log"
+grep -q "^| scegg | quick |" "$work/sweep/table.md" && tail -n 9 "$work/sweep.log"

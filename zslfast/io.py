@@ -30,6 +30,11 @@ def write_json(path, obj):
     _atomic(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=False).encode() + b"\n"))
 
 
+def write_atomic_text(path, text):
+    """Write the string ``text`` to ``path`` atomically (UTF-8)."""
+    _atomic(path, lambda f: f.write(text.encode()))
+
+
 def save_checkpoint(path, obj):
     """torch.save ``obj`` to ``path`` atomically."""
     _atomic(path, lambda f: torch.save(obj, f))

@@ -2,7 +2,7 @@
 
     python -m zslfast.train [--method NAME] [--dataset NAME] [--data-root DIR] [--like NAME]
                             [--config FILE] [--set key=value ...] [--seed N] [--device DEV]
-                            [--out DIR] [--quick] [--select-on-test]
+                            [--seeds 0,1,2] [--out DIR] [--quick] [--select-on-test]
 
 With no arguments it runs ESZSL on the built-in synthetic dataset in seconds. It prints progress and a
 results table, and writes ``<out>/results.json`` and ``<out>/checkpoint.pt`` (both atomically). Bad
@@ -51,6 +51,9 @@ def build_parser():
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (repeatable; dotted keys for nested settings)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--seeds", type=parse_seeds, metavar="S,S,...",
+                   help="train once per seed (into <out>/seed<S>/) and write <out>/summary.json and summary.md: "
+                        "every metric as mean ± std over the seeds")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", help="output folder (default runs/<method>_<dataset>_seed<seed>)")
     p.add_argument("--quick", action="store_true", help="a small budget for smoke runs")
@@ -121,12 +124,40 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def parse_seeds(text):
+    """``--seeds 0,1,2`` as a list of distinct integers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
+    return seeds
+
+
+def dataset_label(args, method):
+    """The dataset as results.json and tables name it: the built-in synthetic region images are a
+    dataset of their own (``synthetic_regions``, ``synthetic_like_CUB_regions``), shared by SC-EGG
+    and by ``--pooled-regions`` baselines, which differ in their variant, not their dataset."""
+    key = args.dataset if args.dataset != "synthetic" or not args.like else f"synthetic_like_{args.like}"
+    if args.dataset == "synthetic" and (args.pooled_regions or method.inputs == "regions"):
+        key = f"{key}_regions"
+    return key
+
+
+def variant_label(args):
+    """What distinguishes this run's configuration from the method's defaults on its dataset, as the
+    report's "variant" column shows it: --pooled-regions, the --config file, the --set overrides, the
+    quick budget."""
+    parts = (["pooled-regions"] if args.pooled_regions else [])
+    parts += ([f"config={os.path.basename(args.config)}"] if args.config else []) + list(args.set)
+    return " ".join(parts + (["quick"] if args.quick else []))
+
+
 def run(args):
-    t_start = time.perf_counter()
-    dataset_key = args.dataset if args.dataset != "synthetic" or not args.like else f"synthetic_like_{args.like}"
-    if args.pooled_regions:
-        dataset_key = f"{dataset_key}_pooled_regions"
+    """Train (one seed, or every seed of ``--seeds`` with a summary); returns the results (a list with --seeds)."""
     method = get_method(args.method)
+    dataset_key = dataset_label(args, method)
     # Everything that can be refused is checked before the data is loaded: the settings (types and
     # ranges), the device, and that the output folder is writable.
     config = resolve_config(args.method, args.dataset, args.config, args.set, args.quick, like=args.like)
@@ -135,17 +166,38 @@ def run(args):
         raise ZSLError(f"--select-on-test: {method.name} makes no model selection (selection: "
                        f"{', '.join(method.selection_modes)}), so there is nothing to choose on the test set")
     device = _device(args.device)
-    out = args.out or os.path.join("runs", f"{args.method}_{os.path.basename(str(dataset_key))}_seed{args.seed}")
-    check_writable(out)
+    base = os.path.basename(str(dataset_key))
+    if args.seeds:
+        out = args.out or os.path.join("runs", f"{args.method}_{base}_seeds{'-'.join(map(str, args.seeds))}")
+        outs = [os.path.join(out, f"seed{s}") for s in args.seeds]
+    else:
+        out = args.out or os.path.join("runs", f"{args.method}_{base}_seed{args.seed}")
+        outs = [out]
+    for folder in outs:
+        check_writable(folder)
 
     t0 = time.perf_counter()
     data = load_data(args, config)
     load_s = time.perf_counter() - t0
     print(f"[zslfast] {method.name} on {data.summary()}", file=sys.stderr)
-    print(f"[zslfast] device {device}, operator backend {ops.backend(device)}, seed {args.seed}, "
-          f"selection: {'TEST (original protocol)' if selection == 'test' else selection}", file=sys.stderr)
+    runs = []
+    for seed, folder in zip(args.seeds or [args.seed], outs):
+        runs.append(train_one(args, method, config, selection, device, data, dataset_key, seed, folder, load_s))
+    if not args.seeds:
+        return runs[0]
+    from zslfast.summary import summary_markdown, write_summary
 
-    ctx = RunContext(device=device, seed=args.seed, quick=args.quick, selection=selection,
+    summary = write_summary(out, runs)
+    print("\n" + summary_markdown(summary) + f"wrote {os.path.join(out, 'summary.json')} and summary.md")
+    return runs
+
+
+def train_one(args, method, config, selection, device, data, dataset_key, seed, out, load_s):
+    """One training run with seed ``seed`` on loaded ``data``: writes out/results.json and checkpoint.pt."""
+    t_start = time.perf_counter()
+    print(f"[zslfast] device {device}, operator backend {ops.backend(device)}, seed {seed}, "
+          f"selection: {'TEST (original protocol)' if selection == 'test' else selection}", file=sys.stderr)
+    ctx = RunContext(device=device, seed=seed, quick=args.quick, selection=selection,
                      progress=not args.no_progress)
     t0 = time.perf_counter()
     result = method.run(data, config, ctx)
@@ -156,10 +208,12 @@ def run(args):
                            "zslfast_version": zslfast.__version__})
     results = {
         "method": method.name, "dataset": dataset_key, "setting": method.setting,
+        "variant": variant_label(args), "embedding": method.embedding(config),
         "metrics": result.metrics, "per_task": result.per_task, "selection": result.selection,
         "history": result.history,
-        "timings": {"load_s": load_s, "run_s": run_s, **result.timings, "total_s": time.perf_counter() - t_start},
-        "config": config, "seed": args.seed, "data_seed": args.data_seed if args.dataset == "synthetic" else None,
+        "timings": {"load_s": load_s, "run_s": run_s, **result.timings,
+                    "total_s": load_s + time.perf_counter() - t_start},
+        "config": config, "seed": seed, "data_seed": args.data_seed if args.dataset == "synthetic" else None,
         "device": str(device), "backend": ops.backend(device), "extension": ops.extension_info(),
         "versions": {"zslfast": zslfast.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
@@ -167,7 +221,7 @@ def run(args):
     }
     write_json(os.path.join(out, "results.json"), results)
 
-    print(f"\n{method.name} on {dataset_key} (seed {args.seed}, selection: {results['selection']['on']})")
+    print(f"\n{method.name} on {dataset_key} (seed {seed}, selection: {results['selection']['on']})")
     rows = [(k, v) for k, v in result.metrics.items()]
     print(format_table(rows))
     if result.per_task:

@@ -64,6 +64,11 @@ class Method(ABC):
     def default_selection(self):
         return self.selection_modes[0]
 
+    def embedding(self, config):
+        """The semantic embedding a run uses, as tables label it: the class-embedding file key
+        (``att``, ``original_att``, ``sent``); methods that also read word vectors add them."""
+        return config.get("attributes", "att")
+
     @abstractmethod
     def run(self, data, config, ctx):
         """Train and evaluate on ``data`` with the resolved ``config``; returns a :class:`MethodResult`."""

@@ -438,6 +438,10 @@ class SCEGG(Method):
     settings = SETTINGS
     inputs = "regions"
 
+    def embedding(self, config):
+        """Class attributes, and the attribute word vectors the attention queries start from."""
+        return "att+w2v"
+
     def run(self, data, config, ctx):
         t0 = time.perf_counter()
         data = data.to(ctx.device)
