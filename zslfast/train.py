@@ -11,6 +11,7 @@ and exit code 2, before any training.
 """
 import argparse
 import os
+import re
 import platform
 import sys
 import time
@@ -37,7 +38,8 @@ def build_parser():
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="eszsl", choices=sorted(METHODS), help="method to run (default: eszsl)")
     p.add_argument("--dataset", default="synthetic", type=_dataset_arg,
-                   help=f"one of {', '.join(DATASET_CHOICES)} (default: synthetic)")
+                   help=f"one of {', '.join(DATASET_CHOICES)} (default: synthetic), or the name of any "
+                        "xlsa17-format folder <data-root>/NAME/ (the method's default settings apply)")
     p.add_argument("--data-root", default=os.environ.get("ZSLFAST_DATA_ROOT"),
                    help="folder with <DATASET>/res101.mat and att_splits.mat (real datasets; default: "
                         "$ZSLFAST_DATA_ROOT)")
@@ -65,10 +67,15 @@ def build_parser():
 
 
 def _dataset_arg(value):
+    """A benchmark name (any case: its configs apply), ``synthetic``, or the name of any folder
+    ``<data-root>/NAME/`` in xlsa17 format (the method's defaults apply)."""
     for name in DATASET_CHOICES:
         if value.lower() == name.lower():
             return name
-    raise argparse.ArgumentTypeError(f"unknown dataset {value!r}; choose from {', '.join(DATASET_CHOICES)}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
+        raise argparse.ArgumentTypeError(f"--dataset {value!r}: expected {', '.join(DATASET_CHOICES)} or the name of "
+                                         "a folder under --data-root (letters, digits, _ . + -)")
+    return value
 
 
 def _device(spec):
@@ -87,6 +94,7 @@ def load_data(args, config):
     """The dataset the run uses (synthetic, or a real one from --data-root), in the form the
     method takes: feature vectors, or region feature maps for region-based methods (SC-EGG)."""
     from zslfast.data import load_epgn, load_xlsa17, make_synthetic
+    from zslfast.data.xlsa17 import read_xlsa17_folder
 
     takes_regions = method_class(args.method).inputs == "regions"
     if args.pooled_regions and takes_regions:
@@ -114,6 +122,8 @@ def load_data(args, config):
         return load_regions(args.data_root, args.dataset, storage=config["storage"], w2v=config["w2v"])
     if config.get("data_format", "xlsa17") == "epgn":
         return load_epgn(args.data_root, args.dataset)
+    if args.dataset not in DATASET_CHOICES:  # the user's own dataset: any xlsa17-format folder
+        return read_xlsa17_folder(os.path.join(args.data_root, args.dataset), config.get("attributes", "att"))
     return load_xlsa17(args.data_root, args.dataset, attributes=config.get("attributes", "att"))
 
 

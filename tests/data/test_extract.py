@@ -184,3 +184,24 @@ def test_refuses_missing_images_and_bad_labels(image_set, weights, tmp_path, cap
     (tmp / "list.txt").write_text("\n".join(lines[:-2] + ["c0/x.jpg 9", ""]))
     assert _run(tmp, weights, tmp_path / "o") == 2
     assert "labels must be 1-based class ids in [1, 3]" in capsys.readouterr().err
+
+
+def test_extract_from_a_class_description_gives_a_runnable_dataset(image_set, weights, tmp_path):
+    from zslfast.data.check import check_folder
+    from zslfast.data.xlsa17 import read_xlsa17_folder
+
+    tmp, meta = image_set
+    unseen = set(meta.unseen_classes.tolist())
+    rows = ["class,split,a0,a1,a2,a3"] + [f"{name},{'unseen' if c in unseen else 'seen'}," +
+                                          ",".join(repr(float(v)) for v in meta.attributes[c])
+                                          for c, name in enumerate(meta.class_names)]
+    (tmp / "classes.csv").write_text("\n".join(rows) + "\n")
+    args = ["--images", str(tmp / "images"), "--list", str(tmp / "list.txt"), "--classes", str(tmp / "classes.csv"),
+            "--name", "OWN", "--weights", weights, "--out", str(tmp_path / "out"), "--size", "64", "--quiet"]
+    with pytest.warns(UserWarning):
+        assert extract.main(args) == 0
+    data = read_xlsa17_folder(str(tmp_path / "out" / "OWN"))  # pooled res101.mat + the written att_splits.mat
+    assert data.features.shape == (N_IMAGES, 2048) and torch.equal(data.labels, meta.labels)
+    assert set(data.labels[data.splits["test_unseen"]].tolist()) == unseen
+    assert "classes: 3 (2 seen, 1 unseen)" in check_folder(str(tmp_path / "out" / "OWN"))
+    assert extract.main(args[:4] + ["--weights", weights, "--out", str(tmp_path / "o2")]) == 2  # no att source

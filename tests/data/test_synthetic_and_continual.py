@@ -34,8 +34,8 @@ def test_cli_writes_readable_xlsa17(tmp_path, capsys):
     ds = load_xlsa17(str(tmp_path), "APY")
     ref = make_synthetic(like="APY", feature_dim=16)
     assert torch.equal(ds.features, ref.features) and torch.equal(ds.labels, ref.labels)
-    assert synthetic_main(["--out", str(tmp_path)]) == 0  # built-in default goes to SYNTHETIC/
-    assert read_xlsa17_folder(str(tmp_path / "SYNTHETIC")).features.shape == (3000, 512)
+    assert synthetic_main(["--out", str(tmp_path)]) == 0  # built-in default goes to synthetic_default/
+    assert read_xlsa17_folder(str(tmp_path / "synthetic_default")).features.shape == (3000, 512)
     assert synthetic_main(["--like", "NOPE", "--out", str(tmp_path)]) == 2
 
 

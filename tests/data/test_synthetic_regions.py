@@ -107,7 +107,7 @@ def test_cli_writes_a_readable_region_file(tmp_path):
     from zslfast.data import synthetic_regions
     from zslfast.data.regions import load_regions
     assert synthetic_regions.main(["--out", str(tmp_path), "--channels", "16", "--grid", "3", "3"]) == 0
-    d = load_regions(str(tmp_path), "SYNTHETIC", storage="stream")
+    d = load_regions(str(tmp_path), "synthetic_default", storage="stream")
     ref = make_synthetic_regions(channels=16, grid=(3, 3))
     assert d.features.shape == (3000, 16, 9)
     idx = torch.tensor([0, 1234, 2999])

@@ -1,7 +1,8 @@
 """Region features from images: a ResNet-101 feature map per image, written in SC-EGG's HDF5 layout,
 plus the globally pooled features as an xlsa17-style ``res101.mat``.
 
-    python -m zslfast.data.extract --images DIR (--list FILE | --res101 res101.mat) --att-splits att_splits.mat
+    python -m zslfast.data.extract --images DIR (--list FILE | --res101 res101.mat)
+        (--att-splits att_splits.mat | --classes classes.csv --name NAME)
         --weights resnet101-63fe2227.pth --out ROOT [--name NAME] [--size 448] [--batch 32]
         [--dtype float32|float16] [--device cpu|cuda] [--w2v PATH.npy] [--strip-components K]
 
@@ -200,6 +201,9 @@ def main(argv=None):
     p.add_argument("--res101", help="xlsa17 res101.mat whose image_files and labels give the list")
     p.add_argument("--strip-components", type=int, help="leading path components to drop from res101 paths")
     p.add_argument("--att-splits", help="xlsa17 att_splits.mat (attributes and split locations)")
+    p.add_argument("--classes", help="instead of --att-splits: a classes.csv (class,split,<attributes>...; see "
+                                     "python -m zslfast.data.describe) from which att_splits.mat is written")
+    p.add_argument("--split-seed", type=int, default=0, help="with --classes: seed of the test_seen draw")
     p.add_argument("--weights", help="local torchvision resnet101 .pth file (nothing is downloaded)")
     p.add_argument("--out", help="output root: writes OUT/NAME/feature_map_ResNet_101_NAME.hdf5 and res101.mat")
     p.add_argument("--name", help="dataset name (default: the folder holding --att-splits)")
@@ -215,11 +219,15 @@ def main(argv=None):
         if not args.weights:
             raise ZSLError("--weights is required: a local ResNet-101 file (torchvision's resnet101-63fe2227.pth); "
                            "nothing is downloaded")
-        for flag in ("images", "att_splits", "out"):
+        for flag in ("images", "out"):
             if not getattr(args, flag):
                 raise ZSLError(f"--{flag.replace('_', '-')} is required")
         if bool(args.list) == bool(args.res101):
             raise ZSLError("give exactly one of --list and --res101")
+        if bool(args.att_splits) == bool(args.classes):
+            raise ZSLError("give exactly one of --att-splits and --classes")
+        if args.classes and not args.name:
+            raise ZSLError("--classes needs --name (the dataset folder written under --out)")
         name = args.name or os.path.basename(os.path.dirname(os.path.abspath(args.att_splits)))
         if args.list:
             paths, labels = read_image_list(args.list, args.images)
@@ -229,11 +237,17 @@ def main(argv=None):
                 raise ZSLError(f"--strip-components is needed for dataset {name} (known: CUB 6, SUN 7, AWA2 5)")
             paths, labels = read_res101_list(args.res101, args.images, strip)
         out = region_file(args.out, name)
-        extract(paths, labels, args.att_splits, args.weights, out, size=args.size, batch=args.batch,
+        att_splits = args.att_splits
+        if args.classes:  # the user's own description: att_splits.mat written first, beside the features
+            from zslfast.data.describe import write_described_att_splits
+
+            att_splits = write_described_att_splits(args.classes, labels, os.path.dirname(out), args.split_seed)
+        extract(paths, labels, att_splits, args.weights, out, size=args.size, batch=args.batch,
                 dtype=args.dtype, device=args.device, w2v=args.w2v, progress=not args.quiet)
-        shutil.copyfile(args.att_splits, os.path.join(os.path.dirname(out), "att_splits.mat.tmp"))
-        os.replace(os.path.join(os.path.dirname(out), "att_splits.mat.tmp"),
-                   os.path.join(os.path.dirname(out), "att_splits.mat"))
+        if args.att_splits:
+            shutil.copyfile(args.att_splits, os.path.join(os.path.dirname(out), "att_splits.mat.tmp"))
+            os.replace(os.path.join(os.path.dirname(out), "att_splits.mat.tmp"),
+                       os.path.join(os.path.dirname(out), "att_splits.mat"))
         print(f"wrote {out} and {os.path.join(os.path.dirname(out), 'res101.mat')}")
 
     return run_cli(body)

@@ -9,11 +9,12 @@ predictable). With ``like=NAME`` the real class embeddings, class count and spli
 
     python -m zslfast.data.synthetic [--like CUB|path/to/att_splits.mat] --out DIR [--seed N]
 
-writes ``DIR/<NAME>/res101.mat`` and ``att_splits.mat`` (``NAME`` = SYNTHETIC without ``--like``),
-readable with :func:`zslfast.data.read_xlsa17_folder` (or ``load_xlsa17(DIR, NAME)`` for real names).
+writes ``DIR/<NAME>/res101.mat`` and ``att_splits.mat`` (``NAME``: ``--name``, else see
+:func:`folder_name`), loadable with ``python -m zslfast.train --dataset NAME --data-root DIR``.
 """
 import argparse
 import os
+import re
 import sys
 
 import numpy as np
@@ -42,10 +43,15 @@ def like_dataset_name(like):
     return dataset_name(like)
 
 
+PACKAGED_LIKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "like")
+
+
 def find_att_splits(like, shared_root=None):
-    """(path, dataset name or None) of the att_splits.mat for ``like``: a dataset name (looked up in
-    ``shared_root``, the ZSLFAST_SHARED_DATA variable or ../shared/data) or a path to an
-    att_splits.mat file (named after its folder, see :func:`like_dataset_name`)."""
+    """(path, dataset name or None) of the class table for ``like``: a dataset name (its
+    att_splits.mat in ``shared_root``, the ZSLFAST_SHARED_DATA variable or ../shared/data, else the
+    compact copy packaged with zslfast, ``zslfast/data/like/NAME.npz``, so that ``--like NAME``
+    works from an installed package) or a path to an att_splits.mat file (named after its folder,
+    see :func:`like_dataset_name`)."""
     if os.path.isfile(str(like)):
         return str(like), like_dataset_name(like)
     name = dataset_name(like)
@@ -54,8 +60,24 @@ def find_att_splits(like, shared_root=None):
         path = os.path.join(root, name, "att_splits.mat")
         if os.path.isfile(path):
             return os.path.normpath(path), name
+    packaged = os.path.join(PACKAGED_LIKE, f"{name}.npz")
+    if os.path.isfile(packaged):
+        return packaged, name
     raise ZSLError(f"--like {like}: no att_splits.mat found for {name} (looked in "
                    f"{', '.join(os.path.normpath(r) for r in roots if r)}); pass a path to an att_splits.mat")
+
+
+def read_like_table(path):
+    """What a synthetic layout needs from an att_splits.mat (or its packaged .npz copy, written by
+    ``tools/make_like_tables.py``): ``attributes`` (float32 [C, A] tensor), ``class_names`` and
+    ``split_sizes`` (trainval, test_seen, test_unseen)."""
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            return {"attributes": torch.from_numpy(z["attributes"].copy()), "class_names": [str(n) for n in z["class_names"]],
+                    "split_sizes": tuple(int(v) for v in z["split_sizes"])}
+    meta = read_att_splits(path)
+    return {"attributes": meta["attributes"], "class_names": meta["class_names"],
+            "split_sizes": tuple(meta["splits"][k].numel() for k in ("trainval", "test_seen", "test_unseen"))}
 
 
 def _spread(total, parts, rng):
@@ -83,13 +105,14 @@ def synthetic_layout(rng, like, num_classes, num_unseen, attribute_dim, images_p
     att_splits.mat, or None)."""
     if like is not None:
         path, name = find_att_splits(like, shared_root)
-        meta = read_att_splits(path)
+        meta = read_like_table(path)
         att = meta["attributes"].numpy().astype(np.float64)
         c = att.shape[0]
         u = UNSEEN_CLASSES.get(name, max(1, round(0.2 * c)))
-        sizes = tuple(meta["splits"][k].numel() for k in ("trainval", "test_seen", "test_unseen"))
+        sizes = meta["split_sizes"]
         return {"attributes": att, "class_names": meta["class_names"], "num_classes": c, "split_sizes": (c, u) + sizes,
-                "name": name or "SYNTHETIC", "dataset": name, "path": path}
+                "name": name or f"synthetic_like_{os.path.basename(os.path.dirname(os.path.abspath(path)))}",
+                "dataset": name, "path": path}
     c, u = num_classes, num_unseen
     if not 0 < u < c:
         raise ZSLError(f"synthetic data needs 0 < num_unseen < num_classes, got {u} and {c}")
@@ -217,12 +240,27 @@ def write_att_splits(dataset, folder):
     _save_mat(folder, "att_splits.mat", att_fields)
 
 
+def folder_name(name):
+    """The folder a synthetic dataset called ``name`` is written to, chosen so that
+    ``--dataset FOLDER --data-root OUT`` loads it: ``--like NAME`` data keeps NAME (and so NAME's
+    settings), data like a file keeps its ``synthetic_like_<folder>`` name, and the built-in
+    default, whose own name ``synthetic`` means "generate it", becomes ``synthetic_default``."""
+    return "synthetic_default" if name.lower() == "synthetic" else name
+
+
+def check_folder_name(name):
+    """``--name``: a folder name that ``--dataset`` accepts."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name) or name.lower() == "synthetic":
+        raise ZSLError(f"--name {name!r}: expected a folder name of letters, digits and _ . + - (not 'synthetic', "
+                       "which means the built-in generated data)")
+    return name
+
+
 def write_xlsa17(dataset, out_dir, name=None):
     """Write ``dataset`` as ``<out_dir>/<name>/res101.mat`` and ``att_splits.mat`` (xlsa17 layout:
     features D × N, 1-based labels and locations, uint16 locations when N allows). Files are written
     to temporary names first and renamed, so a failed write leaves no partial dataset."""
-    name = name or (dataset.name if dataset.name in DATASETS else "SYNTHETIC")
-    folder = os.path.join(out_dir, name)
+    folder = os.path.join(out_dir, name or folder_name(dataset.name))
     write_att_splits(dataset, folder)
     _save_mat(folder, "res101.mat", {"features": dataset.features.numpy().T,
                                      "labels": (dataset.labels.numpy() + 1).astype(np.int32)[:, None]})
@@ -234,6 +272,8 @@ def synthetic_parser(prog, description):
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--like", help="dataset name (AWA1, AWA2, CUB, SUN, APY, FLO) or an att_splits.mat path")
     p.add_argument("--out", required=True, help="output folder; the files go to OUT/<NAME>/")
+    p.add_argument("--name", help="the dataset folder's name (default: the --like dataset's name, synthetic_like_<folder> "
+                                  "for an att_splits.mat path, synthetic_default without --like)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -246,8 +286,9 @@ def main(argv=None):
     def body():
         kwargs = {"feature_dim": args.feature_dim} if args.feature_dim else {}
         data = make_synthetic(like=args.like, seed=args.seed, **kwargs)
-        folder = write_xlsa17(data, args.out)
+        folder = write_xlsa17(data, args.out, args.name and check_folder_name(args.name))
         print(f"wrote {folder}: {data.summary()}")
+        print(f"train on it: python -m zslfast.train --dataset {os.path.basename(folder)} --data-root {args.out}")
 
     return run_cli(body)
 

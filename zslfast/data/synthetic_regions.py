@@ -24,8 +24,9 @@ so image n is the same whatever else is generated (:meth:`SyntheticRegions.image
 
     python -m zslfast.data.synthetic_regions [--like SUN|CUB|AWA2|...] --out DIR [--seed N]
 
-writes ``DIR/<NAME>/feature_map_ResNet_101_<NAME>.hdf5`` and ``att_splits.mat`` (``NAME`` = SYNTHETIC
-without ``--like``), readable with :func:`zslfast.data.regions.load_regions`.
+writes ``DIR/<NAME>/feature_map_ResNet_101_<NAME>.hdf5`` and ``att_splits.mat`` (``NAME`` as for
+:func:`zslfast.data.synthetic.folder_name`, or ``--name``), loadable with ``python -m zslfast.train --method scegg
+--dataset NAME --data-root DIR``.
 """
 import os
 import sys
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from zslfast.data.regions import RegionDataset, RegionFeatures, region_file, write_region_dataset
-from zslfast.data.synthetic import (synthetic_layout, synthetic_parser, synthetic_splits, with_val_partition,
+from zslfast.data.synthetic import (check_folder_name, folder_name, synthetic_layout, synthetic_parser, synthetic_splits, with_val_partition,
                                     write_att_splits)
 from zslfast.data.w2v import find_shared_w2v, load_w2v_file
 from zslfast.errors import run_cli
@@ -166,10 +167,12 @@ def main(argv=None):
 
     def body():
         data = make_synthetic_regions(like=args.like, seed=args.seed, channels=args.channels, grid=tuple(args.grid))
-        path = region_file(args.out, data.name if args.like else "SYNTHETIC")
+        path = region_file(args.out, args.name and check_folder_name(args.name) or folder_name(data.name))
         write_region_dataset(data, path, dtype=args.dtype, grid=tuple(args.grid))
         write_att_splits(data, os.path.dirname(path))
         print(f"wrote {path}: {data.summary()}")
+        print(f"train on it: python -m zslfast.train --method scegg --dataset {os.path.basename(os.path.dirname(path))} "
+              f"--data-root {args.out}")
 
     return run_cli(body)
 

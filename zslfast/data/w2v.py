@@ -25,14 +25,18 @@ RANDOM_DIM = 300
 
 
 def find_shared_w2v(name, shared_root=None):
-    """Path of ``<shared>/data/<name>/w2v_att.npy`` (shared root as for ``--like``), or None."""
+    """Path of ``<shared>/data/<name>/w2v_att.npy`` (shared root as for ``--like``), else of the copy
+    packaged with zslfast, or None."""
     from zslfast.data.synthetic import DEFAULT_SHARED_DATA
+
+    from zslfast.data.synthetic import PACKAGED_LIKE
 
     for root in [r for r in (shared_root, os.environ.get("ZSLFAST_SHARED_DATA"), DEFAULT_SHARED_DATA) if r]:
         path = os.path.join(root, str(name).upper(), "w2v_att.npy")
         if os.path.isfile(path):
             return os.path.normpath(path)
-    return None
+    packaged = os.path.join(PACKAGED_LIKE, f"{str(name).upper()}_w2v_att.npy")  # the copy installed with zslfast
+    return packaged if os.path.isfile(packaged) else None
 
 
 def load_w2v_file(path, num_attributes=None):
