@@ -148,8 +148,13 @@ setup(
         # feature extraction from images (zslfast.data.extract): h5py plus Pillow to decode images
         "extract": ["h5py", "pillow"],
         # pytest for the suite; FrEIA for the flow parity tests and the GSMFlow benchmark baseline;
-        # h5py and Pillow so that the region-data and extraction tests run
-        "test": ["pytest", "freia", "h5py", "pillow"],
+        # h5py and Pillow so that the region-data and extraction tests run; the plotting and
+        # TensorBoard extras so that their tests run
+        "test": ["pytest", "freia", "h5py", "pillow", "matplotlib", "scikit-learn", "tensorboard"],
+        # python -m zslfast.plot and --plots (t-SNE needs scikit-learn)
+        "plots": ["matplotlib", "scikit-learn"],
+        # --log tensorboard
+        "tensorboard": ["tensorboard"],
     },
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

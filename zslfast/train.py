@@ -24,6 +24,7 @@ from zslfast.config import resolve_config
 from zslfast.errors import ZSLError, run_cli
 from zslfast.io import check_writable, save_checkpoint, write_json
 from zslfast.engine import METHODS, RunContext, get_method, method_class
+from zslfast.engine.curves import CurveRecorder, TensorBoardLogger, require_tensorboard
 
 DATASET_CHOICES = ("synthetic", "AWA1", "AWA2", "CUB", "SUN", "APY", "FLO")
 
@@ -63,6 +64,9 @@ def build_parser():
                    help="select hyper-parameters/epochs on the TEST split, as the original papers' code does; "
                         "only to reproduce their numbers (default: a class-disjoint validation split)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--log", choices=["none", "tensorboard"], default="none",
+                   help="tensorboard: write every stage's per-epoch losses and scores to <out>/tensorboard "
+                        "(needs the tensorboard package: pip install \"zslfast[tensorboard]\")")
     return p
 
 
@@ -176,6 +180,8 @@ def run(args):
         raise ZSLError(f"--select-on-test: {method.name} makes no model selection (selection: "
                        f"{', '.join(method.selection_modes)}), so there is nothing to choose on the test set")
     device = _device(args.device)
+    if args.log == "tensorboard":
+        require_tensorboard()
     base = os.path.basename(str(dataset_key))
     if args.seeds:
         out = args.out or os.path.join("runs", f"{args.method}_{base}_seeds{'-'.join(map(str, args.seeds))}")
@@ -207,10 +213,16 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
     t_start = time.perf_counter()
     print(f"[zslfast] device {device}, operator backend {ops.backend(device)}, seed {seed}, "
           f"selection: {'TEST (original protocol)' if selection == 'test' else selection}", file=sys.stderr)
+    curves = CurveRecorder()
+    hooks = [curves] + ([TensorBoardLogger(os.path.join(out, "tensorboard"))] if args.log == "tensorboard" else [])
     ctx = RunContext(device=device, seed=seed, quick=args.quick, selection=selection,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, hooks=hooks)
     t0 = time.perf_counter()
-    result = method.run(data, config, ctx)
+    try:
+        result = method.run(data, config, ctx)
+    finally:
+        for hook in hooks[1:]:
+            hook.close()
     run_s = time.perf_counter() - t0
 
     ckpt = os.path.join(out, "checkpoint.pt")
@@ -220,7 +232,7 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
         "method": method.name, "dataset": dataset_key, "setting": method.setting,
         "variant": variant_label(args), "embedding": method.embedding(config),
         "metrics": result.metrics, "per_task": result.per_task, "selection": result.selection,
-        "history": result.history,
+        "history": curves.to_dict(),
         "timings": {"load_s": load_s, "run_s": run_s, **result.timings,
                     "total_s": load_s + time.perf_counter() - t_start},
         "config": config, "seed": seed, "data_seed": args.data_seed if args.dataset == "synthetic" else None,

@@ -198,7 +198,7 @@ def test_pooled_regions_baseline_through_the_cli(tmp_path):
     assert main(["--method", "eszsl", "--pooled-regions", "--quick", "--no-progress", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     data = make_synthetic_regions(seed=0)
-    assert res["dataset"] == "synthetic_regions" and res["variant"] == "pooled-regions" and f"{data.features.shape[1]}-d features" in res["data"]
+    assert res["dataset"] == "synthetic_regions" and res["variant"] == "pooled-regions quick" and f"{data.features.shape[1]}-d features" in res["data"]
     assert main(["--method", "scegg", "--pooled-regions", "--quick", "--no-progress", "--out", str(out)]) == 2
 
 

@@ -26,10 +26,11 @@ def run_continual(data, split, buffer, ctx, *, epochs, batch_size, start_task, s
         min_batch: batches smaller than this are skipped (the method's original rule).
 
     The batch order of every task comes from one ``batch_order`` stream (CPU), so runs match across
-    devices. Returns (summary metrics, per-task records, {task name: history}).
+    devices. Returns (summary metrics, per-task records); the per-epoch curves reach the run's
+    hooks (:mod:`zslfast.engine.curves`).
     """
     order = ctx.rng("batch_order")
-    per_task, histories = [], {}
+    per_task = []
     last = split.trained_tasks[-1] if split.trained_tasks else 0
     for ti in tqdm(split.trained_tasks, desc=f"{name}s", disable=not ctx.progress):
         t_task = time.perf_counter()
@@ -39,13 +40,12 @@ def run_continual(data, split, buffer, ctx, *, epochs, batch_size, start_task, s
         batches = ShuffledBatches(None, batch_size, order, ctx.device, last_batch="keep", min_size=min_batch,
                                   indices=train_idx)
         stage = f"{name}{ti}"
-        history = train_epochs(stage, epochs, batches, lambda idx: step(data.features[idx], data.labels[idx]), ctx,
-                               modules=modules, desc=f"{name} {ti}/{last}")
-        histories[stage] = history.to_list()
+        train_epochs(stage, epochs, batches, lambda idx: step(data.features[idx], data.labels[idx]), ctx,
+                     modules=modules, desc=f"{name} {ti}/{last}")
         buffer.update(task, split.labels)
         metrics = continual_task_metrics(predictor(), data.features, data.labels, task.test_seen, task.test_unseen)
         per_task.append({"task": ti, "seen_classes": task.seen_classes.numel(), **metrics,
                          "train_samples": int(train_idx.numel()), "seconds": time.perf_counter() - t_task})
         if ctx.progress:
             tqdm.write(f"[{name}] {ti}: S {metrics['S']:.2f} U {metrics['U']:.2f} H {metrics['H']:.2f}")
-    return continual_summary(per_task), per_task, histories
+    return continual_summary(per_task), per_task

@@ -23,13 +23,16 @@ from tqdm.auto import tqdm
 @dataclass
 class EpochEvent:
     """What an epoch-end hook sees: the stage name, the epoch (1-based) of ``epochs``, the epoch's
-    history record and the modules / optimisers the method registered for the stage."""
+    history record, the modules / optimisers the method registered for the stage, and whether the
+    stage is ``nested`` in an evaluation (a final classifier trained to score a model: not part of
+    the run's training curves)."""
 
     stage: str
     epoch: int
     epochs: int
     record: dict
     modules: dict = field(default_factory=dict)
+    nested: bool = False
 
 
 class History:
@@ -56,7 +59,7 @@ def _as_losses(out):
 
 
 def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=None, eval_every=1, eval_start=1,
-                 on_epoch_start=None, modules=None, desc=None, leave=False):
+                 on_epoch_start=None, modules=None, desc=None, leave=False, nested=False):
     """Train ``epochs`` epochs; returns the stage's :class:`History`.
 
     Args:
@@ -68,6 +71,7 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
         evaluate: ``evaluate(epoch) -> float`` at the evaluation epochs (see the module docstring).
         on_epoch_start: ``f(epoch)`` before the epoch's first batch (e.g. a pseudo-label refresh).
         modules: what the epoch-end hooks may save ({name: module or optimiser}).
+        nested: the stage is part of an evaluation (see :class:`EpochEvent`).
     """
     history = History(stage)
     bar = tqdm(range(1, epochs + 1), desc=desc or stage, disable=not ctx.progress, leave=leave)
@@ -88,7 +92,7 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
         if evaluate is not None and epoch >= eval_start and (epoch % eval_every == 0 or epoch == epochs):
             record["score"] = float(evaluate(epoch))
         history.records.append(record)
-        event = EpochEvent(stage, epoch, epochs, record, modules or {})
+        event = EpochEvent(stage, epoch, epochs, record, modules or {}, nested)
         for hook in ctx.hooks:
             hook.on_epoch_end(event)
     return history

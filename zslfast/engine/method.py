@@ -27,7 +27,6 @@ class MethodResult:
             ``mSA``, ``mUA``, ``mH``), in percent.
         state: tensors to checkpoint (CPU).
         selection: the run's :meth:`Selector.to_dict` record (one schema for every method).
-        history: per-stage training histories (:meth:`History.to_list`), keyed by stage name.
         per_task: per-task metrics (continual methods).
         timings: seconds per phase.
         info: method-specific facts about the run (e.g. a generative method's synthetic budget).
@@ -36,7 +35,6 @@ class MethodResult:
     metrics: dict
     state: dict
     selection: dict
-    history: dict = field(default_factory=dict)
     per_task: list = None
     timings: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)

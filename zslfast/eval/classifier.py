@@ -70,7 +70,7 @@ def train_softmax_classifier(features, labels, num_classes, epochs=25, lr=1e-3, 
 
     def fit(on_eval):
         train_epochs(desc, epochs, batches, step, ctx, evaluate=eval_mode(clf, on_eval, clf),
-                     modules={"classifier": clf, "optimizer": opt})
+                     modules={"classifier": clf, "optimizer": opt}, nested=True)
         return clf
 
     clf.train()

@@ -449,7 +449,7 @@ class GRW(Method):
             new = task.train.to(ctx.device)
             trainer.start_task(task.seen_classes.numel(), task.new_classes, data.features[new], data.labels[new])
 
-        summary, per_task, history = run_continual(
+        summary, per_task = run_continual(
             data, split, ReplayBuffer(config["buffer_size"]), ctx, epochs=config["epochs"],
             batch_size=config["batch_size"], start_task=start_task, step=trainer.step, predictor=trainer.predictor,
             min_batch=2, modules={"model": trainer.model})  # the original skips batches of one sample
@@ -459,4 +459,4 @@ class GRW(Method):
         if trainer.dictionary is not None:
             state["dictionary"] = trainer.dictionary.weight.detach().cpu()
         return MethodResult(metrics=summary, state=state, per_task=per_task, selection=selector.to_dict(),
-                            history=history, timings={"train_s": time.perf_counter() - t0})
+                            timings={"train_s": time.perf_counter() - t0})

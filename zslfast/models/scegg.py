@@ -184,7 +184,7 @@ def dense_features(net, data, cfg, ctx):
     return dense, logits
 
 
-def train_head(dense, logits, cfg, ctx):
+def train_head(dense, logits, cfg, ctx, stage="stage 2"):
     """Stage 2 on the cache: the distillation head fitted by MSE to the teacher's logits over all K
     classes, ``stage2.iterations`` RMSprop steps of class-balanced trainval batches. Returns
     (frozen head, history)."""
@@ -204,7 +204,7 @@ def train_head(dense, logits, cfg, ctx):
         return detached(loss)
 
     head.train()
-    history = train_iterations("stage 2", s2["iterations"], sampler, step, ctx, modules={"head": head, "optimizer": opt})
+    history = train_iterations(stage, s2["iterations"], sampler, step, ctx, modules={"head": head, "optimizer": opt})
     head.eval()
     for p in head.parameters():
         p.requires_grad_(False)
@@ -239,13 +239,13 @@ class VAEGAN(nn.Module):
 
 class SCEGGModel(nn.Module):
     """The three stages' networks. Plain attributes (not part of the state) ride along: ``dense``,
-    the cache of the data it was fitted on; ``histories`` and ``timings`` per stage; ``gp_lambda``,
+    the cache of the data it was fitted on; ``timings`` per stage; ``gp_lambda``,
     the adaptive gradient-penalty weight at the end of stage 3."""
 
     def __init__(self, net, head, gan):
         super().__init__()
         self.net, self.head, self.gan = net, head, gan
-        self.dense, self.histories, self.timings, self.gp_lambda = None, {}, {}, None
+        self.dense, self.timings, self.gp_lambda = None, {}, None
 
 
 class FeedbackPasses:
@@ -371,27 +371,25 @@ def train_gan(model, dense, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_
                            eval_every=eval_every, eval_start=eval_start,
                            modules={"gan": gan, **{f"optimizer_{n}": o for n, o in zip("E G D Dec Fb".split(), opts)}})
     gan.eval()
-    model.histories["stage 3"] = history.to_list()
     model.gp_lambda = state["lambda"]
     return history
 
 
 def fit_scegg(data, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_start=1, phase="final"):
     """All three stages on ``data``'s trainval (a validation view or the full data): returns the
-    :class:`SCEGGModel` with its dense cache, histories and per-stage timings."""
+    :class:`SCEGGModel` with its dense cache and per-stage timings."""
     tag = " (validation)" if phase == "select" else ""
     t = [time.perf_counter()]
-    net, h1 = train_attention(data, cfg, ctx, "stage 1" + tag)
+    net, _ = train_attention(data, cfg, ctx, "stage 1" + tag)
     t.append(time.perf_counter())
     dense, logits = dense_features(net, data, cfg, ctx)
     t.append(time.perf_counter())
-    head, h2 = train_head(dense, logits, cfg, ctx)
+    head, _ = train_head(dense, logits, cfg, ctx, "stage 2" + tag)
     t.append(time.perf_counter())
     with ctx.init_scope():
         gan = VAEGAN(dense.feature_dim, dense.attribute_dim, cfg["gan"]["hidden"]).to(ctx.device)
     model = SCEGGModel(net, head, gan)
     model.dense = dense
-    model.histories = {"stage 1": h1.to_list(), "stage 2": h2.to_list()}
     train_gan(model, dense, cfg, ctx, epochs, evaluate, eval_every, eval_start, "stage 3" + tag)
     t.append(time.perf_counter())
     model.timings = {f"{k}_s": b - a for k, a, b in zip(("stage1", "dense", "stage2", "stage3"), t, t[1:])}
@@ -464,6 +462,6 @@ class SCEGG(Method):
                                                               for k in ("gzsl", "zsl")})
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         info = {"synthetic": budget, "not_released": config["not_released"], "gp_lambda_final": model.gp_lambda}
-        return MethodResult(metrics=metrics, state=state, selection=selector.to_dict(), history=model.histories,
+        return MethodResult(metrics=metrics, state=state, selection=selector.to_dict(),
                             info=info, timings={**model.timings, "train_s": t1 - t0,
                                                 "eval_s": time.perf_counter() - t1})
