@@ -9,7 +9,8 @@ import torch
 from zslfast.errors import ZSLError
 
 
-def _atomic(path, write):
+def atomic_write(path, write):
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -27,17 +28,17 @@ def _atomic(path, write):
 
 def write_json(path, obj):
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    _atomic(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=False).encode() + b"\n"))
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=False).encode() + b"\n"))
 
 
 def write_atomic_text(path, text):
     """Write the string ``text`` to ``path`` atomically (UTF-8)."""
-    _atomic(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(path, obj):
     """torch.save ``obj`` to ``path`` atomically."""
-    _atomic(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def check_writable(folder, what="--out"):

@@ -64,6 +64,12 @@ def build_parser():
                    help="select hyper-parameters/epochs on the TEST split, as the original papers' code does; "
                         "only to reproduce their numbers (default: a class-disjoint validation split)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--save-features", action="store_true",
+                   help="also write <out>/features.pt: the synthetic features and a subsample of the real ones "
+                        "(generative methods), SC-EGG's attention maps of a few images (for python -m zslfast.plot)")
+    p.add_argument("--plots", action="store_true",
+                   help="at the end, draw every plot that applies to <out>/plots/*.png (implies --save-features; "
+                        "needs matplotlib and scikit-learn: pip install \"zslfast[plots]\")")
     p.add_argument("--log", choices=["none", "tensorboard"], default="none",
                    help="tensorboard: write every stage's per-epoch losses and scores to <out>/tensorboard "
                         "(needs the tensorboard package: pip install \"zslfast[tensorboard]\")")
@@ -138,6 +144,16 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def require_plotting():
+    """--plots: matplotlib and scikit-learn importable, checked before training."""
+    import importlib.util
+
+    missing = [m for m, mod in (("matplotlib", "matplotlib"), ("scikit-learn", "sklearn"))
+               if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise ZSLError(f"--plots needs {' and '.join(missing)}: pip install \"zslfast[plots]\"")
+
+
 def parse_seeds(text):
     """``--seeds 0,1,2`` as a list of distinct integers."""
     try:
@@ -182,6 +198,8 @@ def run(args):
     device = _device(args.device)
     if args.log == "tensorboard":
         require_tensorboard()
+    if args.plots:
+        require_plotting()
     base = os.path.basename(str(dataset_key))
     if args.seeds:
         out = args.out or os.path.join("runs", f"{args.method}_{base}_seeds{'-'.join(map(str, args.seeds))}")
@@ -216,7 +234,7 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
     curves = CurveRecorder()
     hooks = [curves] + ([TensorBoardLogger(os.path.join(out, "tensorboard"))] if args.log == "tensorboard" else [])
     ctx = RunContext(device=device, seed=seed, quick=args.quick, selection=selection,
-                     progress=not args.no_progress, hooks=hooks)
+                     progress=not args.no_progress, hooks=hooks, save_features=args.save_features or args.plots)
     t0 = time.perf_counter()
     try:
         result = method.run(data, config, ctx)
@@ -241,7 +259,14 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
                      "python": platform.python_version()},
         "data": data.summary(), "checkpoint": ckpt, "info": result.info,
     }
+    if ctx.artifacts:
+        save_checkpoint(os.path.join(out, "features.pt"), ctx.artifacts)
     write_json(os.path.join(out, "results.json"), results)
+    if args.plots:
+        from zslfast.plot import plot_all
+
+        for kind, (path, _) in plot_all(out).items():
+            print(f"[zslfast] plot {kind}: {path}", file=sys.stderr)
 
     print(f"\n{method.name} on {dataset_key} (seed {seed}, selection: {results['selection']['on']})")
     rows = [(k, v) for k, v in result.metrics.items()]

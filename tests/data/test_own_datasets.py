@@ -10,7 +10,7 @@ import torch
 
 from tests.data.conftest import REAL, SHARED_DATA, real_att_splits
 from zslfast.config import resolve_config
-from zslfast.data import describe, make_synthetic, read_att_splits, read_xlsa17_folder, synthetic
+from zslfast.data import describe, make_synthetic, read_att_splits, synthetic
 from zslfast.data.__main__ import main as data_main
 from zslfast.data.check import check_folder
 from zslfast.data.synthetic import main as synthetic_main

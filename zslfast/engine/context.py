@@ -60,6 +60,10 @@ class RunContext:
         hooks: objects with an ``on_epoch_end(event)`` method, called by the training loop after
             every epoch (see :class:`zslfast.engine.loop.EpochEvent`); checkpointing, resume and
             distributed training attach here.
+        save_features: keep what the plots need in ``artifacts`` (``--save-features``, ``--plots``):
+            the generative evaluation's synthetic features and a subsample of the real ones, SC-EGG's
+            attention maps of a few images. Nothing a run computes depends on it.
+        artifacts: filled when ``save_features`` is set; written to ``<out>/features.pt``.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -68,6 +72,8 @@ class RunContext:
     selection: str = "validation"
     progress: bool = True
     hooks: list = field(default_factory=list)
+    save_features: bool = False
+    artifacts: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.device = torch.device(self.device)

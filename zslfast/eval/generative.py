@@ -31,6 +31,17 @@ def synthetic_budget(data, synth_per_class=None, synth_ratio=None):
                "ratio": round(n / real_per_seen, 4)}
 
 
+def feature_sample(groups, per_class=50):
+    """{kind: {"x": CPU float32 [n, D], "y": [n]}}: the first ``per_class`` rows of every class of
+    each (features, labels) group, a fixed subsample small enough to keep beside a run."""
+    out = {}
+    for kind, (x, y) in groups.items():
+        keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in torch.unique(y)])
+        keep = keep.sort().values
+        out[kind] = {"x": x[keep].detach().float().cpu().clone(), "y": y[keep].cpu().clone()}
+    return out
+
+
 def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, select=False, epochs=None,
                           calibration=0.0, inputs=None):
     """Synthesize, train the final classifiers, evaluate (see the module docstring).
@@ -54,6 +65,9 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
     real_x, real_y = data.subset("trainval")
     xs, ys = data.subset("test_seen")
     xu, yu = data.subset("test_unseen")
+    if ctx.save_features:  # the last evaluation's features, in the generator's space, for the t-SNE plot
+        ctx.artifacts["features"] = feature_sample({"real_seen": (xs, ys), "real_unseen": (xu, yu),
+                                                    "synthetic_unseen": (syn_x, syn_y)})
     if inputs is not None:
         with torch.no_grad():
             syn_x, real_x, xs, xu = inputs(syn_x), inputs(real_x), inputs(xs), inputs(xu)

@@ -430,6 +430,35 @@ def evaluate_scegg(model, cfg, ctx, classifier_epochs=None):
                                  epochs=classifier_epochs, calibration=cfg["calibration"], inputs=gan.augment)
 
 
+def attention_examples(net, data, images=4, attributes=3):
+    """What the attention plot shows (``--save-features``): the stage-1 net's attention maps of the
+    first test-unseen image of each of the first ``images`` unseen classes, for each image's
+    ``attributes`` strongest attributes (of those planted in it, for synthetic data), with the
+    planted footprints (region, neighbour; -1 where absent) when the data has them."""
+    tu = data.splits["test_unseen"].cpu()
+    labels = data.labels.cpu()[tu]
+    picks = [int(tu[torch.nonzero(labels == c).flatten()[0]]) for c in torch.unique(labels)[:images]]
+    idx = torch.tensor(picks)
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        _, _, attn = net(data.features.read(idx).to(device))  # [n, A, R]
+    att = data.attributes.cpu()[data.labels.cpu()[idx]]  # [n, A]
+    fp = data.footprints
+    if fp is not None:
+        att = torch.where(fp["region"][idx] >= 0, att, torch.full_like(att, -float("inf")))
+    chosen = att.topk(attributes, dim=1).indices  # [n, k]
+    maps = torch.stack([attn[i, chosen[i]].cpu() for i in range(len(picks))])  # [n, k, R]
+    r = maps.shape[-1]
+    side = int(round(r ** 0.5))
+    grid = data.info.get("synthetic", {}).get("grid") or ([side, side] if side * side == r else [1, r])
+    out = {"images": idx, "labels": data.labels.cpu()[idx].clone(), "attributes": chosen, "maps": maps.float(),
+           "grid": list(grid), "footprints": None}
+    if fp is not None:
+        out["footprints"] = {k: torch.stack([fp[k][i, chosen[j]] for j, i in enumerate(picks)]).long()
+                             for k in ("region", "neighbour")}
+    return out
+
+
 class SCEGG(Method):
     name = "scegg"
     setting = "zsl+gzsl"
@@ -460,6 +489,8 @@ class SCEGG(Method):
         if metrics is None:  # validation: the refitted model, classifiers trained for the chosen epochs
             metrics, _ = evaluate_scegg(model, config, ctx, {k: fitted.nested[f"{k}_classifier_epochs"]["value"]
                                                               for k in ("gzsl", "zsl")})
+        if ctx.save_features:
+            ctx.artifacts["attention"] = attention_examples(model.net, data)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         info = {"synthetic": budget, "not_released": config["not_released"], "gp_lambda_final": model.gp_lambda}
         return MethodResult(metrics=metrics, state=state, selection=selector.to_dict(),

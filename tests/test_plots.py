@@ -1,0 +1,104 @@
+"""Plots: every kind is drawn from a real quick run, decodes as a PNG of the expected size, and
+shows what the data holds (point counts per kind, panels, planted footprints)."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+
+from matplotlib.image import imread  # noqa: E402
+
+from zslfast import plot  # noqa: E402
+from zslfast.data.synthetic_regions import make_synthetic_regions  # noqa: E402
+from zslfast.train import main as train_main  # noqa: E402
+
+
+def _png_size(path):
+    img = imread(str(path))
+    return img.shape[1], img.shape[0]
+
+
+@pytest.fixture(scope="module")
+def scegg_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plots") / "scegg"
+    assert train_main(["--method", "scegg", "--quick", "--device", "cpu", "--no-progress", "--plots",
+                       "--out", str(out)]) == 0
+    return out
+
+
+def test_plots_change_no_result(scegg_run, tmp_path):
+    assert train_main(["--method", "scegg", "--quick", "--device", "cpu", "--no-progress", "--out", str(tmp_path)]) == 0
+    plain = json.loads((tmp_path / "results.json").read_text())
+    assert json.loads((scegg_run / "results.json").read_text())["metrics"] == plain["metrics"]
+    assert not (tmp_path / "features.pt").exists()  # nothing extra is saved by default
+
+
+def test_tsne_shows_every_saved_point_of_each_kind(scegg_run):
+    assert _png_size(scegg_run / "plots" / "tsne.png") == (7 * plot.DPI, 6 * plot.DPI)
+    res, art = plot.load_run(str(scegg_run))
+    data = make_synthetic_regions()
+    per_class = lambda split: sum(min(50, int((data.labels[data.splits[split]] == c).sum()))  # noqa: E731
+                                  for c in torch.unique(data.labels[data.splits[split]]))
+    n_syn = res["info"]["synthetic"]["per_unseen_class"]
+    feats = art["features"]
+    assert feats["real_seen"]["y"].numel() == per_class("test_seen")
+    assert feats["real_unseen"]["y"].numel() == per_class("test_unseen")
+    assert set(feats["synthetic_unseen"]["y"].tolist()) == set(data.unseen_classes.tolist())
+    assert feats["synthetic_unseen"]["y"].numel() == 10 * min(50, n_syn)
+    drawn = plot.plot_tsne(res, art, str(scegg_run / "all.png"), max_points=10 ** 6)
+    assert drawn == {k: v["y"].numel() for k, v in feats.items()}
+    sub = plot.plot_tsne(res, art, str(scegg_run / "sub.png"), max_points=300)
+    assert 290 <= sum(sub.values()) <= 310 and all(v > 0 for v in sub.values())
+    # the features are the generator's space (SC-EGG: the dense feature, C = 256)
+    assert feats["real_seen"]["x"].shape[1] == data.features.shape[1]
+
+
+def test_curves_have_one_panel_per_stage_and_mark_the_chosen_epoch(scegg_run):
+    res, _ = plot.load_run(str(scegg_run))
+    path, drawn = plot.plot("curves", str(scegg_run))
+    assert drawn["stages"] == list(res["history"]) and drawn["panels"] == 6
+    assert drawn["chosen_marked"] == 1  # the validation run of stage 3 chose the GAN epoch count
+    assert _png_size(path) == (int(4.2 * 3 * plot.DPI), int(2.8 * 2 * plot.DPI))
+
+
+def test_attention_panels_and_footprints_match_the_data(scegg_run):
+    res, art = plot.load_run(str(scegg_run))
+    a = art["attention"]
+    path, drawn = plot.plot("attention", str(scegg_run))
+    assert drawn["panels"] == a["maps"].shape[0] * a["maps"].shape[1] == 12
+    fp = a["footprints"]
+    assert drawn["footprints"] == int((fp["region"] >= 0).sum() + (fp["neighbour"] >= 0).sum())
+    data = make_synthetic_regions()
+    for i, img in enumerate(a["images"].tolist()):  # the overlay is the data's planted footprint
+        assert torch.equal(fp["region"][i], data.footprints["region"][img, a["attributes"][i]].long())
+    assert (fp["region"] >= 0).all()  # only planted attributes are shown
+    # what the plot shows: attention concentrated on the planted region, far above uniform (1/R)
+    mass = a["maps"].gather(2, fp["region"].unsqueeze(2)).mean()
+    assert mass > 3 / a["maps"].shape[2]
+    assert _png_size(path) == (int(2.2 * 3 * plot.DPI), int(2.2 * 4 * plot.DPI))
+
+
+def test_tasks_plot_and_cli_errors(tmp_path, capsys):
+    out = tmp_path / "grw"
+    assert train_main(["--method", "grw", "--quick", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    assert plot.main(["tasks", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    _, drawn = plot.plot("tasks", str(out))
+    assert drawn == {"tasks": len(res["per_task"])}
+    assert _png_size(out / "plots" / "tasks.png") == (int(5.5 * plot.DPI), int(3.5 * plot.DPI))
+    capsys.readouterr()
+    assert plot.main(["tsne", str(out)]) == 2  # GRW saves no features
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--save-features" in err[0]
+
+
+def test_gsmflow_saves_features_for_tsne(tmp_path):
+    out = tmp_path / "gsm"
+    assert train_main(["--method", "gsmflow", "--quick", "--device", "cpu", "--no-progress", "--save-features",
+                       "--out", str(out)]) == 0
+    res, art = plot.load_run(str(out))
+    assert plot.applicable(res, art) == ["curves", "tsne"]
+    _, drawn = plot.plot("tsne", str(out))
+    assert set(drawn) == {"real_seen", "real_unseen", "synthetic_unseen"} and all(v > 0 for v in drawn.values())

@@ -1,0 +1,267 @@
+"""Plots of a finished run (PNG files, matplotlib's Agg backend; ``pip install "zslfast[plots]"``).
+
+    python -m zslfast.plot KIND RUN_DIR [--out FILE] [--max-points 1500]
+
+KIND is one of:
+
+- ``tsne``: t-SNE (scikit-learn) of real seen, real unseen and synthetic unseen features of a
+  generative method (GSMFlow, SC-EGG), coloured by class, one marker per kind; needs the run's
+  ``features.pt`` (``--save-features`` or ``--plots``): the last generative evaluation's features
+  in the generator's space (the final refit's under validation selection; the last evaluated epoch's
+  under ``--select-on-test``), at most 50 per class, subsampled to ``--max-points``.
+- ``curves``: one panel per training stage from results.json's per-epoch history: every loss (left
+  axis) and the evaluation score (right axis), the chosen epoch marked.
+- ``tasks``: continual methods (GRW): S / U / H per task.
+- ``attention``: SC-EGG: the attention maps on the region grid of a few test-unseen images and
+  attributes, the synthetic data's planted footprints drawn as squares (solid: the attribute's
+  region; dashed: its half-weight neighbour); needs ``features.pt``.
+
+``python -m zslfast.train ... --plots`` writes every kind that applies to ``<out>/plots/KIND.png``.
+Each plot function returns what it drew (point counts per kind, panel count), which the tests check
+against the data.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from zslfast.errors import ZSLError, run_cli
+
+KINDS = ("tsne", "curves", "tasks", "attention")
+DPI = 80
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ZSLError('plots need matplotlib: pip install "zslfast[plots]"') from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path):
+    """Save a figure to ``path`` atomically (temporary file, then rename)."""
+    from zslfast.io import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+    fig.clf()
+
+
+def load_run(run_dir):
+    """(results dict, artifacts dict or None) of a run folder."""
+    path = os.path.join(run_dir, "results.json")
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ZSLError(f"plot {run_dir}: no readable results.json ({exc})") from None
+    art = os.path.join(run_dir, "features.pt")
+    artifacts = torch.load(art, map_location="cpu", weights_only=True) if os.path.isfile(art) else None
+    return results, artifacts
+
+
+def applicable(results, artifacts):
+    """The plot kinds a run has the data for."""
+    kinds = ["curves"] if results.get("history") else []
+    if results.get("per_task"):
+        kinds.append("tasks")
+    if artifacts and "features" in artifacts:
+        kinds.append("tsne")
+    if artifacts and "attention" in artifacts:
+        kinds.append("attention")
+    return kinds
+
+
+def plot_tsne(results, artifacts, path, max_points=1500, seed=0):
+    """t-SNE of the run's saved features; returns {kind: points drawn}."""
+    if not artifacts or "features" not in artifacts:
+        raise ZSLError("plot tsne: the run has no features.pt with features (train with --save-features "
+                       "or --plots; only generative methods save them)")
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        raise ZSLError('plot tsne needs scikit-learn: pip install "zslfast[plots]"') from None
+    plt = _pyplot()
+    groups = artifacts["features"]
+    g = torch.Generator().manual_seed(seed)
+    total = sum(v["y"].numel() for v in groups.values())
+    share = min(1.0, max_points / total)
+    xs, ys, kinds = [], [], []
+    for kind, v in groups.items():
+        n = v["y"].numel()
+        keep = torch.randperm(n, generator=g)[:max(1, int(round(share * n)))].sort().values
+        xs.append(v["x"][keep])
+        ys.append(v["y"][keep])
+        kinds += [kind] * keep.numel()
+    x = torch.cat(xs).double().numpy()
+    y = torch.cat(ys).numpy()
+    emb = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    markers = {"real_seen": ("o", 10), "real_unseen": ("^", 14), "synthetic_unseen": ("x", 14)}
+    counts = {}
+    for kind, (marker, size) in markers.items():
+        sel = [i for i, k in enumerate(kinds) if k == kind]
+        counts[kind] = len(sel)
+        if sel:
+            ax.scatter(emb[sel, 0], emb[sel, 1], c=y[sel] % 20, cmap="tab20", vmin=0, vmax=19, marker=marker, s=size,
+                       linewidths=0.8, label=f"{kind.replace('_', ' ')} ({len(sel)})")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"t-SNE: {results['method']} on {results['dataset']} (colour = class)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    _save(fig, path)
+    plt.close(fig)
+    return counts
+
+
+def chosen_epoch(results, scored):
+    """The epoch a selection choice picked among a stage's scored epochs: the choice whose history
+    is exactly this stage's [(epoch, score)] list (None when the stage was not a selection run)."""
+    for choice in results["selection"]["choices"].values():
+        if [tuple(h) for h in choice.get("history") or []] == scored:
+            return choice["value"]
+    return None
+
+
+def plot_curves(results, path, max_panels=12):
+    """One panel per stage (the first ``max_panels``); returns {"panels": n, "stages": [...]}."""
+    plt = _pyplot()
+    history = results.get("history") or {}
+    stages = list(history)[:max_panels]
+    if not stages:
+        raise ZSLError("plot curves: the run recorded no training curves (non-iterative method)")
+    cols = min(3, len(stages))
+    rows = -(-len(stages) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    marked = 0
+    for ax, stage in zip(axes.flat, stages):
+        records = history[stage]
+        epochs = [r["epoch"] for r in records]
+        for name in records[0].get("loss", {}):
+            ax.plot(epochs, [r["loss"][name] for r in records], label=name, lw=1.2)
+        ax.set_title(stage, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if records[0].get("loss"):
+            ax.legend(fontsize=6, loc="upper right")
+        scored = [(r["epoch"], r["score"]) for r in records if "score" in r]
+        if scored:
+            twin = ax.twinx()
+            twin.plot(*zip(*scored), "k.--", lw=0.8, label="score")
+            twin.tick_params(labelsize=7)
+            epoch = chosen_epoch(results, scored)
+            if epoch is not None:
+                ax.axvline(epoch, color="red", lw=1, alpha=0.6)
+                marked += 1
+    for ax in list(axes.flat)[len(stages):]:
+        ax.axis("off")
+    fig.suptitle(f"{results['method']} on {results['dataset']}: training curves (red: chosen epoch)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return {"panels": len(stages), "stages": stages, "chosen_marked": marked}
+
+
+def plot_tasks(results, path):
+    """S / U / H per task of a continual run; returns {"tasks": n}."""
+    plt = _pyplot()
+    per_task = results.get("per_task")
+    if not per_task:
+        raise ZSLError("plot tasks: the run has no per-task metrics (continual methods only)")
+    tasks = [t["task"] for t in per_task]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for key, style in (("S", "o-"), ("U", "^-"), ("H", "s-")):
+        ax.plot(tasks, [t[key] for t in per_task], style, label=key)
+    ax.set_xlabel("task")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xticks(tasks)
+    ax.legend()
+    ax.set_title(f"{results['method']} on {results['dataset']}: per task", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return {"tasks": len(tasks)}
+
+
+def plot_attention(results, artifacts, path):
+    """Attention maps of a few images × attributes; returns {"panels": n, "footprints": n drawn}."""
+    if not artifacts or "attention" not in artifacts:
+        raise ZSLError("plot attention: the run has no attention maps in features.pt (SC-EGG with --save-features)")
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    a = artifacts["attention"]
+    maps, (h, w) = a["maps"], a["grid"]
+    n, k = maps.shape[:2]
+    fig, axes = plt.subplots(n, k, figsize=(2.2 * k, 2.2 * n), squeeze=False)
+    drawn = 0
+    for i in range(n):
+        for j in range(k):
+            ax = axes[i, j]
+            ax.imshow(maps[i, j].reshape(h, w).numpy(), cmap="viridis", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"img {int(a['images'][i])} (class {int(a['labels'][i])})\nattribute {int(a['attributes'][i, j])}",
+                         fontsize=7)
+            if a.get("footprints") is not None:
+                for key, style in (("region", "-"), ("neighbour", "--")):
+                    r = int(a["footprints"][key][i, j])
+                    if r >= 0:
+                        ax.add_patch(Rectangle((r % w - 0.5, r // w - 0.5), 1, 1, fill=False, ec="red", lw=1.5, ls=style))
+                        drawn += 1
+    fig.suptitle("SC-EGG attention (red: planted footprint)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return {"panels": n * k, "footprints": drawn}
+
+
+def plot(kind, run_dir, out=None, max_points=1500):
+    """Draw plot ``kind`` of the run in ``run_dir`` to ``out`` (default ``run_dir/plots/KIND.png``);
+    returns (path, what was drawn)."""
+    if kind not in KINDS:
+        raise ZSLError(f"plot kind {kind!r}: choose from {', '.join(KINDS)}")
+    results, artifacts = load_run(run_dir)
+    out = out or os.path.join(run_dir, "plots", f"{kind}.png")
+    if kind == "tsne":
+        drawn = plot_tsne(results, artifacts, out, max_points)
+    elif kind == "curves":
+        drawn = plot_curves(results, out)
+    elif kind == "tasks":
+        drawn = plot_tasks(results, out)
+    else:
+        drawn = plot_attention(results, artifacts, out)
+    return out, drawn
+
+
+def plot_all(run_dir):
+    """Every applicable plot of a run into ``run_dir/plots/``; returns {kind: (path, drawn)}."""
+    results, artifacts = load_run(run_dir)
+    return {kind: plot(kind, run_dir) for kind in applicable(results, artifacts)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m zslfast.plot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=KINDS + ("all",))
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", help="PNG file (default RUN_DIR/plots/KIND.png)")
+    p.add_argument("--max-points", type=int, default=1500, help="t-SNE: points drawn at most (default 1500)")
+    args = p.parse_args(argv)
+
+    def body():
+        done = plot_all(args.run_dir) if args.kind == "all" else {args.kind: plot(args.kind, args.run_dir, args.out,
+                                                                                  args.max_points)}
+        for kind, (path, drawn) in done.items():
+            print(f"wrote {path}: {drawn}")
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
