@@ -10,8 +10,12 @@ input (unknown names, missing or malformed data files, bad settings) ends with o
 and exit code 2, before any training.
 """
 import argparse
+import contextlib
+import json
 import os
 import re
+import signal
+import threading
 import platform
 import sys
 import time
@@ -25,6 +29,8 @@ from zslfast.errors import ZSLError, run_cli
 from zslfast.io import check_writable, save_checkpoint, write_json
 from zslfast.engine import METHODS, RunContext, get_method, method_class
 from zslfast.engine.curves import CurveRecorder, TensorBoardLogger, require_tensorboard
+from zslfast.engine.resume import RESUME_FILE, Checkpointer, Interrupted, load_resume
+from zslfast.summary import config_hash
 
 DATASET_CHOICES = ("synthetic", "AWA1", "AWA2", "CUB", "SUN", "APY", "FLO")
 
@@ -70,6 +76,12 @@ def build_parser():
     p.add_argument("--plots", action="store_true",
                    help="at the end, draw every plot that applies to <out>/plots/*.png (implies --save-features; "
                         "needs matplotlib and scikit-learn: pip install \"zslfast[plots]\")")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR (its resume.pt) with the same arguments; the "
+                        "result equals an uninterrupted run's (with --seeds: finished seeds are kept)")
+    p.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
+                   help="write <out>/resume.pt every N epochs of a stage as well as at every stage boundary "
+                        "(0: boundaries only; default 10); SIGINT/SIGTERM also write it, after the current epoch")
     p.add_argument("--log", choices=["none", "tensorboard"], default="none",
                    help="tensorboard: write every stage's per-epoch losses and scores to <out>/tensorboard "
                         "(needs the tensorboard package: pip install \"zslfast[tensorboard]\")")
@@ -144,6 +156,28 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def stop_on_signals(checkpointer):
+    """SIGINT / SIGTERM during training ask the run to stop after the current epoch, with a
+    checkpoint (a second signal stops at once); the previous handlers are restored afterwards."""
+    def handler(signum, frame):
+        if checkpointer.stop_requested:
+            raise KeyboardInterrupt
+        checkpointer.stop_requested = True
+        print(f"\n[zslfast] {signal.Signals(signum).name}: finishing the current epoch, then writing a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def require_plotting():
     """--plots: matplotlib and scikit-learn importable, checked before training."""
     import importlib.util
@@ -201,6 +235,12 @@ def run(args):
     if args.plots:
         require_plotting()
     base = os.path.basename(str(dataset_key))
+    if args.resume:
+        if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise ZSLError(f"--resume {args.resume} continues that folder; --out {args.out} names another one")
+        args.out = args.resume
+    if args.checkpoint_every < 0:
+        raise ZSLError(f"--checkpoint-every {args.checkpoint_every}: expected a count >= 0")
     if args.seeds:
         out = args.out or os.path.join("runs", f"{args.method}_{base}_seeds{'-'.join(map(str, args.seeds))}")
         outs = [os.path.join(out, f"seed{s}") for s in args.seeds]
@@ -209,6 +249,13 @@ def run(args):
         outs = [out]
     for folder in outs:
         check_writable(folder)
+    # --resume: each checkpoint is read and checked against this run before the data is loaded
+    identities = {s: {"method": method.name, "dataset": dataset_key, "seed": s, "selection": selection,
+                      "data_seed": args.data_seed, "config_hash": config_hash(config)} for s in args.seeds or [args.seed]}
+    resumes = {}
+    for seed, folder in zip(args.seeds or [args.seed], outs):
+        if args.resume and (not args.seeds or os.path.isfile(os.path.join(folder, RESUME_FILE))):
+            resumes[seed] = load_resume(folder, identities[seed])
 
     t0 = time.perf_counter()
     data = load_data(args, config)
@@ -216,7 +263,13 @@ def run(args):
     print(f"[zslfast] {method.name} on {data.summary()}", file=sys.stderr)
     runs = []
     for seed, folder in zip(args.seeds or [args.seed], outs):
-        runs.append(train_one(args, method, config, selection, device, data, dataset_key, seed, folder, load_s))
+        finished = os.path.join(folder, "results.json")
+        if args.resume and args.seeds and os.path.isfile(finished) and not os.path.isfile(os.path.join(folder, RESUME_FILE)):
+            with open(finished) as f:  # this seed had finished before the interruption
+                runs.append(json.load(f))
+            continue
+        runs.append(train_one(args, method, config, selection, device, data, dataset_key, seed, folder, load_s,
+                              identities[seed], resumes.get(seed)))
     if not args.seeds:
         return runs[0]
     from zslfast.summary import summary_markdown, write_summary
@@ -226,18 +279,28 @@ def run(args):
     return runs
 
 
-def train_one(args, method, config, selection, device, data, dataset_key, seed, out, load_s):
-    """One training run with seed ``seed`` on loaded ``data``: writes out/results.json and checkpoint.pt."""
+def train_one(args, method, config, selection, device, data, dataset_key, seed, out, load_s, identity, resume=None):
+    """One training run with seed ``seed`` on loaded ``data`` (continuing the checkpoint ``resume``
+    when given): writes out/results.json and checkpoint.pt."""
     t_start = time.perf_counter()
     print(f"[zslfast] device {device}, operator backend {ops.backend(device)}, seed {seed}, "
           f"selection: {'TEST (original protocol)' if selection == 'test' else selection}", file=sys.stderr)
     curves = CurveRecorder()
+    if resume is not None:
+        curves.load_state_dict(resume["recorder"])
+        print(f"[zslfast] resuming from {os.path.join(out, RESUME_FILE)}", file=sys.stderr)
+    interrupt_after = os.environ.get("ZSLFAST_INTERRUPT_AFTER")  # test hook: stop after N epoch ends
+    checkpointer = Checkpointer(os.path.join(out, RESUME_FILE), identity, args.checkpoint_every, resume,
+                                int(interrupt_after) if interrupt_after else None)
+    checkpointer.recorder = curves
     hooks = [curves] + ([TensorBoardLogger(os.path.join(out, "tensorboard"))] if args.log == "tensorboard" else [])
     ctx = RunContext(device=device, seed=seed, quick=args.quick, selection=selection,
-                     progress=not args.no_progress, hooks=hooks, save_features=args.save_features or args.plots)
+                     progress=not args.no_progress, hooks=hooks, save_features=args.save_features or args.plots,
+                     checkpointer=checkpointer)
     t0 = time.perf_counter()
     try:
-        result = method.run(data, config, ctx)
+        with stop_on_signals(checkpointer):
+            result = method.run(data, config, ctx)
     finally:
         for hook in hooks[1:]:
             hook.close()
@@ -262,6 +325,7 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
     if ctx.artifacts:
         save_checkpoint(os.path.join(out, "features.pt"), ctx.artifacts)
     write_json(os.path.join(out, "results.json"), results)
+    checkpointer.finish()
     if args.plots:
         from zslfast.plot import plot_all
 
@@ -280,7 +344,16 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: run(args))
+
+    def body():
+        try:
+            return run(args)
+        except Interrupted as exc:
+            print(f"zslfast: {exc}; continue with the same arguments and --resume {os.path.dirname(exc.path)}",
+                  file=sys.stderr)
+            return 3
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

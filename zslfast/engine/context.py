@@ -64,6 +64,8 @@ class RunContext:
             the generative evaluation's synthetic features and a subsample of the real ones, SC-EGG's
             attention maps of a few images. Nothing a run computes depends on it.
         artifacts: filled when ``save_features`` is set; written to ``<out>/features.pt``.
+        checkpointer: a :class:`zslfast.engine.resume.Checkpointer` (checkpoints and ``--resume``),
+            or None.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -74,6 +76,12 @@ class RunContext:
     hooks: list = field(default_factory=list)
     save_features: bool = False
     artifacts: dict = field(default_factory=dict)
+    checkpointer: object = None
+    # resume bookkeeping (zslfast.engine.resume): objects whose state carries across epochs, in
+    # creation order; the number of training stages started; evaluations in progress
+    registry: list = field(default_factory=list)
+    stages_started: int = 0
+    evaluating: int = 0
 
     def __post_init__(self):
         self.device = torch.device(self.device)
@@ -83,7 +91,25 @@ class RunContext:
     def rng(self, name, device=None):
         """A fresh torch.Generator of stream ``name`` on ``device`` (default: the CPU)."""
         gen = torch.Generator(device=torch.device(device) if device is not None else "cpu")
-        return gen.manual_seed(stream_seed(self.seed, name))
+        gen.manual_seed(stream_seed(self.seed, name))
+        return self.register(gen)
+
+    def register(self, obj):
+        """Add ``obj`` (a generator, or anything with ``state_dict`` / ``load_state_dict``) to the
+        objects a checkpoint saves; returns it. Ignored inside an evaluation, whose objects live
+        only for that evaluation."""
+        if not self.evaluating:
+            self.registry.append(obj)
+        return obj
+
+    @contextlib.contextmanager
+    def evaluation(self):
+        """Marks an evaluation in progress (its training stages are nested, its streams not saved)."""
+        self.evaluating += 1
+        try:
+            yield
+        finally:
+            self.evaluating -= 1
 
     @contextlib.contextmanager
     def init_scope(self, name="init"):

@@ -21,6 +21,8 @@ def run_continual(data, split, buffer, ctx, *, epochs, batch_size, start_task, s
         data: the dataset on the training device; ``split`` its :class:`zslfast.data.ContinualSplit`;
             ``buffer`` a :class:`zslfast.data.ReplayBuffer`.
         start_task: ``start_task(task)`` before a task's first epoch (fresh optimisers, class means, ...).
+        modules: the task's {name: module or optimiser} for checkpoints, or a function returning
+            them (called after ``start_task``, which may create new optimisers).
         step: ``step(features, labels) -> losses`` on one batch.
         predictor: ``predictor() -> predict_fn`` after a task: ``predict_fn(features) -> class ids``.
         min_batch: batches smaller than this are skipped (the method's original rule).
@@ -41,7 +43,7 @@ def run_continual(data, split, buffer, ctx, *, epochs, batch_size, start_task, s
                                   indices=train_idx)
         stage = f"{name}{ti}"
         train_epochs(stage, epochs, batches, lambda idx: step(data.features[idx], data.labels[idx]), ctx,
-                     modules=modules, desc=f"{name} {ti}/{last}")
+                     modules=modules() if callable(modules) else modules, desc=f"{name} {ti}/{last}")
         buffer.update(task, split.labels)
         metrics = continual_task_metrics(predictor(), data.features, data.labels, task.test_seen, task.test_unseen)
         per_task.append({"task": ti, "seen_classes": task.seen_classes.numel(), **metrics,

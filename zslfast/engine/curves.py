@@ -37,6 +37,12 @@ class CurveRecorder:
     def to_dict(self):
         return {k: [dict(r) for r in v] for k, v in self.stages.items()}
 
+    def state_dict(self):
+        return {"stages": self.to_dict(), "current": dict(self._current)}
+
+    def load_state_dict(self, state):
+        self.stages, self._current = state["stages"], dict(state["current"])
+
 
 def require_tensorboard():
     """torch.utils.tensorboard's SummaryWriter, or one clear error naming the missing package."""

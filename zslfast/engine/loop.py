@@ -74,7 +74,25 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
         nested: the stage is part of an evaluation (see :class:`EpochEvent`).
     """
     history = History(stage)
-    bar = tqdm(range(1, epochs + 1), desc=desc or stage, disable=not ctx.progress, leave=leave)
+    nested = nested or ctx.evaluating > 0
+    ckpt = None if nested else ctx.checkpointer
+    modules = modules or {}
+    first = 1
+    if not nested:
+        index = ctx.stages_started
+        ctx.stages_started += 1
+    replay = ckpt.replay(index) if ckpt is not None else None
+    if replay is not None:  # --resume: a finished stage is loaded, the interrupted one continues
+        kind, snap = replay
+        history.records = ckpt.restore(ctx, snap, modules, scheduler)
+        ckpt.resumed_through(index)
+        if kind == "done":
+            return history
+        first = len(history.records) + 1
+        if hasattr(batches, "skip_epochs"):
+            batches.skip_epochs(first - 1)
+    bar = tqdm(range(first, epochs + 1), desc=desc or stage, disable=not ctx.progress, leave=leave,
+               initial=first - 1, total=epochs)
     for epoch in bar:
         if on_epoch_start is not None:
             on_epoch_start(epoch)
@@ -90,11 +108,16 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
             record["loss"] = {k: float(v) / steps for k, v in sums.items()}
             bar.set_postfix({k: f"{v:.4f}" for k, v in list(record["loss"].items())[:3]})
         if evaluate is not None and epoch >= eval_start and (epoch % eval_every == 0 or epoch == epochs):
-            record["score"] = float(evaluate(epoch))
+            with ctx.evaluation():
+                record["score"] = float(evaluate(epoch))
         history.records.append(record)
-        event = EpochEvent(stage, epoch, epochs, record, modules or {}, nested)
+        event = EpochEvent(stage, epoch, epochs, record, modules, nested)
         for hook in ctx.hooks:
             hook.on_epoch_end(event)
+        if ckpt is not None:
+            ckpt.epoch_end(ctx, index, stage, epoch, epochs, modules, scheduler, history.records)
+    if ckpt is not None and epochs == 0:  # an empty stage still counts as a finished one
+        ckpt.completed.append(ckpt.snapshot(ctx, modules, scheduler, history.records))
     return history
 
 
@@ -103,6 +126,10 @@ class _Chunk:
 
     def __init__(self, sampler, iterations, chunk):
         self.sampler, self.left, self.chunk = sampler, iterations, chunk
+
+    def skip_epochs(self, n):
+        """--resume: the first ``n`` chunks were trained before the interruption."""
+        self.left -= n * self.chunk
 
     def epoch(self):
         n = min(self.chunk, self.left)

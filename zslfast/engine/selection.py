@@ -31,6 +31,14 @@ class BestTracker:
         self.candidate = self.score = self.state = self.payload = None
         self.history = []
 
+    def state_dict(self):
+        return {"candidate": self.candidate, "score": self.score, "state": self.state, "payload": self.payload,
+                "history": [list(h) for h in self.history]}
+
+    def load_state_dict(self, state):
+        self.candidate, self.score, self.state = state["candidate"], state["score"], state["state"]
+        self.payload, self.history = state["payload"], [list(h) for h in state["history"]]
+
     def update(self, candidate, score, module=None, payload=None):
         score = float(score)
         self.history.append([candidate, score])
@@ -119,8 +127,9 @@ class Selector:
                 ``NAME[PREFIX]``. The returned weights stay those of the best-``metric`` epoch. Not
                 used in ``validation`` mode, which refits one model for all metrics.
         """
-        tracker = BestTracker()
-        extra = {prefix: BestTracker() for prefix in independent} if self.mode == "test" else {}
+        # registered: a checkpoint saves the best-so-far (zslfast.engine.resume)
+        tracker = self.ctx.register(BestTracker())
+        extra = {prefix: self.ctx.register(BestTracker()) for prefix in independent} if self.mode == "test" else {}
         if self.mode == "fixed":
             model = fit(self.data, epochs, None, eval_every, eval_start, "final")
             self.record(name, epochs)

@@ -45,6 +45,7 @@ from torch import nn
 from zslfast.engine.checkpoint import cpu_state as _state_dict
 from zslfast.engine.checkpoint import load_checkpoint
 from zslfast.engine.loop import train_epochs
+from zslfast.engine.resume import State
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.samplers import EpisodeBatches, EpisodeSampler
 from zslfast.engine.selection import Selector
@@ -204,7 +205,13 @@ def train_transductive(data, cfg, ctx, model, epochs, evaluate=None, eval_every=
     batches = EpisodeBatches(EpisodeSampler(y_seen, gen), ways, shots, e, max(1, cfg["episodes_per_epoch"] // e))
     opt, sched = _schedule(state.parameters(), t, device)
     test_shots = max(1, int(round(shots * t["test_shots_factor"])))
-    pseudo = {}
+    pseudo = State()  # the pseudo-labelled unlabelled features: refreshed every refresh_every epochs, checkpointed
+    samplers = {}
+
+    def pseudo_sampler():  # an episode sampler over the current pseudo-labels (stateless apart from gen)
+        if samplers.get("y") is not pseudo["y"]:
+            samplers["y"], samplers["sampler"] = pseudo["y"], EpisodeSampler(pseudo["y"], gen)
+        return samplers["sampler"]
 
     def refresh(epoch):
         if (epoch - 1) % t["refresh_every"]:
@@ -213,11 +220,10 @@ def train_transductive(data, cfg, ctx, model, epochs, evaluate=None, eval_every=
             scores = model.logits(x_unl, model(data.attributes[unseen]))
         pos, cls = pseudo_labels(scores, t["ratio"], t["top_per_class"])
         pseudo["x"], pseudo["y"] = x_unl[pos], unseen[cls]
-        pseudo["sampler"] = EpisodeSampler(pseudo["y"], gen)
 
     def step(batch):
         pos_b, cls_b = batch
-        ps = pseudo["sampler"]
+        ps = pseudo_sampler()
         pos_u, cls_u = ps.sample(ps.classes.numel(), test_shots, e)
         weights = state.classifiers(data.attributes, ps.classes)
         logits_b = model.logits(x_seen[pos_b.reshape(-1)], weights)
@@ -233,7 +239,8 @@ def train_transductive(data, cfg, ctx, model, epochs, evaluate=None, eval_every=
         return loss.detach()
 
     train_epochs(desc, epochs, batches, step, ctx, scheduler=sched, evaluate=_on_eval(evaluate, state),
-                 eval_every=eval_every, on_epoch_start=refresh, modules={"model": state, "optimizer": opt})
+                 eval_every=eval_every, on_epoch_start=refresh, modules={"model": state, "optimizer": opt,
+                                                                         "pseudo_labels": pseudo})
     return state
 
 

@@ -268,6 +268,14 @@ class GRWTrainer:
         self.num_seen = 0
 
     # --------------------------------------------------------------------------- per task
+    def modules(self):
+        """What a task's training changes (saved by checkpoints): the model, the optimisers of the
+        current task and, for learnable attributes, the dictionary and its optimiser."""
+        out = {"model": self.model, "optimizer_d": self.opt_d, "optimizer_g": self.opt_g}
+        if self.dictionary is not None:
+            out.update({"dictionary": self.dictionary, "optimizer_dict": self.opt_dict})
+        return out
+
     def start_task(self, seen, new_classes, new_x, new_y):
         """Prepare task training: K = ``seen`` classes, real means of the new classes from their
         training features, fresh optimisers (the original re-creates them every task), neighbour lists
@@ -452,7 +460,7 @@ class GRW(Method):
         summary, per_task = run_continual(
             data, split, ReplayBuffer(config["buffer_size"]), ctx, epochs=config["epochs"],
             batch_size=config["batch_size"], start_task=start_task, step=trainer.step, predictor=trainer.predictor,
-            min_batch=2, modules={"model": trainer.model})  # the original skips batches of one sample
+            min_batch=2, modules=trainer.modules)  # the original skips batches of one sample
         selector = Selector(data, ctx)
         selector.record("epochs_per_task", config["epochs"])
         state = {"model": {k: v.cpu() for k, v in trainer.model.state_dict().items()}, "class_means": trainer.mu.cpu()}

@@ -74,6 +74,7 @@ from torch import nn
 from zslfast.data.dataset import ZSLDataset
 from zslfast.engine.loop import detached, eval_mode, train_epochs, train_iterations
 from zslfast.engine.method import Method, MethodResult
+from zslfast.engine.resume import State
 from zslfast.engine.samplers import BalancedBatches
 from zslfast.engine.selection import Selector
 from zslfast.eval.classifier import CLASSIFIER_INITS
@@ -363,13 +364,14 @@ def train_gan(model, dense, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_
     g = ctx.rng("gan_noise", device)
     sampler = BalancedBatches(y_all, cfg["batch_size"], ctx.rng("gan_batches", device), 1, cfg["exact_batches"])
     passes = FeedbackPasses(sampler, q["feedback_loops"], -(-x_all.shape[0] // cfg["batch_size"]), q["critic_iters"] + 1)
-    state = {"lambda": q["lambda_gp"]}
+    state = State({"lambda": q["lambda_gp"]})  # the adaptive GP weight carries across epochs: checkpointed
     step = gan_step(model, opts, x_all, y_all, att, unseen, cfg, g, state)
 
     gan.train()
     history = train_epochs(desc, epochs, passes, step, ctx, evaluate=eval_mode(gan, evaluate, model),
                            eval_every=eval_every, eval_start=eval_start,
-                           modules={"gan": gan, **{f"optimizer_{n}": o for n, o in zip("E G D Dec Fb".split(), opts)}})
+                           modules={"gan": gan, "gp": state,
+                                    **{f"optimizer_{n}": o for n, o in zip("E G D Dec Fb".split(), opts)}})
     gan.eval()
     model.gp_lambda = state["lambda"]
     return history

@@ -1,0 +1,100 @@
+"""Resume after interruption: for every method, a run stopped at a chosen epoch (the test hook) or by
+a real SIGTERM and continued with --resume gives exactly the metrics, selection and curves of an
+uninterrupted run (CPU)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from zslfast.engine.resume import RESUME_FILE
+from zslfast.train import main as train_main
+
+CASES = [("gsmflow", []), ("grw", []), ("grw_learnable", ["--set", "attribute_generation=learnable"]),
+         ("cvc", []), ("cvc_transductive", ["--set", "transductive=true"]), ("scegg", []),
+         ("scegg_on_test", ["--select-on-test"])]
+
+
+def _args(name, extra, out):
+    method = name.split("_")[0]
+    return ["--method", method, *extra, "--quick", "--device", "cpu", "--no-progress", "--checkpoint-every", "1",
+            "--out", str(out)]
+
+
+def _outcome(folder):
+    r = json.loads((folder / "results.json").read_text())
+    per_task = r["per_task"] and [{k: v for k, v in t.items() if k != "seconds"} for t in r["per_task"]]  # timings
+    return r["metrics"], per_task, r["selection"], r["history"]
+
+
+@pytest.mark.parametrize("name,extra", CASES, ids=[c[0] for c in CASES])
+def test_interrupted_and_resumed_equals_uninterrupted(name, extra, tmp_path, monkeypatch, capsys):
+    assert train_main(_args(name, extra, tmp_path / "full")) == 0
+    full = _outcome(tmp_path / "full")
+    epoch_ends = sum(len(records) for records in full[3].values())
+    assert not (tmp_path / "full" / RESUME_FILE).exists()  # a finished run leaves no checkpoint
+    for n in sorted({max(1, epoch_ends // 3), epoch_ends - 1}):  # early, and in the last stage
+        out = tmp_path / f"stop{n}"
+        monkeypatch.setenv("ZSLFAST_INTERRUPT_AFTER", str(n))
+        assert train_main(_args(name, extra, out)) == 3
+        monkeypatch.delenv("ZSLFAST_INTERRUPT_AFTER")
+        assert (out / RESUME_FILE).is_file() and not (out / "results.json").exists()
+        assert "--resume" in capsys.readouterr().err
+        assert train_main(_args(name, extra, out)[:-2] + ["--resume", str(out)]) == 0
+        assert _outcome(out) == full, f"resumed after epoch end {n} of {epoch_ends}"
+        assert not (out / RESUME_FILE).exists()
+
+
+def test_resume_refuses_another_configuration_and_finished_runs(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    monkeypatch.setenv("ZSLFAST_INTERRUPT_AFTER", "2")
+    assert train_main(_args("gsmflow", [], out)) == 3
+    monkeypatch.delenv("ZSLFAST_INTERRUPT_AFTER")
+    capsys.readouterr()
+    assert train_main(_args("gsmflow", ["--set", "lr=0.01"], out)[:-2] + ["--resume", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different run" in err[0] and "config_hash" in err[0]
+    assert train_main(_args("gsmflow", ["--seed", "5"], out)[:-2] + ["--resume", str(out)]) == 2
+    assert "seed 0 there, 5 now" in capsys.readouterr().err
+    assert (out / RESUME_FILE).is_file()  # a refused resume leaves the checkpoint as it was
+    assert train_main(_args("gsmflow", [], out)[:-2] + ["--resume", str(out)]) == 0
+    assert train_main(_args("gsmflow", [], out)[:-2] + ["--resume", str(out)]) == 2
+    assert "the run had finished" in capsys.readouterr().err
+
+
+def test_resume_with_seeds_keeps_finished_seeds(tmp_path, monkeypatch):
+    args = ["--method", "cvc", "--quick", "--device", "cpu", "--no-progress", "--seeds", "0,1"]
+    assert train_main(args + ["--out", str(tmp_path / "full")]) == 0
+    monkeypatch.setenv("ZSLFAST_INTERRUPT_AFTER", "4")  # seed 0 has 3 epoch ends: stops in seed 1
+    assert train_main(args + ["--out", str(tmp_path / "cut")]) == 3
+    monkeypatch.delenv("ZSLFAST_INTERRUPT_AFTER")
+    assert (tmp_path / "cut" / "seed0" / "results.json").is_file()
+    assert (tmp_path / "cut" / "seed1" / RESUME_FILE).is_file()
+    assert train_main(args + ["--resume", str(tmp_path / "cut")]) == 0
+    for s in (0, 1):
+        assert _outcome(tmp_path / "cut" / f"seed{s}") == _outcome(tmp_path / "full" / f"seed{s}")
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert full["metrics"] == cut["metrics"]
+
+
+def test_a_real_sigterm_writes_a_checkpoint_and_resume_completes_it(tmp_path):
+    args = [sys.executable, "-m", "zslfast.train", "--method", "gsmflow", "--quick", "--set", "epochs=8",
+            "--set", "eval_every=4", "--device", "cpu", "--no-progress", "--checkpoint-every", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ZSLFAST_INTERRUPT_AFTER", None)
+    proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (tmp_path / "cut" / RESUME_FILE).exists() and time.time() < deadline:  # after the first epoch
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, err
+    assert "SIGTERM: finishing the current epoch" in err and "--resume" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "cut" / "results.json").exists()
+    assert subprocess.run(args + ["--resume", str(tmp_path / "cut")], env=env, capture_output=True).returncode == 0
+    assert subprocess.run(args + ["--out", str(tmp_path / "full")], env=env, capture_output=True).returncode == 0
+    assert _outcome(tmp_path / "cut") == _outcome(tmp_path / "full")

@@ -1,0 +1,194 @@
+"""Checkpoints inside a run, and resuming an interrupted run with exactly the uninterrupted result.
+
+How it works (one mechanism for every method, attached to :func:`zslfast.engine.loop.train_epochs`):
+
+- Every training stage (a ``train_epochs`` call that is not nested in an evaluation) gets a
+  sequential number. The run's *registry* (:meth:`RunContext.register`) lists, in creation order,
+  every object whose state carries from one epoch to the next outside the stage's modules: each
+  named random stream, the selector's best-so-far trackers, method state such as SC-EGG's adaptive
+  gradient-penalty weight. A *snapshot* is the stage's modules and optimisers, its LR scheduler,
+  every registry entry, the global RNG and the stage's history records.
+- A snapshot is kept (on the CPU) at the end of every stage, and the checkpoint file
+  ``<out>/resume.pt`` is written atomically at every stage boundary, every ``checkpoint_every``
+  epochs, and when SIGINT / SIGTERM asked the run to stop (after the epoch in progress).
+- ``--resume`` runs the method's code again from the start. A stage that had finished is not trained
+  again: its end snapshot is loaded into the objects the code has just rebuilt, so the code between
+  stages (dense-feature passes, replay-buffer updates, evaluations outside the training loops)
+  recomputes exactly what it computed before. The stage that was interrupted continues from its
+  last snapshot. Random streams, initialisations and batch orders are functions of the seed and of
+  this state only (:mod:`zslfast.engine.context`), so on the CPU the resumed run's metrics equal the
+  uninterrupted run's exactly (tested for every method).
+
+The unit of interruption is an epoch (SC-EGG's iteration stages: a chunk of 100 iterations), not an
+optimiser step: a stop request finishes the epoch in progress first.
+"""
+import os
+
+import torch
+
+from zslfast.errors import ZSLError
+from zslfast.io import save_checkpoint
+
+RESUME_FILE = "resume.pt"
+
+
+class Interrupted(Exception):
+    """A stop request (SIGINT / SIGTERM, or the test hook) was honoured: a checkpoint was written."""
+
+    def __init__(self, path, stage, epoch):
+        super().__init__(f"interrupted after epoch {epoch} of stage {stage!r}; checkpoint {path}")
+        self.path, self.stage, self.epoch = path, stage, epoch
+
+
+class State(dict):
+    """A method's own values that change during a stage (tensors, numbers), as a dict that a
+    checkpoint can save: pass it in the stage's ``modules`` (e.g. SC-EGG's adaptive GP weight)."""
+
+    def state_dict(self):
+        return dict(self)
+
+    def load_state_dict(self, state):
+        self.clear()
+        self.update(state)
+
+
+def _state(obj):
+    if isinstance(obj, torch.Generator):
+        return obj.get_state()
+    return obj.state_dict()
+
+
+def _load(obj, state):
+    if isinstance(obj, torch.Generator):
+        obj.set_state(state)
+    else:
+        obj.load_state_dict(state)
+
+
+def _copy(value):
+    """A CPU deep copy of a state (tensors cloned), safe against later in-place training."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy(v) for v in value)
+    return value
+
+
+def rng_state():
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """The run's checkpoint bookkeeping (see the module docstring).
+
+    Args:
+        path: the checkpoint file (``<out>/resume.pt``).
+        identity: what must match for a resume (method, dataset, seed, selection, config hash).
+        every: write a checkpoint every this many epochs of a stage (0: stage boundaries only).
+        resume: a loaded checkpoint to continue from, or None.
+        interrupt_after: test hook: request a stop after this many epoch ends of this process.
+    """
+
+    def __init__(self, path, identity, every=10, resume=None, interrupt_after=None):
+        self.path, self.identity, self.every = path, identity, every
+        self.completed = []          # end snapshots of the finished stages, in order
+        self.resume = resume
+        self.stop_requested = False
+        self.interrupt_after = interrupt_after
+        self._epoch_ends = 0
+        self.recorder = None         # the run's CurveRecorder, saved with every checkpoint
+        if resume is not None:
+            self.completed = list(resume["completed"])
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self, ctx, modules, scheduler, records):
+        return {"modules": {k: _copy(_state(m)) for k, m in modules.items()},
+                "scheduler": _copy(scheduler.state_dict()) if scheduler is not None else None,
+                "registry": [_copy(_state(o)) for o in ctx.registry], "rng": _copy(rng_state()),
+                "records": [dict(r) for r in records]}
+
+    def restore(self, ctx, snap, modules, scheduler):
+        if set(snap["modules"]) != set(modules) or len(snap["registry"]) > len(ctx.registry):
+            raise ZSLError("--resume: the run does not replay as it was recorded (different code or settings); "
+                           "start it again without --resume")
+        for k, m in modules.items():
+            _load(m, snap["modules"][k])
+        if scheduler is not None and snap["scheduler"] is not None:
+            scheduler.load_state_dict(snap["scheduler"])
+        for obj, state in zip(ctx.registry, snap["registry"]):
+            _load(obj, state)
+        set_rng_state(snap["rng"])
+        return [dict(r) for r in snap["records"]]
+
+    # ------------------------------------------------------------------ stage protocol
+    def replay(self, index):
+        """What train_epochs does with stage ``index`` on resume: ("done", snapshot) for a finished
+        stage, ("continue", snapshot) for the interrupted one, None for a stage not reached."""
+        if self.resume is None:
+            return None
+        if index < len(self.resume["completed"]):
+            return "done", self.resume["completed"][index]
+        current = self.resume.get("current")
+        if current is not None and index == len(self.resume["completed"]):
+            return "continue", current
+        return None
+
+    def resumed_through(self, index):
+        """After the interrupted stage has been restored, the run proceeds as a fresh one."""
+        if self.resume is not None and index >= len(self.resume["completed"]):
+            self.resume = None
+
+    def epoch_end(self, ctx, index, stage, epoch, epochs, modules, scheduler, records):
+        """After every epoch of a stage: write a checkpoint when due; honour a stop request."""
+        self._epoch_ends += 1
+        if self.interrupt_after is not None and self._epoch_ends >= self.interrupt_after:
+            self.stop_requested = True
+        last = epoch == epochs
+        if last:
+            self.completed.append(self.snapshot(ctx, modules, scheduler, records))
+        due = last or self.stop_requested or (self.every and epoch % self.every == 0)
+        if not due:
+            return
+        current = None if last else self.snapshot(ctx, modules, scheduler, records)
+        self.write(current)
+        if self.stop_requested:
+            raise Interrupted(self.path, stage, epoch)
+
+    def write(self, current):
+        save_checkpoint(self.path, {"identity": self.identity, "completed": self.completed, "current": current,
+                                    "recorder": self.recorder.state_dict() if self.recorder else None})
+
+    def finish(self):
+        """The run completed: its checkpoint is no longer needed."""
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def load_resume(run_dir, identity):
+    """The checkpoint of an interrupted run in ``run_dir``, checked to be of the same run."""
+    path = os.path.join(run_dir, RESUME_FILE)
+    if not os.path.isfile(path):
+        done = os.path.isfile(os.path.join(run_dir, "results.json"))
+        raise ZSLError(f"--resume {run_dir}: no {RESUME_FILE} there" + (" (the run had finished)" if done else ""))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ZSLError(f"--resume {path}: cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") \
+            from None
+    saved = ckpt.get("identity", {})
+    diff = [k for k in identity if saved.get(k) != identity[k]]
+    if diff:
+        raise ZSLError(f"--resume {run_dir}: the checkpoint is of a different run ("
+                       + ", ".join(f"{k} {saved.get(k)!r} there, {identity[k]!r} now" for k in diff) + ")")
+    return ckpt
