@@ -27,6 +27,10 @@ res = json.load(open(sys.argv[1]))
 assert res["metrics"]["zsl_t1"] > 15, res["metrics"]
 print("check_install: fresh install from install_requires works; extension:", res["extension"])
 PY
+# --like NAME from the installed package alone (its packaged class tables; no ../shared/data next to it)
+(cd "$work" && ZSLFAST_SHARED_DATA= "$work/venv/bin/python" -m zslfast.train --like APY --no-progress --device cpu \
+    --out "$work/like" > /dev/null)
+"$work/venv/bin/python" -c "import json, sys; r = json.load(open(sys.argv[1])); assert r['dataset'] == 'synthetic_like_APY', r['dataset']; print('check_install: --like APY from the package:', r['data'])" "$work/like/results.json"
 # The quick start's main job (every method, quick budget, one table) from the installed package.
 "$work/venv/bin/python" -m zslfast.sweep --no-progress --device cpu --out "$work/sweep" > "$work/sweep.log"
 grep -q "^| scegg | quick |" "$work/sweep/table.md" && tail -n 9 "$work/sweep.log"

@@ -291,7 +291,7 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
         print(f"[zslfast] resuming from {os.path.join(out, RESUME_FILE)}", file=sys.stderr)
     interrupt_after = os.environ.get("ZSLFAST_INTERRUPT_AFTER")  # test hook: stop after N epoch ends
     checkpointer = Checkpointer(os.path.join(out, RESUME_FILE), identity, args.checkpoint_every, resume,
-                                int(interrupt_after) if interrupt_after else None)
+                                int(interrupt_after) if interrupt_after else None, config)
     checkpointer.recorder = curves
     hooks = [curves] + ([TensorBoardLogger(os.path.join(out, "tensorboard"))] if args.log == "tensorboard" else [])
     ctx = RunContext(device=device, seed=seed, quick=args.quick, selection=selection,

@@ -95,13 +95,14 @@ class Checkpointer:
     Args:
         path: the checkpoint file (``<out>/resume.pt``).
         identity: what must match for a resume (method, dataset, seed, selection, config hash).
+        config: the resolved configuration, saved with the checkpoint for the record.
         every: write a checkpoint every this many epochs of a stage (0: stage boundaries only).
         resume: a loaded checkpoint to continue from, or None.
         interrupt_after: test hook: request a stop after this many epoch ends of this process.
     """
 
-    def __init__(self, path, identity, every=10, resume=None, interrupt_after=None):
-        self.path, self.identity, self.every = path, identity, every
+    def __init__(self, path, identity, every=10, resume=None, interrupt_after=None, config=None):
+        self.path, self.identity, self.every, self.config = path, identity, every, config
         self.completed = []          # end snapshots of the finished stages, in order
         self.resume = resume
         self.stop_requested = False
@@ -166,7 +167,8 @@ class Checkpointer:
             raise Interrupted(self.path, stage, epoch)
 
     def write(self, current):
-        save_checkpoint(self.path, {"identity": self.identity, "completed": self.completed, "current": current,
+        save_checkpoint(self.path, {"identity": self.identity, "config": self.config,
+                                    "completed": self.completed, "current": current,
                                     "recorder": self.recorder.state_dict() if self.recorder else None})
 
     def finish(self):
