@@ -33,6 +33,16 @@ KINDS = ("tsne", "curves", "tasks", "attention")
 DPI = 80
 
 
+def require_plotting():
+    """--plots: matplotlib and scikit-learn are importable (checked before training), else one error."""
+    import importlib.util
+
+    missing = [m for m, mod in (("matplotlib", "matplotlib"), ("scikit-learn", "sklearn"))
+               if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise ZSLError(f"--plots needs {' and '.join(missing)}: pip install \"zslfast[plots]\"")
+
+
 def _pyplot():
     try:
         import matplotlib

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import threading
 import platform
@@ -25,6 +24,7 @@ import torch
 import zslfast
 from zslfast import ops
 from zslfast.config import resolve_config
+from zslfast.data.xlsa17 import FOLDER_NAME
 from zslfast.errors import ZSLError, run_cli
 from zslfast.io import check_writable, save_checkpoint, write_json
 from zslfast.engine import METHODS, RunContext, get_method, method_class
@@ -94,7 +94,7 @@ def _dataset_arg(value):
     for name in DATASET_CHOICES:
         if value.lower() == name.lower():
             return name
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
+    if not FOLDER_NAME.fullmatch(value):
         raise argparse.ArgumentTypeError(f"--dataset {value!r}: expected {', '.join(DATASET_CHOICES)} or the name of "
                                          "a folder under --data-root (letters, digits, _ . + -)")
     return value
@@ -178,16 +178,6 @@ def stop_on_signals(checkpointer):
             signal.signal(s, h)
 
 
-def require_plotting():
-    """--plots: matplotlib and scikit-learn importable, checked before training."""
-    import importlib.util
-
-    missing = [m for m, mod in (("matplotlib", "matplotlib"), ("scikit-learn", "sklearn"))
-               if importlib.util.find_spec(mod) is None]
-    if missing:
-        raise ZSLError(f"--plots needs {' and '.join(missing)}: pip install \"zslfast[plots]\"")
-
-
 def parse_seeds(text):
     """``--seeds 0,1,2`` as a list of distinct integers."""
     try:
@@ -233,6 +223,8 @@ def run(args):
     if args.log == "tensorboard":
         require_tensorboard()
     if args.plots:
+        from zslfast.plot import require_plotting
+
         require_plotting()
     base = os.path.basename(str(dataset_key))
     if args.resume:

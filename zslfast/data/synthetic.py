@@ -14,7 +14,6 @@ writes ``DIR/<NAME>/res101.mat`` and ``att_splits.mat`` (``NAME``: ``--name``, e
 """
 import argparse
 import os
-import re
 import sys
 
 import numpy as np
@@ -22,7 +21,7 @@ import scipy.io
 import torch
 
 from zslfast.data.dataset import ZSLDataset
-from zslfast.data.xlsa17 import DATASETS, dataset_name, read_att_splits
+from zslfast.data.xlsa17 import DATASETS, FOLDER_NAME, dataset_name, read_att_splits
 from zslfast.errors import ZSLError, run_cli
 
 # Seen/unseen class counts of the xlsa17 proposed splits (the att_splits files hold no labels, so the
@@ -250,7 +249,7 @@ def folder_name(name):
 
 def check_folder_name(name):
     """``--name``: a folder name that ``--dataset`` accepts."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name) or name.lower() == "synthetic":
+    if not FOLDER_NAME.fullmatch(name) or name.lower() == "synthetic":
         raise ZSLError(f"--name {name!r}: expected a folder name of letters, digits and _ . + - (not 'synthetic', "
                        "which means the built-in generated data)")
     return name

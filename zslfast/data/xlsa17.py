@@ -6,6 +6,7 @@ arithmetic); some files lack ``train_loc``/``val_loc``/``original_att``/``allcla
 ``train_loc ∪ val_loc ≠ trainval_loc``; AWA's ``att`` has tiny negative values (kept as they are).
 """
 import os
+import re
 
 import numpy as np
 import scipy.io
@@ -19,6 +20,8 @@ ATTRIBUTE_SOURCES = ("att", "original_att", "sent")
 LOCATIONS = {"trainval": "trainval_loc", "test_seen": "test_seen_loc", "test_unseen": "test_unseen_loc",
              "train": "train_loc", "val": "val_loc"}
 REQUIRED_LOCATIONS = ("trainval", "test_seen", "test_unseen")
+# a dataset folder name that --dataset accepts for the user's own data (no path separators)
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
 def dataset_name(name):

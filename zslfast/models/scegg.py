@@ -155,22 +155,32 @@ def train_attention(data, cfg, ctx, stage="stage 1"):
     seen = data.seen_classes.to(device)
     with ctx.init_scope():
         net = AttributeAttentionNet(data.features.shape[1], data.attributes, data.w2v).to(device)
-    opt = rmsprop(net.parameters(), s1)
-    sampler = BalancedBatches(labels, cfg["batch_size"], ctx.rng("stage1_batches", device), 1, cfg["exact_batches"])
+    history = fit_and_freeze(net, "net", lambda idx: net.loss(maps.read(idx), labels[idx], seen), labels, s1,
+                             "stage1_batches", cfg, ctx, stage)
+    return net, history
+
+
+def fit_and_freeze(module, key, loss, labels, settings, stream, cfg, ctx, stage):
+    """The recipe stages 1 and 2 share: ``settings["iterations"]`` RMSprop steps (the released
+    settings) on class-balanced batches of ``labels`` drawn from stream ``stream``, minimising
+    ``loss(batch indices)``; then ``module`` is frozen in eval mode. Returns the History."""
+    opt = rmsprop(module.parameters(), settings)
+    sampler = BalancedBatches(labels, cfg["batch_size"], ctx.rng(stream, ctx.device), 1, cfg["exact_batches"])
 
     def step(idx):
-        loss = net.loss(maps.read(idx), labels[idx], seen)
+        value = loss(idx)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt.step()
-        return detached(loss)
+        return detached(value)
 
-    net.train()
-    history = train_iterations(stage, s1["iterations"], sampler, step, ctx, modules={"net": net, "optimizer": opt})
-    net.eval()
-    for p in net.parameters():
+    module.train()
+    history = train_iterations(stage, settings["iterations"], sampler, step, ctx,
+                               modules={key: module, "optimizer": opt})
+    module.eval()
+    for p in module.parameters():
         p.requires_grad_(False)
-    return net, history
+    return history
 
 
 def dense_features(net, data, cfg, ctx):
@@ -194,21 +204,8 @@ def train_head(dense, logits, cfg, ctx, stage="stage 2"):
     target = logits[dense.splits["trainval"].to(logits.device)]
     with ctx.init_scope():
         head = DistillationHead(dense.feature_dim, dense.num_classes, s2["hidden"]).to(device)
-    opt = rmsprop(head.parameters(), s2)
-    sampler = BalancedBatches(y, cfg["batch_size"], ctx.rng("stage2_batches", device), 1, cfg["exact_batches"])
-
-    def step(idx):
-        loss = F.mse_loss(head(x[idx]), target[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return detached(loss)
-
-    head.train()
-    history = train_iterations(stage, s2["iterations"], sampler, step, ctx, modules={"head": head, "optimizer": opt})
-    head.eval()
-    for p in head.parameters():
-        p.requires_grad_(False)
+    history = fit_and_freeze(head, "head", lambda idx: F.mse_loss(head(x[idx]), target[idx]), y, s2,
+                             "stage2_batches", cfg, ctx, stage)
     return head, history
 
 
