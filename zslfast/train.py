@@ -81,7 +81,7 @@ def build_parser():
                         "result equals an uninterrupted run's (with --seeds: finished seeds are kept)")
     p.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
                    help="write <out>/resume.pt every N epochs of a stage as well as at every stage boundary "
-                        "(0: boundaries only; default 10); SIGINT/SIGTERM also write it, after the current epoch")
+                        "(0: boundaries only; default 10); SIGINT/SIGTERM also write it, after the current step")
     p.add_argument("--log", choices=["none", "tensorboard"], default="none",
                    help="tensorboard: write every stage's per-epoch losses and scores to <out>/tensorboard "
                         "(needs the tensorboard package: pip install \"zslfast[tensorboard]\")")
@@ -158,14 +158,14 @@ def format_table(rows):
 
 @contextlib.contextmanager
 def stop_on_signals(checkpointer):
-    """SIGINT / SIGTERM during training ask the run to stop after the current epoch, with a
+    """SIGINT / SIGTERM during training ask the run to stop after the current training step, with a
     checkpoint (a second signal stops at once); the previous handlers are restored afterwards."""
     def handler(signum, frame):
         if checkpointer.stop_requested:
             raise KeyboardInterrupt
         checkpointer.stop_requested = True
-        print(f"\n[zslfast] {signal.Signals(signum).name}: finishing the current epoch, then writing a checkpoint "
-              "(send it again to stop at once)", file=sys.stderr)
+        print(f"\n[zslfast] {signal.Signals(signum).name}: finishing the current training step, then writing a "
+              "checkpoint (send it again to stop at once)", file=sys.stderr)
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -281,7 +281,7 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
     if resume is not None:
         curves.load_state_dict(resume["recorder"])
         print(f"[zslfast] resuming from {os.path.join(out, RESUME_FILE)}", file=sys.stderr)
-    interrupt_after = os.environ.get("ZSLFAST_INTERRUPT_AFTER")  # test hook: stop after N epoch ends
+    interrupt_after = os.environ.get("ZSLFAST_INTERRUPT_AFTER")  # test hook: stop after N training steps
     checkpointer = Checkpointer(os.path.join(out, RESUME_FILE), identity, args.checkpoint_every, resume,
                                 int(interrupt_after) if interrupt_after else None, config)
     checkpointer.recorder = curves

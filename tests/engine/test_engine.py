@@ -30,6 +30,23 @@ def test_last_batch_policies():
     assert sorted(first.tolist()) == list(range(10)) and not torch.equal(first, second)  # a fresh permutation
 
 
+def test_an_epoch_resumed_inside_gives_the_rest_of_its_batches_and_the_same_next_epoch():
+    """--resume inside an epoch: the remaining batches are the uninterrupted epoch's, and the
+    generator ends where the uninterrupted one does (so the following epochs match too)."""
+    full = ShuffledBatches(11, 3, torch.Generator().manual_seed(4), "cpu", "keep")
+    first, second = list(full.epoch()), list(full.epoch())
+    cut = ShuffledBatches(11, 3, torch.Generator().manual_seed(4), "cpu", "keep")
+    it = cut.epoch()
+    trained = [next(it), next(it)]
+    start = cut.epoch_start.clone()  # what a mid-epoch checkpoint saves
+    state_after = cut.generator.get_state()
+    resumed = ShuffledBatches(11, 3, torch.Generator(), "cpu", "keep")
+    resumed.generator.set_state(state_after)
+    rest = list(resumed.epoch(skip=2, start_state=start))
+    assert [b.tolist() for b in trained + rest] == [b.tolist() for b in first]
+    assert [b.tolist() for b in resumed.epoch()] == [b.tolist() for b in second]
+
+
 def test_batches_over_given_indices_draw_only_those():
     idx = torch.tensor([3, 8, 11, 40, 41])
     out = torch.cat(list(ShuffledBatches(None, 2, torch.Generator().manual_seed(1), "cpu", indices=idx).epoch()))

@@ -14,6 +14,7 @@ function and owns everything around it, with one convention each:
 - an epoch-end hook: every ``ctx.hooks`` entry's ``on_epoch_end(EpochEvent)``, where checkpointing,
   resume and distributed training attach.
 """
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -77,7 +78,7 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
     nested = nested or ctx.evaluating > 0
     ckpt = None if nested else ctx.checkpointer
     modules = modules or {}
-    first = 1
+    first, partial = 1, None
     if not nested:
         index = ctx.stages_started
         ctx.stages_started += 1
@@ -89,20 +90,38 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
         if kind == "done":
             return history
         first = len(history.records) + 1
+        partial = snap.get("partial")  # stopped inside epoch ``first``: its trained batches and loss sums
         if hasattr(batches, "skip_epochs"):
             batches.skip_epochs(first - 1)
     bar = tqdm(range(first, epochs + 1), desc=desc or stage, disable=not ctx.progress, leave=leave,
                initial=first - 1, total=epochs)
     for epoch in bar:
-        if on_epoch_start is not None:
-            on_epoch_start(epoch)
-        sums, steps = {}, 0
-        for batch in batches.epoch():
+        if partial is not None:  # resume inside the epoch (its start hook already ran: its state is restored)
+            sums = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in partial["sums"].items()}
+            steps = partial["steps"]
+            epoch_batches = batches.epoch(skip=partial["batches"], start_state=partial["sampler"])
+            partial = None
+        else:
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
+            sums, steps = {}, 0
+            epoch_batches = batches.epoch()
+        stepped = False
+        for batch in epoch_batches:
+            stepped = True
             for key, value in _as_losses(step(batch)).items():
                 sums[key] = sums[key] + value if key in sums else value
             steps += 1
+            if ckpt is not None:  # a stop request is honoured after the current step
+                ckpt.step_end(ctx, stage, epoch, modules, scheduler, history.records,
+                              {"batches": steps, "steps": steps, "sums": sums,
+                               "sampler": getattr(batches, "epoch_start", None)})
         if scheduler is not None:
-            scheduler.step()
+            with warnings.catch_warnings():
+                if not stepped:  # --resume after the epoch's last step: its optimiser steps were taken
+                    # before the interruption, so PyTorch's "scheduler before optimizer" warning is wrong
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+                scheduler.step()
         record = {"epoch": epoch, "steps": steps}
         if sums:
             record["loss"] = {k: float(v) / steps for k, v in sums.items()}
@@ -131,10 +150,10 @@ class _Chunk:
         """--resume: the first ``n`` chunks were trained before the interruption."""
         self.left -= n * self.chunk
 
-    def epoch(self):
+    def epoch(self, skip=0, start_state=None):
         n = min(self.chunk, self.left)
         self.left -= n
-        for _ in range(n):
+        for _ in range(n - skip):
             yield self.sampler.sample()
 
 

@@ -10,7 +10,9 @@ How it works (one mechanism for every method, attached to :func:`zslfast.engine.
   every registry entry, the global RNG and the stage's history records.
 - A snapshot is kept (on the CPU) at the end of every stage, and the checkpoint file
   ``<out>/resume.pt`` is written atomically at every stage boundary, every ``checkpoint_every``
-  epochs, and when SIGINT / SIGTERM asked the run to stop (after the epoch in progress).
+  epochs, and when SIGINT / SIGTERM asked the run to stop: after the training step in progress,
+  with the epoch's position (its trained batches, loss sums so far, and the generator state its
+  batch order was drawn from, so the rest of the epoch's batches are the same).
 - ``--resume`` runs the method's code again from the start. A stage that had finished is not trained
   again: its end snapshot is loaded into the objects the code has just rebuilt, so the code between
   stages (dense-feature passes, replay-buffer updates, evaluations outside the training loops)
@@ -19,8 +21,8 @@ How it works (one mechanism for every method, attached to :func:`zslfast.engine.
   this state only (:mod:`zslfast.engine.context`), so on the CPU the resumed run's metrics equal the
   uninterrupted run's exactly (tested for every method).
 
-The unit of interruption is an epoch (SC-EGG's iteration stages: a chunk of 100 iterations), not an
-optimiser step: a stop request finishes the epoch in progress first.
+A stop request that arrives while no training step is running (an evaluation, SC-EGG's dense
+pass, the final classifiers) takes effect at the next step; if none follows, the run completes.
 """
 import os
 
@@ -35,8 +37,8 @@ RESUME_FILE = "resume.pt"
 class Interrupted(Exception):
     """A stop request (SIGINT / SIGTERM, or the test hook) was honoured: a checkpoint was written."""
 
-    def __init__(self, path, stage, epoch):
-        super().__init__(f"interrupted after epoch {epoch} of stage {stage!r}; checkpoint {path}")
+    def __init__(self, path, stage, epoch, steps):
+        super().__init__(f"interrupted in epoch {epoch} of stage {stage!r} after {steps} steps; checkpoint {path}")
         self.path, self.stage, self.epoch = path, stage, epoch
 
 
@@ -98,7 +100,7 @@ class Checkpointer:
         config: the resolved configuration, saved with the checkpoint for the record.
         every: write a checkpoint every this many epochs of a stage (0: stage boundaries only).
         resume: a loaded checkpoint to continue from, or None.
-        interrupt_after: test hook: request a stop after this many epoch ends of this process.
+        interrupt_after: test hook: request a stop after this many training steps of this process.
     """
 
     def __init__(self, path, identity, every=10, resume=None, interrupt_after=None, config=None):
@@ -107,7 +109,7 @@ class Checkpointer:
         self.resume = resume
         self.stop_requested = False
         self.interrupt_after = interrupt_after
-        self._epoch_ends = 0
+        self._steps = 0
         self.recorder = None         # the run's CurveRecorder, saved with every checkpoint
         if resume is not None:
             self.completed = list(resume["completed"])
@@ -150,21 +152,29 @@ class Checkpointer:
         if self.resume is not None and index >= len(self.resume["completed"]):
             self.resume = None
 
-    def epoch_end(self, ctx, index, stage, epoch, epochs, modules, scheduler, records):
-        """After every epoch of a stage: write a checkpoint when due; honour a stop request."""
-        self._epoch_ends += 1
-        if self.interrupt_after is not None and self._epoch_ends >= self.interrupt_after:
+    def step_end(self, ctx, stage, epoch, modules, scheduler, records, partial):
+        """After every training step: on a stop request, a checkpoint inside the epoch (``partial``:
+        the epoch's trained batches, step count, loss sums and the sampler's epoch-start state),
+        then :class:`Interrupted`."""
+        self._steps += 1
+        if self.interrupt_after is not None and self._steps >= self.interrupt_after:
             self.stop_requested = True
+        if not self.stop_requested:
+            return
+        current = self.snapshot(ctx, modules, scheduler, records)
+        current["partial"] = {"epoch": epoch, "batches": partial["batches"], "steps": partial["steps"],
+                              "sums": _copy(partial["sums"]), "sampler": _copy(partial["sampler"])}
+        self.write(current)
+        raise Interrupted(self.path, stage, epoch, partial["batches"])
+
+    def epoch_end(self, ctx, index, stage, epoch, epochs, modules, scheduler, records):
+        """After every epoch of a stage: write a checkpoint when due (the stage's end, every
+        ``every`` epochs)."""
         last = epoch == epochs
         if last:
             self.completed.append(self.snapshot(ctx, modules, scheduler, records))
-        due = last or self.stop_requested or (self.every and epoch % self.every == 0)
-        if not due:
-            return
-        current = None if last else self.snapshot(ctx, modules, scheduler, records)
-        self.write(current)
-        if self.stop_requested:
-            raise Interrupted(self.path, stage, epoch)
+        if last or (self.every and epoch % self.every == 0):
+            self.write(None if last else self.snapshot(ctx, modules, scheduler, records))
 
     def write(self, current):
         save_checkpoint(self.path, {"identity": self.identity, "config": self.config,

@@ -42,18 +42,30 @@ class ShuffledBatches:
         full, rest = divmod(self.n, self.batch_size)
         return full + (1 if self.last_batch == "keep" and rest >= max(1, self.min_size) else 0)
 
-    def epoch(self):
+    def epoch(self, skip=0, start_state=None):
+        """The epoch's batches. ``skip``, ``start_state`` (--resume inside an epoch): the generator
+        state the epoch's permutation was drawn from, and how many batches were already trained;
+        the permutation is drawn again from it and the generator is put back as it was."""
         g = self.generator
+        if start_state is not None:
+            now = g.get_state()
+            g.set_state(start_state)
+        self.epoch_start = g.get_state()  # saved by mid-epoch checkpoints
         perm = torch.randperm(self.n, generator=g, device=g.device)
+        if start_state is not None:
+            g.set_state(now)
         if self.indices is not None:
             perm = self.indices.to(perm.device)[perm]
         perm = perm.to(self.device)
         b = self.batch_size
         stop = self.n - b + 1 if self.last_batch == "drop" else self.n
+        yielded = 0
         for i in range(0, max(stop, 0), b):
             idx = perm[i:i + b]
             if idx.numel() >= self.min_size:
-                yield idx
+                yielded += 1
+                if yielded > skip:
+                    yield idx
 
 
 class EpisodeSampler:
@@ -104,8 +116,8 @@ class EpisodeBatches:
     def __len__(self):
         return self.steps
 
-    def epoch(self):
-        for _ in range(self.steps):
+    def epoch(self, skip=0, start_state=None):
+        for _ in range(self.steps - skip):  # each draw is fresh: skipped ones are simply not drawn
             yield self.sampler.sample(self.ways, self.shots, self.episodes)
 
 
@@ -139,6 +151,6 @@ class BalancedBatches:
             idx = idx[torch.randperm(idx.numel(), generator=g, device=dev)[:self.batch_size]]
         return idx
 
-    def epoch(self):
-        for _ in range(self.steps):
+    def epoch(self, skip=0, start_state=None):
+        for _ in range(self.steps - skip):  # each draw is fresh: skipped ones are simply not drawn
             yield self.sample()

@@ -256,10 +256,9 @@ class FeedbackPasses:
     def __len__(self):
         return self.loops * self.iterations
 
-    def epoch(self):
-        for loop in range(self.loops):
-            for _ in range(self.iterations):
-                yield loop, [self.sampler.sample() for _ in range(self.group)]
+    def epoch(self, skip=0, start_state=None):
+        for i in range(skip, self.loops * self.iterations):  # --resume: the first ``skip`` items were trained
+            yield i // self.iterations, [self.sampler.sample() for _ in range(self.group)]
 
 
 def gan_optimizers(gan, q):
