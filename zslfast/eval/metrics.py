@@ -1,5 +1,30 @@
-"""ZSL metrics: per-class mean top-1 accuracy, ZSL T1, GZSL U/S/H, continual mSA/mUA/mH."""
+"""ZSL metrics: per-class mean top-1 accuracy, ZSL T1, GZSL U/S/H, continual mSA/mUA/mH.
+
+The test-set metrics (:func:`zsl_gzsl_metrics`, :func:`continual_task_metrics`) score the rows in
+blocks and keep only per-class hit and sample counts, so memory is O(block × classes), never
+N × classes; in a process group each rank scores its own contiguous shard of the rows and the
+integer counts are summed over ranks (:mod:`zslfast.engine.distributed`), which makes the
+distributed result exactly the single-process one.
+"""
 import torch
+
+from zslfast.engine.distributed import all_reduce_sum, shard
+
+
+def class_counts(pred, target, num_classes):
+    """(hits, total): int64 [num_classes] counts of correct predictions and of samples per target class."""
+    pred, target = torch.as_tensor(pred).reshape(-1), torch.as_tensor(target).reshape(-1)
+    total = torch.bincount(target, minlength=num_classes)
+    hits = torch.bincount(target[pred == target], minlength=num_classes)
+    return hits, total
+
+
+def accuracy_from_counts(hits, total):
+    """Mean over the classes with samples of hits / total, a float in [0, 1]; 0.0 with no samples."""
+    present = total > 0
+    if not bool(present.any()):
+        return 0.0
+    return float((hits[present].double() / total[present].double()).mean())
 
 
 def per_class_accuracy(pred, target):
@@ -9,10 +34,22 @@ def per_class_accuracy(pred, target):
     if target.numel() == 0:
         return 0.0
     n = int(max(int(target.max()), int(pred.max()) if pred.numel() else 0)) + 1
-    total = torch.bincount(target, minlength=n)
-    hits = torch.bincount(target[pred == target], minlength=n)
-    present = total > 0
-    return float((hits[present].double() / total[present].double()).mean())
+    return accuracy_from_counts(*class_counts(pred, target, n))
+
+
+def sharded_counts(predict_fns, x, y, num_classes, batch_size=8192):
+    """Per-class (hits, total) of each ``predict_fns[k](block) -> class ids`` over the rows of
+    (x, y), this rank's shard scored in blocks of ``batch_size`` rows, summed over the ranks."""
+    start, stop = shard(x.shape[0])
+    counts = [torch.zeros(2, num_classes, dtype=torch.long) for _ in predict_fns]
+    with torch.no_grad():
+        for i in range(start, stop, batch_size):
+            xb, yb = x[i:min(i + batch_size, stop)], y[i:min(i + batch_size, stop)]
+            for c, fn in zip(counts, predict_fns):
+                hits, total = class_counts(fn(xb).cpu(), yb.cpu(), num_classes)
+                c[0] += hits
+                c[1] += total
+    return [tuple(all_reduce_sum(c)) for c in counts]
 
 
 def harmonic_mean(s, u):
@@ -42,19 +79,20 @@ def zsl_gzsl_metrics(score_fn, data, calibration=0.0, batch_size=8192):
     prediction among the unseen classes. GZSL: prediction among all classes; S on test_seen, U on
     test_unseen, H their harmonic mean. All accuracies are per-class means, in percent.
     """
-    seen, unseen = data.seen_classes, data.unseen_classes
+    seen, unseen, k = data.seen_classes, data.unseen_classes, data.num_classes
+    xu, yu = data.subset("test_unseen")
+    xs, ys = data.subset("test_seen")
+    cache = {}
 
-    def scores_of(split):
-        x, y = data.subset(split)
-        with torch.no_grad():
-            s = torch.cat([score_fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-        return s, y.to(s.device)
+    def scores(x):  # the ZSL and GZSL predictions of a block share one scoring
+        if cache.get("x") is not x:
+            cache.update(x=x, s=score_fn(x))
+        return cache["s"]
 
-    su, yu = scores_of("test_unseen")
-    ss, ys = scores_of("test_seen")
-    t1 = per_class_accuracy(predict(su, unseen), yu)
-    u = per_class_accuracy(predict(su, None, seen, calibration), yu)
-    s = per_class_accuracy(predict(ss, None, seen, calibration), ys)
+    t1, u = sharded_counts([lambda x: predict(scores(x), unseen), lambda x: predict(scores(x), None, seen, calibration)],
+                           xu, yu, k, batch_size)
+    (s,) = sharded_counts([lambda x: predict(score_fn(x), None, seen, calibration)], xs, ys, k, batch_size)
+    t1, u, s = (accuracy_from_counts(*c) for c in (t1, u, s))
     return {"zsl_t1": 100 * t1, "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
 
 
@@ -62,12 +100,11 @@ def continual_task_metrics(predict_fn, features, labels, seen_idx, unseen_idx, b
     """S, U (percent, per-class mean top-1 of all-class predictions) and H of one continual task:
     ``predict_fn(features) -> class ids``; ``seen_idx`` / ``unseen_idx`` index the task's test images
     of the classes seen so far and of the others."""
+    num_classes = int(labels.max()) + 1 if labels.numel() else 0
+
     def acc(idx):
         idx = idx.to(features.device)
-        x = features[idx]
-        with torch.no_grad():
-            pred = torch.cat([predict_fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-        return per_class_accuracy(pred, labels[idx])
+        return accuracy_from_counts(*sharded_counts([predict_fn], features[idx], labels[idx], num_classes, batch_size)[0])
 
     s, u = acc(seen_idx), acc(unseen_idx)
     return {"S": 100 * s, "U": 100 * u, "H": 100 * harmonic_mean(s, u)}
