@@ -26,12 +26,15 @@ def shard(n, rank=None, size=None):
 
 def all_reduce_sum(tensor):
     """Sum ``tensor`` over all ranks, in place, and return it (unchanged in a single process).
+    The tensor travels to the backend's device (NCCL: the GPU, gloo: the CPU) and back.
     Integer tensors (counts) make the sum exact whatever the reduction order."""
-    if world()[1] > 1:
-        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
-            moved = tensor.cuda()
-            dist.all_reduce(moved)
-            tensor.copy_(moved.cpu())
-        else:
-            dist.all_reduce(tensor)
+    if world()[1] == 1:
+        return tensor
+    wanted = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    if tensor.device.type == wanted:
+        dist.all_reduce(tensor)
+    else:
+        moved = tensor.to(wanted)
+        dist.all_reduce(moved)
+        tensor.copy_(moved)
     return tensor

@@ -98,7 +98,7 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
     for epoch in bar:
         if partial is not None:  # resume inside the epoch (its start hook already ran: its state is restored)
             sums = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in partial["sums"].items()}
-            steps = partial["steps"]
+            steps = partial["batches"]
             epoch_batches = batches.epoch(skip=partial["batches"], start_state=partial["sampler"])
             partial = None
         else:
@@ -112,10 +112,9 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
             for key, value in _as_losses(step(batch)).items():
                 sums[key] = sums[key] + value if key in sums else value
             steps += 1
-            if ckpt is not None:  # a stop request is honoured after the current step
-                ckpt.step_end(ctx, stage, epoch, modules, scheduler, history.records,
-                              {"batches": steps, "steps": steps, "sums": sums,
-                               "sampler": getattr(batches, "epoch_start", None)})
+            if ckpt is not None and ckpt.step_end():  # a stop request is honoured after the current step
+                ckpt.interrupt(ctx, stage, epoch, modules, scheduler, history.records,
+                               {"batches": steps, "sums": sums, "sampler": getattr(batches, "epoch_start", None)})
         if scheduler is not None:
             with warnings.catch_warnings():
                 if not stepped:  # --resume after the epoch's last step: its optimiser steps were taken

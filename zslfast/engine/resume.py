@@ -152,18 +152,20 @@ class Checkpointer:
         if self.resume is not None and index >= len(self.resume["completed"]):
             self.resume = None
 
-    def step_end(self, ctx, stage, epoch, modules, scheduler, records, partial):
-        """After every training step: on a stop request, a checkpoint inside the epoch (``partial``:
-        the epoch's trained batches, step count, loss sums and the sampler's epoch-start state),
-        then :class:`Interrupted`."""
+    def step_end(self):
+        """After every training step: whether a stop request is pending (the test hook counts steps)."""
         self._steps += 1
         if self.interrupt_after is not None and self._steps >= self.interrupt_after:
             self.stop_requested = True
-        if not self.stop_requested:
-            return
+        return self.stop_requested
+
+    def interrupt(self, ctx, stage, epoch, modules, scheduler, records, partial):
+        """Honour a stop request inside an epoch: a checkpoint with the position in it (``partial``:
+        the epoch's trained batches, loss sums and the sampler's epoch-start state), then
+        :class:`Interrupted`."""
         current = self.snapshot(ctx, modules, scheduler, records)
-        current["partial"] = {"epoch": epoch, "batches": partial["batches"], "steps": partial["steps"],
-                              "sums": _copy(partial["sums"]), "sampler": _copy(partial["sampler"])}
+        current["partial"] = {"epoch": epoch, "batches": partial["batches"], "sums": _copy(partial["sums"]),
+                              "sampler": _copy(partial["sampler"])}
         self.write(current)
         raise Interrupted(self.path, stage, epoch, partial["batches"])
 

@@ -37,18 +37,17 @@ def per_class_accuracy(pred, target):
     return accuracy_from_counts(*class_counts(pred, target, n))
 
 
-def sharded_counts(predict_fns, x, y, num_classes, batch_size=8192):
-    """Per-class (hits, total) of each ``predict_fns[k](block) -> class ids`` over the rows of
-    (x, y), this rank's shard scored in blocks of ``batch_size`` rows, summed over the ranks."""
+def sharded_counts(predict_fn, x, y, num_classes, outputs=1, batch_size=8192):
+    """Per-class (hits, total) of each of the ``outputs`` predictions ``predict_fn(block) -> (class
+    ids, ...)`` over the rows of (x, y): this rank's shard scored in blocks of ``batch_size`` rows,
+    the counts kept on the rows' device and summed over the ranks. Returns one (hits, total) each."""
     start, stop = shard(x.shape[0])
-    counts = [torch.zeros(2, num_classes, dtype=torch.long) for _ in predict_fns]
+    counts = [torch.zeros(2, num_classes, dtype=torch.long, device=y.device) for _ in range(outputs)]
     with torch.no_grad():
         for i in range(start, stop, batch_size):
-            xb, yb = x[i:min(i + batch_size, stop)], y[i:min(i + batch_size, stop)]
-            for c, fn in zip(counts, predict_fns):
-                hits, total = class_counts(fn(xb).cpu(), yb.cpu(), num_classes)
-                c[0] += hits
-                c[1] += total
+            yb = y[i:min(i + batch_size, stop)]
+            for c, pred in zip(counts, predict_fn(x[i:min(i + batch_size, stop)])):
+                c += torch.stack(class_counts(pred.to(yb.device), yb, num_classes))
     return [tuple(all_reduce_sum(c)) for c in counts]
 
 
@@ -80,18 +79,14 @@ def zsl_gzsl_metrics(score_fn, data, calibration=0.0, batch_size=8192):
     test_unseen, H their harmonic mean. All accuracies are per-class means, in percent.
     """
     seen, unseen, k = data.seen_classes, data.unseen_classes, data.num_classes
-    xu, yu = data.subset("test_unseen")
-    xs, ys = data.subset("test_seen")
-    cache = {}
 
-    def scores(x):  # the ZSL and GZSL predictions of a block share one scoring
-        if cache.get("x") is not x:
-            cache.update(x=x, s=score_fn(x))
-        return cache["s"]
+    def unseen_predictions(x):  # ZSL and GZSL predictions of a block from one scoring
+        scores = score_fn(x)
+        return predict(scores, unseen), predict(scores, None, seen, calibration)
 
-    t1, u = sharded_counts([lambda x: predict(scores(x), unseen), lambda x: predict(scores(x), None, seen, calibration)],
-                           xu, yu, k, batch_size)
-    (s,) = sharded_counts([lambda x: predict(score_fn(x), None, seen, calibration)], xs, ys, k, batch_size)
+    t1, u = sharded_counts(unseen_predictions, *data.subset("test_unseen"), k, 2, batch_size)
+    (s,) = sharded_counts(lambda x: (predict(score_fn(x), None, seen, calibration),), *data.subset("test_seen"), k,
+                          1, batch_size)
     t1, u, s = (accuracy_from_counts(*c) for c in (t1, u, s))
     return {"zsl_t1": 100 * t1, "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
 
@@ -104,7 +99,8 @@ def continual_task_metrics(predict_fn, features, labels, seen_idx, unseen_idx, b
 
     def acc(idx):
         idx = idx.to(features.device)
-        return accuracy_from_counts(*sharded_counts([predict_fn], features[idx], labels[idx], num_classes, batch_size)[0])
+        return accuracy_from_counts(*sharded_counts(lambda x: (predict_fn(x),), features[idx], labels[idx], num_classes,
+                                                    1, batch_size)[0])
 
     s, u = acc(seen_idx), acc(unseen_idx)
     return {"S": 100 * s, "U": 100 * u, "H": 100 * harmonic_mean(s, u)}
