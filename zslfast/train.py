@@ -4,6 +4,8 @@
                             [--config FILE] [--set key=value ...] [--seed N] [--device DEV]
                             [--seeds 0,1,2] [--out DIR] [--quick] [--select-on-test]
 
+    torchrun --nproc_per_node N -m zslfast.train ...    # the same run, data-parallel over N processes
+
 With no arguments it runs ESZSL on the built-in synthetic dataset in seconds. It prints progress and a
 results table, and writes ``<out>/results.json`` and ``<out>/checkpoint.pt`` (both atomically). Bad
 input (unknown names, missing or malformed data files, bad settings) ends with one line on stderr
@@ -15,6 +17,7 @@ import json
 import os
 import signal
 import threading
+import warnings
 import platform
 import sys
 import time
@@ -27,7 +30,7 @@ from zslfast.config import resolve_config
 from zslfast.data.xlsa17 import FOLDER_NAME
 from zslfast.errors import ZSLError, run_cli
 from zslfast.io import check_writable, save_checkpoint, write_json
-from zslfast.engine import METHODS, RunContext, get_method, method_class
+from zslfast.engine import METHODS, RunContext, distributed, get_method, method_class
 from zslfast.engine.curves import CurveRecorder, TensorBoardLogger, require_tensorboard
 from zslfast.engine.resume import RESUME_FILE, Checkpointer, Interrupted, load_resume
 from zslfast.summary import config_hash
@@ -164,8 +167,8 @@ def stop_on_signals(checkpointer):
         if checkpointer.stop_requested:
             raise KeyboardInterrupt
         checkpointer.stop_requested = True
-        print(f"\n[zslfast] {signal.Signals(signum).name}: finishing the current training step, then writing a "
-              "checkpoint (send it again to stop at once)", file=sys.stderr)
+        say(f"\n[zslfast] {signal.Signals(signum).name}: finishing the current training step, then writing a "
+            "checkpoint (send it again to stop at once)")
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -219,7 +222,7 @@ def run(args):
     if selection not in method.selection_modes:
         raise ZSLError(f"--select-on-test: {method.name} makes no model selection (selection: "
                        f"{', '.join(method.selection_modes)}), so there is nothing to choose on the test set")
-    device = _device(args.device)
+    device = distributed.init(_device(args.device))  # under torchrun: this rank's device, the process group
     if args.log == "tensorboard":
         require_tensorboard()
     if args.plots:
@@ -239,26 +242,34 @@ def run(args):
     else:
         out = args.out or os.path.join("runs", f"{args.method}_{base}_seed{args.seed}")
         outs = [out]
-    for folder in outs:
-        check_writable(folder)
+    # Files are rank 0's: it checks the output folders and reads the checkpoints, every rank gets
+    # the outcome (an error included), so nothing here assumes that the ranks share a filesystem.
+    distributed.on_main(lambda: [check_writable(folder) for folder in outs])
     # --resume: each checkpoint is read and checked against this run before the data is loaded
     identities = {s: {"method": method.name, "dataset": dataset_key, "seed": s, "selection": selection,
                       "data_seed": args.data_seed, "config_hash": config_hash(config)} for s in args.seeds or [args.seed]}
-    resumes = {}
-    for seed, folder in zip(args.seeds or [args.seed], outs):
-        if args.resume and (not args.seeds or os.path.isfile(os.path.join(folder, RESUME_FILE))):
-            resumes[seed] = load_resume(folder, identities[seed])
+
+    def read_resumes():
+        found, finished = {}, {}
+        for seed, folder in zip(args.seeds or [args.seed], outs):
+            results = os.path.join(folder, "results.json")
+            if args.resume and args.seeds and os.path.isfile(results) and not os.path.isfile(os.path.join(folder, RESUME_FILE)):
+                with open(results) as f:  # this seed had finished before the interruption
+                    finished[seed] = json.load(f)
+            elif args.resume and (not args.seeds or os.path.isfile(os.path.join(folder, RESUME_FILE))):
+                found[seed] = load_resume(folder, identities[seed])
+        return found, finished
+
+    resumes, finished_runs = distributed.on_main(read_resumes)
 
     t0 = time.perf_counter()
     data = load_data(args, config)
     load_s = time.perf_counter() - t0
-    print(f"[zslfast] {method.name} on {data.summary()}", file=sys.stderr)
+    say(f"[zslfast] {method.name} on {data.summary()}")
     runs = []
     for seed, folder in zip(args.seeds or [args.seed], outs):
-        finished = os.path.join(folder, "results.json")
-        if args.resume and args.seeds and os.path.isfile(finished) and not os.path.isfile(os.path.join(folder, RESUME_FILE)):
-            with open(finished) as f:  # this seed had finished before the interruption
-                runs.append(json.load(f))
+        if seed in finished_runs:
+            runs.append(finished_runs[seed])
             continue
         runs.append(train_one(args, method, config, selection, device, data, dataset_key, seed, folder, load_s,
                               identities[seed], resumes.get(seed)))
@@ -266,6 +277,8 @@ def run(args):
         return runs[0]
     from zslfast.summary import summary_markdown, write_summary
 
+    if not distributed.is_main():
+        return runs
     summary = write_summary(out, runs)
     print("\n" + summary_markdown(summary) + f"wrote {os.path.join(out, 'summary.json')} and summary.md")
     return runs
@@ -273,22 +286,27 @@ def run(args):
 
 def train_one(args, method, config, selection, device, data, dataset_key, seed, out, load_s, identity, resume=None):
     """One training run with seed ``seed`` on loaded ``data`` (continuing the checkpoint ``resume``
-    when given): writes out/results.json and checkpoint.pt."""
+    when given): writes out/results.json and checkpoint.pt (rank 0 of a distributed run, once every
+    rank has finished)."""
     t_start = time.perf_counter()
-    print(f"[zslfast] device {device}, operator backend {ops.backend(device)}, seed {seed}, "
-          f"selection: {'TEST (original protocol)' if selection == 'test' else selection}", file=sys.stderr)
+    rank, size = distributed.world()
+    say(f"[zslfast] device {device}" + (f" (rank 0 of {size} processes)" if size > 1 else "")
+        + f", operator backend {ops.backend(device)}, seed {seed}, "
+        f"selection: {'TEST (original protocol)' if selection == 'test' else selection}")
     curves = CurveRecorder()
     if resume is not None:
         curves.load_state_dict(resume["recorder"])
-        print(f"[zslfast] resuming from {os.path.join(out, RESUME_FILE)}", file=sys.stderr)
+        say(f"[zslfast] resuming from {os.path.join(out, RESUME_FILE)}")
     interrupt_after = os.environ.get("ZSLFAST_INTERRUPT_AFTER")  # test hook: stop after N training steps
     checkpointer = Checkpointer(os.path.join(out, RESUME_FILE), identity, args.checkpoint_every, resume,
                                 int(interrupt_after) if interrupt_after else None, config)
     checkpointer.recorder = curves
-    hooks = [curves] + ([TensorBoardLogger(os.path.join(out, "tensorboard"))] if args.log == "tensorboard" else [])
+    main_rank = rank == 0
+    hooks = [curves] + ([TensorBoardLogger(os.path.join(out, "tensorboard"))]
+                        if args.log == "tensorboard" and main_rank else [])
     ctx = RunContext(device=device, seed=seed, quick=args.quick, selection=selection,
-                     progress=not args.no_progress, hooks=hooks, save_features=args.save_features or args.plots,
-                     checkpointer=checkpointer)
+                     progress=not args.no_progress and main_rank, hooks=hooks,
+                     save_features=args.save_features or args.plots, checkpointer=checkpointer)
     t0 = time.perf_counter()
     try:
         with stop_on_signals(checkpointer):
@@ -297,6 +315,12 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
         for hook in hooks[1:]:
             hook.close()
     run_s = time.perf_counter() - t0
+    fail_rank = os.environ.get("ZSLFAST_FAIL_RANK")  # test hook: this rank fails after training
+    if fail_rank is not None and int(fail_rank) == rank:
+        raise RuntimeError(f"ZSLFAST_FAIL_RANK={fail_rank}: failing on purpose after training")
+    distributed.all_succeeded()  # a job in which any rank failed writes no results
+    if not main_rank:
+        return None
 
     ckpt = os.path.join(out, "checkpoint.pt")
     save_checkpoint(ckpt, {"method": method.name, "config": config, "state": result.state,
@@ -310,6 +334,7 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
                     "total_s": load_s + time.perf_counter() - t_start},
         "config": config, "seed": seed, "data_seed": args.data_seed if args.dataset == "synthetic" else None,
         "device": str(device), "backend": ops.backend(device), "extension": ops.extension_info(),
+        "processes": size,
         "versions": {"zslfast": zslfast.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
         "data": data.summary(), "checkpoint": ckpt, "info": result.info,
@@ -322,7 +347,7 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
         from zslfast.plot import plot_all
 
         for kind, (path, _) in plot_all(out).items():
-            print(f"[zslfast] plot {kind}: {path}", file=sys.stderr)
+            say(f"[zslfast] plot {kind}: {path}")
 
     print(f"\n{method.name} on {dataset_key} (seed {seed}, selection: {results['selection']['on']})")
     rows = [(k, v) for k, v in result.metrics.items()]
@@ -334,18 +359,33 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
     return results
 
 
+def say(message):
+    """A progress line on stderr, from rank 0 only (the other ranks of a distributed run are silent)."""
+    if distributed.is_main():
+        print(message, file=sys.stderr)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    quiet = distributed.launched() and int(os.environ.get("RANK", "0")) != 0
 
     def body():
         try:
             return run(args)
         except Interrupted as exc:
-            print(f"zslfast: {exc}; continue with the same arguments and --resume {os.path.dirname(exc.path)}",
-                  file=sys.stderr)
+            say(f"zslfast: {exc}; continue with the same arguments and --resume {os.path.dirname(exc.path)}")
             return 3
+        finally:
+            distributed.shutdown()
 
-    return run_cli(body)
+    # Under torchrun only rank 0 talks: the other ranks' results, tables and warnings are rank 0's
+    # too. Errors are not silenced (errors.run_cli prints them with the rank).
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            stack.enter_context(contextlib.redirect_stdout(open(os.devnull, "w")))
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+        return run_cli(body)
 
 
 if __name__ == "__main__":

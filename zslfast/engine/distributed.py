@@ -1,10 +1,45 @@
-"""The process group as the rest of zslfast sees it: rank, world size, row shards and sum reductions.
+"""Data-parallel training and evaluation on ``torch.distributed``, as the rest of zslfast sees it.
 
-Everything here is a no-op in a single process (no ``torch.distributed`` group initialised), so
-callers write one code path. Under ``torchrun`` (or any initialised group: gloo on CPUs, NCCL on
-GPUs) the same calls shard and reduce.
+Under ``torchrun`` (gloo on CPUs, NCCL on GPUs) every process runs the same program on the same
+data. The rule that makes an N-process run optimise exactly what the 1-process run optimises:
+
+1. **The global batch is drawn on every rank.** Samplers and noise come from the run's named streams
+   (:mod:`zslfast.engine.context`), which are the same on every rank, so every rank draws the same
+   global batch indices and the same noise for all of its rows (a few kilobytes per step).
+2. **Per-sample network work is sharded.** Each rank runs the networks on its contiguous share of
+   the batch's rows (:func:`rows`, :func:`sharded`): the forward and backward passes, region-map
+   reads and GEMMs are split N ways.
+3. **Losses are computed on the gathered batch.** The per-row outputs are all-gathered in rank
+   order (:func:`gather`, differentiable), so every rank computes the method's loss on exactly the
+   1-process tensors. That is what makes batch-level losses distribute without approximation: GRW's
+   random walks over the whole batch's generated points, class means, log-of-mean alignments,
+   SC-EGG's gradient penalty and VAE sums, CVC's episodes. Gathering costs O(rows × output width)
+   per step, never O(parameters).
+4. **Gradients are averaged by DistributedDataParallel.** The networks whose forward runs on a
+   shard are wrapped by :func:`parallel` (``DistributedDataParallel``). The gather's backward sums
+   the (identical) loss gradient of every rank, so each rank's parameter gradient is N × its shard's
+   contribution plus the contribution of everything computed on all rows alike; DDP's average over
+   the ranks is then exactly the 1-process gradient (up to the order of floating-point sums).
+
+Evaluation: test rows are sharded and only integer per-class counts are summed
+(:func:`zslfast.eval.metrics.sharded_counts`), so distributed metrics equal the single-process ones
+exactly. Files are read and written by rank 0 only (:func:`on_main`, :func:`is_main`); nothing here
+assumes one node.
+
+Everything here is the identity in a single process (no process group initialised): one code path,
+and the single-process numbers are unchanged by it.
 """
+import datetime
+import os
+
+import torch
 import torch.distributed as dist
+from torch import nn
+
+from zslfast.errors import ZSLError
+
+# Seconds a collective may wait for the other ranks before the job fails (ZSLFAST_DIST_TIMEOUT).
+DEFAULT_TIMEOUT_S = 1800
 
 
 def world():
@@ -12,6 +47,11 @@ def world():
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def is_main():
+    """Whether this process is rank 0 (the one that prints, writes files and checkpoints)."""
+    return world()[0] == 0
 
 
 def shard(n, rank=None, size=None):
@@ -24,13 +64,18 @@ def shard(n, rank=None, size=None):
     return start, start + per + (1 if rank < extra else 0)
 
 
+def _wire_device():
+    """Where the backend's tensors must live: the GPU for NCCL, the CPU for gloo."""
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
 def all_reduce_sum(tensor):
     """Sum ``tensor`` over all ranks, in place, and return it (unchanged in a single process).
     The tensor travels to the backend's device (NCCL: the GPU, gloo: the CPU) and back.
     Integer tensors (counts) make the sum exact whatever the reduction order."""
     if world()[1] == 1:
         return tensor
-    wanted = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    wanted = _wire_device()
     if tensor.device.type == wanted:
         dist.all_reduce(tensor)
     else:
@@ -38,3 +83,144 @@ def all_reduce_sum(tensor):
         dist.all_reduce(moved)
         tensor.copy_(moved)
     return tensor
+
+
+def rows(tensor):
+    """This rank's contiguous share of the rows of a global (replicated) tensor; the tensor itself
+    in a single process."""
+    size = world()[1]
+    if size == 1:
+        return tensor
+    start, stop = shard(tensor.shape[0])
+    return tensor[start:stop]
+
+
+class _Gather(torch.autograd.Function):
+    """All-gather of row shards in rank order (shards may differ by one row). Backward: every rank
+    computed the same loss from the gathered tensor, so the gradient of this rank's rows is the sum
+    of all ranks' gradients of them (N × the common value), which DDP's average turns into the
+    1-process gradient (module docstring, rule 4)."""
+
+    @staticmethod
+    def forward(ctx, local, n):
+        rank, size = world()
+        sizes = [b - a for a, b in (shard(n, r, size) for r in range(size))]
+        if local.shape[0] != sizes[rank]:
+            raise RuntimeError(f"gather: rank {rank} holds {local.shape[0]} rows of {n}, expected {sizes[rank]}")
+        ctx.n = n
+        wanted = _wire_device()
+        width = max(sizes)
+        padded = local.new_zeros((width,) + tuple(local.shape[1:]), device=wanted)
+        padded[:local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(local.device)
+
+    @staticmethod
+    def backward(ctx, grad):
+        total = all_reduce_sum(grad.contiguous().clone())
+        start, stop = shard(ctx.n)
+        return total[start:stop], None
+
+
+def gather(local, n):
+    """The global [n, ...] tensor from every rank's rows ``local`` (see :func:`rows`), in rank order
+    and differentiable; ``local`` itself in a single process."""
+    if world()[1] == 1:
+        return local
+    return _Gather.apply(local, n)
+
+
+def sharded(fn, *rowwise):
+    """``fn(*rowwise)`` computed data-parallel: ``fn`` runs on this rank's rows of every row-aligned
+    argument and its output (a tensor, or a tuple of tensors) is gathered back to all rows. In a
+    single process this is exactly ``fn(*rowwise)``."""
+    if world()[1] == 1:
+        return fn(*rowwise)
+    n = rowwise[0].shape[0]
+    out = fn(*[rows(t) for t in rowwise])
+    if isinstance(out, tuple):
+        return tuple(gather(o, n) for o in out)
+    return gather(out, n)
+
+
+def parallel(module):
+    """``module`` wrapped in :class:`torch.nn.parallel.DistributedDataParallel` in a process group
+    (its forward must run on this rank's rows; gradients are averaged over the ranks in its
+    backward), the module itself in a single process."""
+    if world()[1] == 1:
+        return module
+    p = next((p for p in module.parameters() if p.requires_grad), None)
+    if p is None:
+        raise ValueError(f"parallel: {type(module).__name__} has no parameter that requires grad")
+    device_ids = [p.device.index] if p.device.type == "cuda" else None
+    # Buffers are synchronised once at construction (every rank computes the same ones anyway).
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
+
+
+def any_rank(flag):
+    """Whether ``flag`` is true on any rank (one tiny all-reduce in a process group)."""
+    if world()[1] == 1:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_wire_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def on_main(fn):
+    """``fn()`` run on rank 0 only (a file read, a check of the output folder) and its result sent
+    to every rank; a :class:`ZSLError` it raises is raised on every rank, so all ranks stop with the
+    same one-line message. In a single process: ``fn()``."""
+    if world()[1] == 1:
+        return fn()
+    box = [None]
+    if is_main():
+        try:
+            box[0] = ("ok", fn())
+        except ZSLError as exc:
+            box[0] = ("error", str(exc))
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise ZSLError(value)
+    return value
+
+
+def all_succeeded():
+    """A barrier that every rank passes only once all of them got here: called before rank 0 writes
+    a run's results, so a job in which any rank failed writes none."""
+    if world()[1] > 1:
+        any_rank(False)
+
+
+def launched():
+    """Whether this process was started by ``torchrun`` (or another launcher) as one of several:
+    ``WORLD_SIZE`` > 1 in the environment."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device):
+    """Join the process group of a ``torchrun`` launch (``env://``: RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT) and return the device this rank trains on: ``cuda:LOCAL_RANK`` with NCCL when
+    ``device`` is a CUDA device (or ``auto`` on a GPU machine), the CPU with gloo otherwise.
+    Outside a launch nothing happens and ``device`` is returned."""
+    if not launched() or world()[1] > 1:
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if device.index not in (None, local):
+            raise ZSLError(f"--device {device}: under torchrun every process uses cuda:LOCAL_RANK; pass --device cuda")
+        if local >= torch.cuda.device_count():
+            raise ZSLError(f"LOCAL_RANK {local}: this node has {torch.cuda.device_count()} CUDA device(s); start at "
+                           "most that many processes per node (--nproc_per_node)")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    timeout = datetime.timedelta(seconds=float(os.environ.get("ZSLFAST_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    return device
+
+
+def shutdown():
+    """Leave the process group (at the end of a launched run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

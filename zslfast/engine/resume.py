@@ -28,6 +28,7 @@ import os
 
 import torch
 
+from zslfast.engine.distributed import any_rank, is_main, world
 from zslfast.errors import ZSLError
 from zslfast.io import save_checkpoint
 
@@ -153,10 +154,14 @@ class Checkpointer:
             self.resume = None
 
     def step_end(self):
-        """After every training step: whether a stop request is pending (the test hook counts steps)."""
+        """After every training step: whether a stop request is pending (the test hook counts steps).
+        In a distributed run the ranks agree (a request on any rank stops all of them after the same
+        step), at the cost of one one-integer all-reduce per step."""
         self._steps += 1
         if self.interrupt_after is not None and self._steps >= self.interrupt_after:
             self.stop_requested = True
+        if world()[1] > 1:
+            self.stop_requested = any_rank(self.stop_requested)
         return self.stop_requested
 
     def interrupt(self, ctx, stage, epoch, modules, scheduler, records, partial):
@@ -179,13 +184,16 @@ class Checkpointer:
             self.write(None if last else self.snapshot(ctx, modules, scheduler, records))
 
     def write(self, current):
+        """Write the checkpoint file (rank 0 of a distributed run; every rank holds the same state)."""
+        if not is_main():
+            return
         save_checkpoint(self.path, {"identity": self.identity, "config": self.config,
                                     "completed": self.completed, "current": current,
                                     "recorder": self.recorder.state_dict() if self.recorder else None})
 
     def finish(self):
         """The run completed: its checkpoint is no longer needed."""
-        if os.path.exists(self.path):
+        if is_main() and os.path.exists(self.path):
             os.unlink(self.path)
 
 

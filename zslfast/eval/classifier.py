@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from zslfast.engine.context import RunContext
+from zslfast.engine.distributed import parallel, sharded
 from zslfast.engine.loop import eval_mode, train_epochs
 from zslfast.engine.samplers import ShuffledBatches
 from zslfast.engine.selection import best_epoch
@@ -61,9 +62,10 @@ def train_softmax_classifier(features, labels, num_classes, epochs=25, lr=1e-3, 
     clf = SoftmaxClassifier(features.shape[1], num_classes, generator=generator, device=device, init=init)
     opt = torch.optim.Adam(clf.parameters(), lr=lr, betas=(beta1, 0.999))
     batches = ShuffledBatches(features.shape[0], batch_size, generator, device, last_batch="keep")
+    net = parallel(clf)  # data-parallel in a process group: each rank scores its rows of the batch
 
     def step(idx):
-        loss = nn.functional.cross_entropy(clf(features[idx]), labels[idx])
+        loss = nn.functional.cross_entropy(sharded(lambda i: net(features[i]), idx), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

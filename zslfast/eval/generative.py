@@ -14,11 +14,17 @@ data's own held-out splits, which are the validation view's in the default proto
 test splits only with ``--select-on-test``) or given (``epochs``, e.g. the counts chosen on
 validation). ``inputs`` maps classifier inputs, real and synthetic alike (SC-EGG trains its
 classifiers on [x, Dec(x), Dec_hidden(x)]).
+
+In a process group (:mod:`zslfast.engine.distributed`) every rank synthesizes the same features (one
+shared stream; the generator's cost is small next to the classifiers'), ``inputs`` maps each rank's
+rows, the classifiers train data-parallel (each rank scores its rows of every batch) and the
+accuracies come from sharded test rows with summed per-class counts.
 """
 import torch
 
+from zslfast.engine.distributed import sharded
 from zslfast.eval.classifier import train_softmax_classifier
-from zslfast.eval.metrics import harmonic_mean, per_class_accuracy, predict
+from zslfast.eval.metrics import harmonic_mean, predict, sharded_accuracy
 
 
 def synthetic_budget(data, synth_per_class=None, synth_ratio=None):
@@ -68,20 +74,20 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
     if ctx.save_features:  # the last evaluation's features, in the generator's space, for the t-SNE plot
         ctx.artifacts["features"] = feature_sample({"real_seen": (xs, ys), "real_unseen": (xu, yu),
                                                     "synthetic_unseen": (syn_x, syn_y)})
-    if inputs is not None:
+    if inputs is not None:  # each rank maps its rows, every rank gets all of them back
         with torch.no_grad():
-            syn_x, real_x, xs, xu = inputs(syn_x), inputs(real_x), inputs(xs), inputs(xu)
+            syn_x, real_x, xs, xu = (sharded(inputs, t) for t in (syn_x, real_x, xs, xu))
     epochs = epochs or {"gzsl": classifier["epochs"], "zsl": classifier["epochs"]}
 
-    def gzsl(clf):
-        with torch.no_grad():
-            s = per_class_accuracy(predict(clf(xs), None, seen, calibration), ys)
-            u = per_class_accuracy(predict(clf(xu), None, seen, calibration), yu)
+    k = data.num_classes
+
+    def gzsl(clf):  # test rows sharded over the ranks of a process group, counts summed
+        s = sharded_accuracy(lambda x: predict(clf(x), None, seen, calibration), xs, ys, k)
+        u = sharded_accuracy(lambda x: predict(clf(x), None, seen, calibration), xu, yu, k)
         return s, u
 
     def zsl(clf):
-        with torch.no_grad():
-            return per_class_accuracy(predict(clf(xu), unseen), yu)
+        return sharded_accuracy(lambda x: predict(clf(x), unseen), xu, yu, k)
 
     def fit(x, y, kind, score):
         return train_softmax_classifier(

@@ -51,6 +51,12 @@ def sharded_counts(predict_fn, x, y, num_classes, outputs=1, batch_size=8192):
     return [tuple(all_reduce_sum(c)) for c in counts]
 
 
+def sharded_accuracy(predict_fn, x, y, num_classes, batch_size=8192):
+    """Per-class mean top-1 accuracy in [0, 1] of ``predict_fn(block) -> class ids`` over the rows of
+    (x, y), through :func:`sharded_counts` (rows sharded over the ranks of a process group)."""
+    return accuracy_from_counts(*sharded_counts(lambda b: (predict_fn(b),), x, y, num_classes, 1, batch_size)[0])
+
+
 def harmonic_mean(s, u):
     """H = 2·S·U/(S+U), 0 when either is 0."""
     return 0.0 if s <= 0 or u <= 0 else 2 * s * u / (s + u)
@@ -99,8 +105,7 @@ def continual_task_metrics(predict_fn, features, labels, seen_idx, unseen_idx, b
 
     def acc(idx):
         idx = idx.to(features.device)
-        return accuracy_from_counts(*sharded_counts(lambda x: (predict_fn(x),), features[idx], labels[idx], num_classes,
-                                                    1, batch_size)[0])
+        return sharded_accuracy(predict_fn, features[idx], labels[idx], num_classes, batch_size)
 
     s, u = acc(seen_idx), acc(unseen_idx)
     return {"S": 100 * s, "U": 100 * u, "H": 100 * harmonic_mean(s, u)}

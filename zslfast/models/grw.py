@@ -49,6 +49,16 @@ Conscious choices (§7), each a config key:
   the last one, as in the original, so no test data influences training (selection mode ``fixed``;
   ``--select-on-test`` has nothing to select and is refused before the data is loaded).
 
+Distributed (``torchrun``, :mod:`zslfast.engine.distributed`): nearly every GRW loss is a
+batch-level quantity (random walks over all generated points, class means, the log of a batch-mean
+cosine), so no loss is split. D's step runs on every rank alike (its network sees only the K class
+attribute rows; the per-sample terms are cosines), its fake features generated in shards. Every
+generator forward (the batch's seen features, the hallucinated ones, the four per-class sample
+sets of the walks) runs on each rank's rows, the outputs are gathered, and every G loss, walks
+included, is computed on the gathered tensors by every rank: the walks' O(steps·K·M²) cost is
+therefore not divided, the generator's is. The learnable dictionary is a DDP module like G and D.
+Task splits and the replay buffer are the same on every rank; the task evaluation is sharded.
+
 Efficiency the original lacks (§8): walks propagate Q_{t+1} = Q_t·P_xx through the fused
 ``random_walk_landing`` operator instead of forming P_xx^t; the seen-class prototypes D(A_seen) are
 computed once per step and scored with one cosine GEMM (``pairwise_distance``) instead of running D on
@@ -67,6 +77,7 @@ from torch import nn
 from zslfast import ops
 from zslfast.data.continual import CONTINUAL_SETTINGS, ContinualSplit, ReplayBuffer
 from zslfast.engine.continual import run_continual
+from zslfast.engine.distributed import parallel, sharded
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.selection import Selector
 from zslfast.errors import ZSLError
@@ -144,12 +155,13 @@ class GRWModel(nn.Module):
         # D(a) = ReLU(W2 · ReLU(W1 · a + b1) + b2): class attributes to visual prototypes (§2)
         self.embedder = MLP([attribute_dim, hidden, feature_dim], init="xavier")
 
-    def generate_per_class(self, att, n, generator):
-        """n samples for every row of ``att`` [K, d_a], class-major ([K·n, D])."""
+    def generate_per_class(self, att, n, generator, net=None):
+        """n samples for every row of ``att`` [K, d_a], class-major ([K·n, D]), by ``net`` (default:
+        the generator; in a process group its DDP wrapper, each rank generating its rows)."""
         k = att.shape[0]
         z = torch.randn(k * n, att.shape[1], generator=generator, device=att.device, dtype=att.dtype)
         index = torch.arange(k, device=att.device).repeat_interleave(n)
-        return self.generator(z, att, index)
+        return sharded(lambda zi, ii: (net or self.generator)(zi, att, ii), z, index)
 
 
 # ------------------------------------------------------------------------------------------- losses
@@ -261,6 +273,9 @@ class GRWTrainer:
         with ctx.init_scope():
             self.model = GRWModel(data.attribute_dim, data.feature_dim, cfg["hidden"])
         self.model.to(device)
+        # In a process group: D's loss is computed by every rank alike (it runs on K class rows), G's
+        # forward passes are sharded by rows and its losses taken on the gathered batch.
+        self.embedder, self.generator = parallel(self.model.embedder), parallel(self.model.generator)
         self.att = data.attributes.to(device)
         self.mu = torch.zeros(data.num_classes, data.feature_dim, device=device)  # real class means
         self.gen = ctx.rng("noise", device)
@@ -300,6 +315,7 @@ class GRWTrainer:
             self.dictionary = nn.Embedding(c, d_a, max_norm=float(self.att.norm(dim=1).max())).to(self.att)
             with torch.no_grad():
                 self.dictionary.weight.copy_(alpha * self.att[i] + (1 - alpha) * self.att[j])
+            self.lookup = parallel(self.dictionary)
             self.opt_dict = adam(self.dictionary.parameters(), self.device, cfg["dic_lr"], cfg["weight_decay"])
 
     def hallucinate(self, y):
@@ -307,7 +323,7 @@ class GRWTrainer:
         attributes with α ~ U[lo, hi], or a uniformly drawn dictionary row."""
         b = y.shape[0]
         if self.method == "learnable":
-            return self.dictionary(torch.randint(self.att.shape[0], (b,), generator=self.gen, device=self.device))
+            return self.lookup(torch.randint(self.att.shape[0], (b,), generator=self.gen, device=self.device))
         lo, hi = self.cfg["interpolation_range"]
         a = self.att[y]
         p1 = torch.randperm(b, generator=self.gen, device=self.device)
@@ -349,7 +365,7 @@ class GRWTrainer:
         scale, n = cfg["scale"], rw["samples_per_class"]
         att_h = self.hallucinate(y)
         z = torch.randn(y.shape[0], att_h.shape[1], generator=self.gen, device=self.device, dtype=att_h.dtype)
-        x_h = F.normalize(self.model.generator(z, att_h), dim=1)
+        x_h = F.normalize(sharded(self.generator, z, att_h), dim=1)
         scores_h = self.f.seen_scores(embedder, self.att[:k], protos, x_h, scale)
         creativity = (-cfg["creative_weight"][self.method] * F.log_softmax(scores_h, dim=1).mean() / k
                       - scale * F.cosine_similarity(self.model.embedder(att_h), x_h, dim=1).mean())
@@ -359,7 +375,7 @@ class GRWTrainer:
                                     rw["temperature"])
 
         def fresh_prototypes():
-            samples = self.model.generate_per_class(self.att[:k], n, self.gen)
+            samples = self.model.generate_per_class(self.att[:k], n, self.gen, self.generator)
             return samples, samples.view(k, n, -1).mean(1)
 
         w = rw["weights"]
@@ -383,8 +399,8 @@ class GRWTrainer:
         m, k = self.model, self.num_seen
         z = torch.randn(y.shape[0], self.att.shape[1], generator=self.gen, device=self.device, dtype=self.att.dtype)
         with torch.no_grad():
-            x_fake = m.generator(z, self.att[:k], y)
-        protos_d = m.embedder(self.att[:k])
+            x_fake = sharded(lambda zi, yi: m.generator(zi, self.att[:k], yi), z, y)
+        protos_d = self.embedder(self.att[:k])
         before = self.cfg["g_prototypes"] == "before_d_step"
         # The original formulation runs D itself on repeated rows, so it needs D's pre-update weights.
         embedder_g = copy.deepcopy(m.embedder) if before and self.f.runs_embedder else m.embedder
@@ -405,7 +421,8 @@ class GRWTrainer:
             self.opt_g.zero_grad(set_to_none=True)
             if self.dictionary is not None:
                 self.opt_dict.zero_grad(set_to_none=True)
-            loss_seen = self.g_seen_loss(m.generator(z, self.att[:k], y), y, protos, embedder_g)
+            x_gen = sharded(lambda zi, yi: self.generator(zi, self.att[:k], yi), z, y)
+            loss_seen = self.g_seen_loss(x_gen, y, protos, embedder_g)
             if self.cfg["schedule"] == "two_step":
                 loss_seen.backward()
                 self.opt_g.step()  # the seen gradients stay and are applied again below (§3.5)

@@ -26,6 +26,11 @@ instead of crashing; the two backward calls are one summed loss; the lr schedule
 epoch (the original also steps at iteration 0); ZSL T1 comes from a classifier trained on synthetic
 unseen features only, as in the TMM code (MM has no T1).
 
+Distributed (``torchrun``, :mod:`zslfast.engine.distributed`): every rank draws the same batch and
+its perturbation noise; the flow's forward and backward run on each rank's rows and the NLL is
+taken over the gathered (z, log|det J|); the prototype term f⁻¹(0; sr(a_s)) depends on no sample
+and is computed by every rank alike; the final classifiers train data-parallel.
+
 Efficiency the original lacks: each subnet's condition projection is computed once per class in
 the batch (not per sample) and once per class when sampling; synthetic features never leave the
 device; sampling runs in whole batches per class; the coupling is one fused operator; Adam is fused.
@@ -35,6 +40,7 @@ import time
 import torch
 from torch import nn
 
+from zslfast.engine.distributed import parallel, sharded
 from zslfast.engine.loop import eval_mode, train_epochs
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.samplers import ShuffledBatches
@@ -104,13 +110,21 @@ class GSMFlowModel(nn.Module):
         self.flow = ConditionalFlow(feature_dim, f["cond_dim"], f["blocks"], f["hidden"], f["clamp"],
                                     f["clamp_mode"], init_std=f["init_std"])
 
-    def nll(self, x, y, attributes):
-        """The flow's training loss on features x of classes y: mean(z²)/2 − mean(log|det J|)/D with
-        z = f(x; sr(a_y)), i.e. the negative log-likelihood per dimension up to the constant ½·log 2π
-        (§2f). The condition is computed once per class present in y."""
+    def forward(self, x, y, attributes):
+        """(z, log|det J|) with z = f(x; sr(a_y)) for features x of classes y; the condition is computed
+        once per class present in y."""
         classes, inverse = torch.unique(y, return_inverse=True)
-        z, logdet = self.flow(x, self.sr(attributes[classes]), cond_index=inverse)
-        return (z ** 2).mean() / 2 - logdet.mean() / x.shape[1]
+        return self.flow(x, self.sr(attributes[classes]), cond_index=inverse)
+
+    @staticmethod
+    def nll_of(z, logdet):
+        """The flow's training loss from its outputs on a batch: mean(z²)/2 − mean(log|det J|)/D, i.e.
+        the negative log-likelihood per dimension up to the constant ½·log 2π (§2f)."""
+        return (z ** 2).mean() / 2 - logdet.mean() / z.shape[1]
+
+    def nll(self, x, y, attributes):
+        """The flow's training loss (:meth:`nll_of`) on features x of classes y."""
+        return self.nll_of(*self(x, y, attributes))
 
     def prototypes(self, class_attributes):
         """The visual prototype of each class, f⁻¹(0; sr(a)): the inverse flow of the latent origin
@@ -146,8 +160,13 @@ def build_model(data, cfg, device):
 
 def flow_step(model, opt, x_all, y_all, att, seen, proto_target, cfg, noise_rng):
     """The training step of one batch of positions ``idx``: the flow's NLL on perturbed features
-    x + π·ε (ε optionally masked per dimension) plus λ·MSE(f⁻¹(0; sr(a_s)), μ_s) (§2e–f)."""
+    x + π·ε (ε optionally masked per dimension) plus λ·MSE(f⁻¹(0; sr(a_s)), μ_s) (§2e–f).
+
+    In a process group each rank runs the flow on its rows of the batch (the noise of every row is
+    drawn on every rank from the shared stream) and the NLL is taken over the gathered (z, log det);
+    the prototype term is computed by every rank alike (:mod:`zslfast.engine.distributed`)."""
     d = x_all.shape[1]
+    net = parallel(model)
 
     def step(idx):
         x, y = x_all[idx], y_all[idx]
@@ -155,7 +174,7 @@ def flow_step(model, opt, x_all, y_all, att, seen, proto_target, cfg, noise_rng)
         if cfg["perturbation_dropout"] > 0:
             noise = noise * (torch.rand(d, generator=noise_rng, device=noise_rng.device).to(x.device)
                              > cfg["perturbation_dropout"])
-        loss = model.nll(x + cfg["perturbation"] * noise, y, att)
+        loss = model.nll_of(*sharded(lambda xi, yi: net(xi, yi, att), x + cfg["perturbation"] * noise, y))
         if cfg["proto_weight"] > 0:
             loss = loss + cfg["proto_weight"] * nn.functional.mse_loss(model.prototypes(att[seen]), proto_target)
         opt.zero_grad(set_to_none=True)

@@ -61,6 +61,13 @@ The decisions of spec §1.8, item by item:
 18. The generator step draws a fresh batch (SC-EGG), not the last critic batch (TF-VAEGAN): kept.
 19. The classifier-input augmentation is computed once per evaluation.
 
+Distributed (``torchrun``, :mod:`zslfast.engine.distributed`): every rank draws the same batches and
+noise. Stage 1 reads and attends over each rank's rows of a batch's region maps; the dense pass is
+split by images and the cache gathered (every rank holds it: 151 MiB at SUN's size); stage 2 scores
+its rows; in stage 3 the five networks run on each rank's rows, and the critic's means, the
+gradient penalty (per-row gradient norms, gathered), the VAE sums, the classification terms and
+the weighted L1 are taken over the gathered batch.
+
 Other differences: the original evaluates stage 1 on the test set every 100 iterations for
 logging; nothing here reads the test set during training. The final classifiers' last batch of an
 epoch may be partial (TF-VAEGAN wraps around to a full batch).
@@ -72,6 +79,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zslfast.data.dataset import ZSLDataset
+from zslfast.engine.distributed import gather, parallel, shard, sharded
 from zslfast.engine.loop import detached, eval_mode, train_epochs, train_iterations
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.resume import State
@@ -138,7 +146,7 @@ def rmsprop(params, cfg):
 def class_attributes(data, cfg):
     """The GAN's class attributes [K, A]: ``att``, optionally with negatives clipped (AWA2) and rows
     L2-normalised (decision 6)."""
-    att = data.attributes.float()
+    att = data.attributes.to(torch.get_default_dtype())
     if cfg["clip_negative_att"]:
         att = att.clamp_min(0)
     return F.normalize(att, dim=1) if cfg["attribute_norm"] == "l2" else att
@@ -155,20 +163,26 @@ def train_attention(data, cfg, ctx, stage="stage 1"):
     seen = data.seen_classes.to(device)
     with ctx.init_scope():
         net = AttributeAttentionNet(data.features.shape[1], data.attributes, data.w2v).to(device)
-    history = fit_and_freeze(net, "net", lambda idx: net.loss(maps.read(idx), labels[idx], seen), labels, s1,
-                             "stage1_batches", cfg, ctx, stage)
+
+    def loss(parallel_net, idx):  # in a process group each rank reads and attends over its rows' maps
+        local, glob = sharded(lambda i: parallel_net(maps.read(i))[:2], idx)
+        return net.loss_of(local, glob, labels[idx], seen)
+
+    history = fit_and_freeze(net, "net", loss, labels, s1, "stage1_batches", cfg, ctx, stage)
     return net, history
 
 
 def fit_and_freeze(module, key, loss, labels, settings, stream, cfg, ctx, stage):
     """The recipe stages 1 and 2 share: ``settings["iterations"]`` RMSprop steps (the released
     settings) on class-balanced batches of ``labels`` drawn from stream ``stream``, minimising
-    ``loss(batch indices)``; then ``module`` is frozen in eval mode. Returns the History."""
+    ``loss(net, batch indices)`` with ``net`` the module as trained (its DDP wrapper in a process
+    group); then ``module`` is frozen in eval mode. Returns the History."""
     opt = rmsprop(module.parameters(), settings)
     sampler = BalancedBatches(labels, cfg["batch_size"], ctx.rng(stream, ctx.device), 1, cfg["exact_batches"])
+    net = parallel(module)
 
     def step(idx):
-        value = loss(idx)
+        value = loss(net, idx)
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
@@ -187,7 +201,11 @@ def dense_features(net, data, cfg, ctx):
     """The cache (§1.3): (a :class:`ZSLDataset` of every image's scaled dense feature [N, C], the
     frozen net's local class logits [N, K], the stage-2 targets). The scaler is fitted on the
     trainval images and loaded into ``net``, as the original loads it into the network."""
-    g, logits = dense_pass(net, data.features.to(ctx.device), cfg["dense_block"])
+    n = data.features.shape[0]
+    start, stop = shard(n)  # in a process group each rank passes over its images, the cache is gathered
+    maps = data.features if (start, stop) == (0, n) else data.features[torch.arange(start, stop)]
+    g, logits = dense_pass(net, maps.to(ctx.device), cfg["dense_block"])
+    g, logits = gather(g, n), gather(logits, n)
     net.scaler.fit(g[data.splits["trainval"].to(g.device)])
     dense = ZSLDataset(name=f"{data.name}[dense]", features=net.scaler(g).contiguous(), labels=data.labels.to(g.device),
                        attributes=data.attributes.to(g.device), class_names=data.class_names,
@@ -204,7 +222,7 @@ def train_head(dense, logits, cfg, ctx, stage="stage 2"):
     target = logits[dense.splits["trainval"].to(logits.device)]
     with ctx.init_scope():
         head = DistillationHead(dense.feature_dim, dense.num_classes, s2["hidden"]).to(device)
-    history = fit_and_freeze(head, "head", lambda idx: F.mse_loss(head(x[idx]), target[idx]), y, s2,
+    history = fit_and_freeze(head, "head", lambda net, idx: F.mse_loss(sharded(net, x[idx]), target[idx]), y, s2,
                              "stage2_batches", cfg, ctx, stage)
     return head, history
 
@@ -221,13 +239,15 @@ class VAEGAN(nn.Module):
         self.Dec = AttributeDecoder(feature_dim, attribute_dim, hidden)
         self.Fb = Feedback(hidden)
 
-    def generate(self, z, a, weight=0.0):
+    def generate(self, z, a, weight=0.0, nets=None):
         """G(z, a); with a non-zero feedback ``weight``, G's second pass through the feedback of
-        Dec's (detached) hidden state on the first. A zero weight skips the feedback exactly."""
+        Dec's (detached) hidden state on the first. A zero weight skips the feedback exactly.
+        ``nets``: the (G, Fb) that train (DDP wrappers in a process group); default: G and Fb."""
+        g, fb = nets or (self.G, self.Fb)
         if weight == 0:
-            return self.G(z, a)
-        hidden = self.Dec(self.G(z, a))[1].detach()
-        return self.G(z, a, self.Fb(hidden), weight)
+            return g(z, a)
+        hidden = self.Dec(self.G(z, a))[1].detach()  # no gradient reaches G or Dec through this pass
+        return g(z, a, fb(hidden), weight)
 
     def augment(self, x):
         """The final classifiers' input [x, Dec(x), Dec.hidden(x)] (§1.6)."""
@@ -276,9 +296,16 @@ def gan_optimizers(gan, q):
 
 def gan_step(model, opts, x_all, y_all, att, unseen, cfg, g, state):
     """One stage-3 iteration (§1.5) as a step function of (pass, batches); ``state["lambda"]`` is the
-    adaptive gradient-penalty weight, updated after the critic steps from their mean penalty."""
+    adaptive gradient-penalty weight, updated after the critic steps from their mean penalty.
+
+    In a process group every rank draws the same batches and noise; the networks run on each rank's
+    rows (the trained ones through their DDP wrappers) and every loss is taken over the gathered
+    batch, so the critic's means, the gradient penalty, the VAE sums and the classification terms
+    are the 1-process ones (:mod:`zslfast.engine.distributed`)."""
     gan, head, q = model.gan, model.head, cfg["gan"]
     opt_e, opt_g, opt_d, opt_dec, opt_fb = opts
+    e_p, g_p, d_p, dec_p = (parallel(m) for m in (gan.E, gan.G, gan.D, gan.Dec))
+    fb_p = parallel(gan.Fb) if q["a1"] != 0 else gan.Fb  # with a1 = 0 Fb never runs in training
 
     def noise(n):
         return torch.randn(n, att.shape[1], generator=g, device=g.device, dtype=att.dtype)
@@ -295,16 +322,16 @@ def gan_step(model, opts, x_all, y_all, att, unseen, cfg, g, state):
             x, a = x_all[idx], att[y_all[idx]]
             if q["recons_weight"] > 0:
                 opt_dec.zero_grad(set_to_none=True)
-                (q["recons_weight"] * weighted_l1(gan.Dec(x)[0], a)).backward()
+                (q["recons_weight"] * weighted_l1(sharded(lambda xi: dec_p(xi)[0], x), a)).backward()
                 opt_dec.step()
             with torch.no_grad():
                 z = noise(x.shape[0])
                 if q["encoded_noise"]:
-                    mu, logvar = gan.E(x, a)
+                    mu, logvar = sharded(gan.E, x, a)
                     z = mu + torch.exp(0.5 * logvar) * z
-                fake = gan.generate(z, a, weight)
+                fake = sharded(lambda zi, ai: gan.generate(zi, ai, weight), z, a)
             gp = gradient_penalty(gan.D, x, fake, a, generator=g)
-            loss_d = q["gamma_d"] * (gan.D(fake, a).mean() - gan.D(x, a).mean() + state["lambda"] * gp)
+            loss_d = q["gamma_d"] * (sharded(d_p, fake, a).mean() - sharded(d_p, x, a).mean() + state["lambda"] * gp)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
@@ -319,20 +346,22 @@ def gan_step(model, opts, x_all, y_all, att, unseen, cfg, g, state):
         idx = batches[-1]
         x, y = x_all[idx], y_all[idx]
         a = att[y]
-        mu, logvar = gan.E(x, a)
-        recon = gan.generate(mu + torch.exp(0.5 * logvar) * noise(x.shape[0]), a, weight)
+        mu, logvar = sharded(e_p, x, a)
+        recon = sharded(lambda zi, ai: gan.generate(zi, ai, weight, (g_p, fb_p)),
+                        mu + torch.exp(0.5 * logvar) * noise(x.shape[0]), a)
         vae = vae_loss(recon, x, mu, logvar)
         losses = {"vae": vae}
-        loss = vae - q["gamma_g"] * gan.D(recon, a).mean()
+        loss = vae - q["gamma_g"] * sharded(gan.D, recon, a).mean()
         if q["seen_cls_weight"] > 0:
-            losses["cls_seen"] = F.cross_entropy(head(recon), y)
+            losses["cls_seen"] = F.cross_entropy(sharded(head, recon), y)
             loss = loss + q["seen_cls_weight"] * losses["cls_seen"]
         if q["unseen_cls_weight"] > 0:
             u = unseen[torch.randint(unseen.numel(), (x.shape[0],), generator=g, device=g.device).to(unseen.device)]
-            losses["cls_unseen"] = F.cross_entropy(head(gan.G(noise(x.shape[0]), att[u])), u)
+            losses["cls_unseen"] = F.cross_entropy(sharded(lambda zi, ai: head(g_p(zi, ai)), noise(x.shape[0]), att[u]), u)
             loss = loss + q["unseen_cls_weight"] * losses["cls_unseen"]
         if q["recons_weight"] > 0:
-            loss = loss + q["recons_weight"] * weighted_l1(gan.Dec(recon)[0], a)
+            dec = gan.Dec if q["freeze_dec"] else dec_p
+            loss = loss + q["recons_weight"] * weighted_l1(sharded(lambda r: dec(r)[0], recon), a)
         for opt in opts:
             if opt is not opt_d:
                 opt.zero_grad(set_to_none=True)

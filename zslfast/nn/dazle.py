@@ -56,10 +56,10 @@ class AttributeAttentionNet(nn.Module):
         super().__init__()
         a, d = w2v.shape
         k = attributes.shape[0]
-        self.V = nn.Parameter(F.normalize(w2v.float(), dim=1).clone())
+        self.V = nn.Parameter(F.normalize(w2v.to(torch.get_default_dtype()), dim=1).clone())
         self.W1 = nn.Parameter(torch.randn(d, channels, generator=generator))
         self.W2 = nn.Parameter(torch.zeros(d, channels))
-        self.register_buffer("class_att", F.normalize(attributes.float(), dim=1))
+        self.register_buffer("class_att", F.normalize(attributes.to(torch.get_default_dtype()), dim=1))
         self.mlp_compose = nn.Sequential(nn.Linear(a, a // 2), nn.LeakyReLU(0.01), nn.Linear(a // 2, 1))
         self.scaler = MinMaxScaler(channels)
         self.compose_cls = nn.Linear(channels, k)
@@ -82,6 +82,11 @@ class AttributeAttentionNet(nn.Module):
     def loss(self, features, labels, seen):
         """CE over the seen classes of the local and of the global logits (weights 1 and 1)."""
         local, glob, _ = self(features)
+        return self.loss_of(local, glob, labels, seen)
+
+    @staticmethod
+    def loss_of(local, glob, labels, seen):
+        """:meth:`loss` from the network's local and global class logits of a batch."""
         target = torch.searchsorted(seen, labels)
         return F.cross_entropy(local[:, seen], target) + F.cross_entropy(glob[:, seen], target)
 

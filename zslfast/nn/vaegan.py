@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zslfast.engine.distributed import sharded
+
 NORM_EPS = 1e-12
 LEAK = 0.2
 
@@ -120,11 +122,18 @@ def vae_loss(recon, x, mu, logvar):
 def gradient_penalty(critic, real, fake, attributes, generator=None):
     """mean_b (‖∇_x̂ D(x̂, a)‖₂ − 1)² at x̂ = u·real + (1 − u)·fake, u ~ U(0, 1) per row (drawn from
     ``generator`` on the inputs' device). The gradient is taken w.r.t. x̂ only, with a graph, so the
-    penalty trains the critic."""
+    penalty trains the critic. The penalty is a mean of per-row terms: in a process group every rank
+    draws every row's u, takes the gradient norms of its own rows, and the norms are gathered
+    (:mod:`zslfast.engine.distributed`)."""
     u = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype, generator=generator)
-    mixed = (u * real + (1 - u) * fake).detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(mixed, attributes).sum(), mixed, create_graph=True)
-    return ((grad.norm(dim=1) - 1) ** 2).mean()
+    mixed = (u * real + (1 - u) * fake).detach()
+
+    def grad_norms(x, a):
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(x, a).sum(), x, create_graph=True)
+        return grad.norm(dim=1)
+
+    return ((sharded(grad_norms, mixed, attributes) - 1) ** 2).mean()
 
 
 def adapt_lambda(lam, gp, high=1.05, low=1.001, factor=1.1):
