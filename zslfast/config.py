@@ -8,7 +8,9 @@ Layers, later ones winning:
 2. the dataset layer: ``datasets.<DATASET>`` for a real dataset or for the built-in synthetic data
    (``datasets.synthetic``). Synthetic data shaped like a real dataset (``--like NAME``) takes
    NAME's own section ``datasets.NAME`` (its hyper-parameters) followed by the file's
-   ``like_budget`` section, which only scales the budget (epochs, widths, sample counts) to a CPU;
+   ``like_budget`` section, which scales the budget (epochs, widths, sample counts) to a CPU, and
+   then by ``like_budget.datasets.NAME`` where the file has one: the budget of one dataset, for
+   values that must differ from the common budget on that data (each says why in the YAML);
 3. the ``quick`` section (with ``--quick``);
 4. a user ``--config`` file (a flat or nested mapping of the same keys);
 5. ``--set key=value`` overrides (dotted keys for nested values; values parsed as YAML).
@@ -91,7 +93,10 @@ def dataset_layers(spec, dataset, like_name=None):
     """The dataset layer's sections as (label, mapping) pairs (see the module docstring)."""
     datasets = spec.get("datasets") or {}
     if dataset == "synthetic" and like_name is not None:
-        return [(f"datasets.{like_name}", datasets.get(like_name) or {}), ("like_budget", spec.get("like_budget") or {})]
+        budget = dict(spec.get("like_budget") or {})
+        per_dataset = budget.pop("datasets", None) or {}
+        return [(f"datasets.{like_name}", datasets.get(like_name) or {}), ("like_budget", budget),
+                (f"like_budget.datasets.{like_name}", per_dataset.get(like_name) or {})]
     return [(f"datasets.{dataset}", datasets.get(dataset) or {})]
 
 
