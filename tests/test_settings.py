@@ -104,6 +104,27 @@ def test_like_runs_take_the_dataset_section_then_the_cpu_budget():
     assert resolve_config("grw", "synthetic", like="CUB")["lsr"]["margin"] == 0.04  # GRW's CUB value
 
 
+
+def test_a_per_dataset_budget_comes_after_the_common_one(tmp_path, monkeypatch):
+    """like_budget.datasets.NAME is applied after like_budget, for --like NAME only: SC-EGG's
+    AWA2-like runs keep AWA2's own GAN values, CUB-like runs take SUN's released ones."""
+    awa2, cub, sun = (resolve_config("scegg", "synthetic", like=n) for n in ("AWA2", "CUB", "SUN"))
+    own = resolve_config("scegg", "AWA2")["gan"]
+    for key in ("lr", "gamma_d", "gamma_g", "recons_weight", "freeze_dec"):
+        assert awa2["gan"][key] == own[key] != sun["gan"][key]
+    assert (awa2["epochs"], awa2["eval_every"], awa2["gan"]["hidden"]) == (10, 2, 1024)
+    assert {k: cub["gan"][k] for k in ("lr", "gamma_d", "gamma_g")} == {k: sun["gan"][k] for k in ("lr", "gamma_d", "gamma_g")}
+    assert resolve_config("scegg", "synthetic", like="CUB")["gan"]["feed_lr"] == resolve_config("scegg", "CUB")["gan"]["feed_lr"]
+    # a typo inside a per-dataset budget is refused like any other unknown key
+    spec = yaml.safe_load(open(os.path.join(CONFIG_DIR, "scegg.yaml")))
+    spec["like_budget"]["datasets"]["AWA2"]["gan"] = {"lrr": 1.0}
+    (tmp_path / "scegg.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "_base.yaml").write_text(open(os.path.join(CONFIG_DIR, "_base.yaml")).read())
+    monkeypatch.setattr("zslfast.config.CONFIG_DIR", str(tmp_path))
+    with pytest.raises(ZSLError, match=r"like_budget.datasets.AWA2.*unknown setting 'gan.lrr'"):
+        resolve_config("scegg", "synthetic", like="AWA2")
+
+
 BAD_CASES = [
     (["--method", "gsmflow", "--set", "lr=abc"], "setting lr = 'abc': expected a number > 0"),
     (["--method", "grw", "--set", "epochs=-1"], "setting epochs = -1: expected an integer >= 1"),
