@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timing  # noqa: E402
+from zslfast.engine.distributed import parallel, sharded  # noqa: E402
 
 METHODS = ("gsmflow", "grw", "cvc", "scegg1", "scegg3", "classifier")
 
@@ -103,7 +104,6 @@ def build(method, quick):
         batches = iter(EpisodeBatches(EpisodeSampler(y, g), 16, 8, 4, 10 ** 6).epoch())
         return lambda: step(next(batches))
     if method in ("scegg1", "scegg3"):
-        from zslfast.engine.distributed import parallel, sharded
         from zslfast.models import scegg
         from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead
 
@@ -138,7 +138,6 @@ def build(method, quick):
                               torch.arange(s_cls, k), cfg, ctx.rng("gan_noise"), {"lambda": 10.0})
         return lambda: step((0, [sampler.sample() for _ in range(cfg["gan"]["critic_iters"] + 1)]))
     if method == "classifier":
-        from zslfast.engine.distributed import parallel, sharded
         from zslfast.eval.classifier import SoftmaxClassifier
 
         n, d, k, b = (4096, 1024, 200, 256) if quick else (20000, 6144, 717, 512)
@@ -148,14 +147,14 @@ def build(method, quick):
         opt = torch.optim.Adam(clf.parameters(), lr=1e-3, betas=(0.5, 0.999))
         batches = iter(ShuffledBatches(n, b, g, "cpu", "keep").epoch())
 
-        def step():
+        def classifier_step():
             idx = next(batches)
             loss = torch.nn.functional.cross_entropy(sharded(lambda i: net(x[i]), idx), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             return loss.detach()
-        return step
+        return classifier_step
     raise ValueError(method)
 
 
