@@ -105,6 +105,17 @@ def test_like_runs_take_the_dataset_section_then_the_cpu_budget():
 
 
 
+def test_scegg_presets_classify_in_batches_of_the_synthetic_count():
+    """TF-VAEGAN (whose values SC-EGG's are, and CUB's / AWA2's presets come from) trains both final
+    classifiers with batches of syn_num rows: SUN's released 400 / 400, and so 300 for CUB and 1800
+    for AWA2 and AWA1."""
+    for name in ("SUN", "CUB", "AWA2", "AWA1"):
+        cfg = resolve_config("scegg", name)
+        assert cfg["classifier"]["batch_size"] == cfg["synth_per_class"], name
+    assert resolve_config("scegg", "CUB")["classifier"]["batch_size"] == 300
+    assert "classifier.batch_size" in resolve_config("scegg", "AWA2")["not_released"]
+
+
 def test_a_per_dataset_budget_comes_after_the_common_one(tmp_path, monkeypatch):
     """like_budget.datasets.NAME is applied after like_budget, for --like NAME only: SC-EGG's
     AWA2-like runs keep AWA2's own GAN values, CUB-like runs take SUN's released ones."""
@@ -115,6 +126,13 @@ def test_a_per_dataset_budget_comes_after_the_common_one(tmp_path, monkeypatch):
     assert (awa2["epochs"], awa2["eval_every"], awa2["gan"]["hidden"]) == (10, 2, 1024)
     assert {k: cub["gan"][k] for k in ("lr", "gamma_d", "gamma_g")} == {k: sun["gan"][k] for k in ("lr", "gamma_d", "gamma_g")}
     assert resolve_config("scegg", "synthetic", like="CUB")["gan"]["feed_lr"] == resolve_config("scegg", "CUB")["gan"]["feed_lr"]
+    # AWA2-like keeps the released stage 2 (its head guides the generator) and weighs the head's CE on
+    # generated unseen features by 1 (chosen on validation); the others keep the CPU budget's stage 2
+    # and SUN's released 0.001
+    assert awa2["stage2"] == resolve_config("scegg", "SUN")["stage2"] != cub["stage2"] == sun["stage2"]
+    assert cub["stage2"]["iterations"] == 600
+    assert awa2["gan"]["unseen_cls_weight"] == 1.0 != cub["gan"]["unseen_cls_weight"] == sun["gan"]["unseen_cls_weight"] == 0.001
+    assert own["unseen_cls_weight"] == 0.001  # the full AWA2 preset keeps SUN's released weight
     # a typo inside a per-dataset budget is refused like any other unknown key
     spec = yaml.safe_load(open(os.path.join(CONFIG_DIR, "scegg.yaml")))
     spec["like_budget"]["datasets"]["AWA2"]["gan"] = {"lrr": 1.0}

@@ -22,7 +22,8 @@ is AGPL-3.0 and none of it is used here. Three stages on region features F [N, C
 5. **Evaluation** (§1.6): ``synth_per_class`` features per unseen class from G, then the engine's
    generative evaluation (:func:`zslfast.eval.generative_evaluation`) with classifier inputs
    [x, Dec(x), Dec.hidden(x)] and TF-VAEGAN's classifier (N(0, 0.02) init, Adam(5e-4, β1 0.5),
-   batch 400, 25 epochs).
+   batch 400, 25 epochs; TF-VAEGAN's batch is the synthetic count per class, so the CUB and AWA2
+   presets take 300 and 1800).
 
 The decisions of spec §1.8, item by item:
 
