@@ -370,13 +370,17 @@ def main(argv=None):
     quiet = distributed.launched() and int(os.environ.get("RANK", "0")) != 0
 
     def body():
+        together = False  # whether every rank ended alike (see distributed.shutdown)
         try:
-            return run(args)
-        except Interrupted as exc:
+            result = run(args)
+            together = True
+            return result
+        except Interrupted as exc:  # every rank stopped after the same step
+            together = True
             say(f"zslfast: {exc}; continue with the same arguments and --resume {os.path.dirname(exc.path)}")
             return 3
         finally:
-            distributed.shutdown()
+            distributed.shutdown(together)
 
     # Under torchrun only rank 0 talks: the other ranks' results, tables and warnings are rank 0's
     # too. Errors are not silenced (errors.run_cli prints them with the rank).

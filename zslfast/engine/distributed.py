@@ -30,6 +30,7 @@ Everything here is the identity in a single process (no process group initialise
 and the single-process numbers are unchanged by it.
 """
 import datetime
+import gc
 import os
 
 import torch
@@ -220,7 +221,20 @@ def init(device):
     return device
 
 
-def shutdown():
-    """Leave the process group (at the end of a launched run)."""
+def shutdown(together=False):
+    """Leave the process group (at the end of a launched run).
+
+    The run's DDP wrappers sit in reference cycles, so without a collection they would be freed at
+    interpreter exit, after the group is gone, with gloo's worker threads still holding their work
+    objects: a rank then aborts ("terminate called without an active exception") although the run
+    succeeded. They are collected first. ``together``: the ranks ended alike (success, or a stop
+    they agreed on), so they also meet at a barrier and tear their connections down at the same
+    point; never after a failure, where a rank may be gone."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        if together:
+            try:
+                dist.barrier()
+            except RuntimeError:  # a rank failed after all (e.g. rank 0 writing results): leave anyway
+                pass
         dist.destroy_process_group()
