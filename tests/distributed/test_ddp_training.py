@@ -54,41 +54,48 @@ def _batch_loss(out):
 def _primitives(rank, size, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=size)
+    ok = False
     try:
-        result = {}
-        for n in (0, 1, 7, 8):
-            x = torch.arange(n * 3, dtype=torch.float64).view(n, 3)
-            result[f"gather{n}"] = torch.equal(distributed.gather(distributed.rows(x), n), x)
-        g = torch.Generator().manual_seed(0)
-        xs = [torch.randn(7, 6, dtype=torch.float64, generator=g) for _ in range(3)]
-        model, reference = _net(), _net()
-        net = distributed.parallel(model)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
-        for x in xs:  # 7 rows: shards of 4 and 3
-            opt.zero_grad()
-            _batch_loss(distributed.sharded(net, x)).backward()
-            opt.step()
-            ref_opt.zero_grad()
-            _batch_loss(reference(x)).backward()  # the 1-process step, on every row
-            ref_opt.step()
-        result["ddp"] = max(float((p - q).abs().max()) for p, q in zip(model.parameters(), reference.parameters()))
-        result["moved"] = float((next(model.parameters()) - next(_net().parameters())).abs().max())
-        result["any"] = [distributed.any_rank(rank == 1), distributed.any_rank(False)]
-        result["on_main"] = distributed.on_main(lambda: f"read by rank {distributed.world()[0]}")
-
-        def refuse():
-            raise ZSLError("--out /x: cannot write there")
-
-        try:
-            distributed.on_main(refuse)
-            result["error"] = None
-        except ZSLError as exc:
-            result["error"] = str(exc)
+        result = _primitive_checks(rank)  # its DDP wrapper is garbage by the time the group is left
         with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
+        ok = True
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown(together=ok)
+
+
+def _primitive_checks(rank):
+    result = {}
+    for n in (0, 1, 7, 8):
+        x = torch.arange(n * 3, dtype=torch.float64).view(n, 3)
+        result[f"gather{n}"] = torch.equal(distributed.gather(distributed.rows(x), n), x)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(7, 6, dtype=torch.float64, generator=g) for _ in range(3)]
+    model, reference = _net(), _net()
+    net = distributed.parallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for x in xs:  # 7 rows: shards of 4 and 3
+        opt.zero_grad()
+        _batch_loss(distributed.sharded(net, x)).backward()
+        opt.step()
+        ref_opt.zero_grad()
+        _batch_loss(reference(x)).backward()  # the 1-process step, on every row
+        ref_opt.step()
+    result["ddp"] = max(float((p - q).abs().max()) for p, q in zip(model.parameters(), reference.parameters()))
+    result["moved"] = float((next(model.parameters()) - next(_net().parameters())).abs().max())
+    result["any"] = [distributed.any_rank(rank == 1), distributed.any_rank(False)]
+    result["on_main"] = distributed.on_main(lambda: f"read by rank {distributed.world()[0]}")
+
+    def refuse():
+        raise ZSLError("--out /x: cannot write there")
+
+    try:
+        distributed.on_main(refuse)
+        result["error"] = None
+    except ZSLError as exc:
+        result["error"] = str(exc)
+    return result
 
 
 @pytest.mark.slow
