@@ -224,12 +224,12 @@ def init(device):
 def shutdown(together=False):
     """Leave the process group (at the end of a launched run).
 
-    The run's DDP wrappers sit in reference cycles, so without a collection they would be freed at
-    interpreter exit, after the group is gone, with gloo's worker threads still holding their work
-    objects: a rank then aborts ("terminate called without an active exception") although the run
-    succeeded. They are collected first. ``together``: the ranks ended alike (success, or a stop
-    they agreed on), so they also meet at a barrier and tear their connections down at the same
-    point; never after a failure, where a rank may be gone."""
+    The run's DDP wrappers sit in reference cycles, so without a collection they are freed only at
+    interpreter exit, after the group is gone. Twice in CI a rank of a successful 2-process test
+    aborted there ("terminate called without an active exception"); the wrappers outliving the
+    group is the likely cause (not reproduced), so they are collected first. ``together``: the
+    ranks ended alike (success, or a stop they agreed on), so they also meet at a barrier and tear
+    their connections down at the same point; never after a failure, where a rank may be gone."""
     if dist.is_available() and dist.is_initialized():
         gc.collect()
         if together:
