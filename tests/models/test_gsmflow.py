@@ -145,7 +145,7 @@ def test_checkpoint_reproduces_the_metrics_and_beats_the_untrained_flow(tmp_path
 def test_select_on_test_keeps_the_best_test_epoch_and_its_weights(tmp_path_factory):
     """The original protocol: the chosen flow epoch is the argmax of the recorded per-evaluation
     test H, the reported metrics are that evaluation's, and the checkpoint holds that epoch's flow
-    (re-evaluating it the same way gives the same numbers)."""
+    (re-evaluating it the same way, with the same evaluation key, gives the same numbers)."""
     res, ckpt = quick_run(tmp_path_factory, "gsmflow", "--select-on-test", "--set", "eval_every=2",
                           tag="on_test")
     sel, m = res["selection"], res["metrics"]
@@ -158,7 +158,8 @@ def test_select_on_test_keeps_the_best_test_epoch_and_its_weights(tmp_path_facto
     assert len(set(scores)) > 1  # the evaluations differ, so keeping the wrong one would show
     data = make_synthetic(seed=0).normalized(res["config"]["feature_norm"])
     ctx = RunContext(device=torch.device("cpu"), seed=res["seed"], progress=False)
-    again, nested = evaluate_flow(_reload(res, ckpt, data), data, res["config"], ctx)
+    with ctx.evaluation(f"gsmflow/epoch {flow['value']}"):  # that evaluation's own synthesis stream
+        again, nested = evaluate_flow(_reload(res, ckpt, data), data, res["config"], ctx)
     assert again == pytest.approx(m, abs=1e-9)
     assert {k: c["value"] for k, c in nested.items()} == {f"{k}_classifier_epochs": v
                                                           for k, v in _classifier_epochs(sel).items()}

@@ -11,7 +11,11 @@ RNG and never from a generator a method seeds itself:
 A stream's seed is a function of the run seed and the stream's name only, so adding a stream or
 reordering calls never shifts another stream, and two runs with one seed draw the same numbers.
 Each ``rng`` call starts its stream afresh: a stage that is run twice (a validation run, then the
-refit on all of trainval) sees the same draws both times, as in zslfast 0.1.
+refit on all of trainval) sees the same draws both times, as in zslfast 0.1. An evaluation inside a
+training loop has a key (its stage and epoch, :meth:`RunContext.evaluation`), and
+``ctx.rng(name, device, keyed=True)`` gives a stream of that key: every evaluation draws fresh
+numbers, as the originals' continuing RNGs do, and a resumed or distributed run draws the same
+ones, because the key depends on neither the process nor the history of calls.
 
 The derivations of the streams that existed before the engine (:data:`LEGACY_STREAMS`) are kept as
 they were, so the golden results of ``zslfast.golden`` did not move; new names are derived by
@@ -82,14 +86,21 @@ class RunContext:
     registry: list = field(default_factory=list)
     stages_started: int = 0
     evaluating: int = 0
+    evaluation_keys: list = field(default_factory=list)
 
     def __post_init__(self):
         self.device = torch.device(self.device)
         if self.selection not in SELECTION_MODES:
             raise ValueError(f"selection must be one of {', '.join(SELECTION_MODES)}, got {self.selection!r}")
 
-    def rng(self, name, device=None):
-        """A fresh torch.Generator of stream ``name`` on ``device`` (default: the CPU)."""
+    def rng(self, name, device=None, keyed=False):
+        """A fresh torch.Generator of stream ``name`` on ``device`` (default: the CPU).
+
+        ``keyed``: inside an evaluation that has a key (see :meth:`evaluation`), the stream of
+        ``name`` for that key, so each evaluation draws its own numbers; outside one, the plain
+        stream ``name``."""
+        if keyed and self.evaluation_keys and self.evaluation_keys[-1] is not None:
+            name = f"{name}@{self.evaluation_keys[-1]}"
         gen = torch.Generator(device=torch.device(device) if device is not None else "cpu")
         gen.manual_seed(stream_seed(self.seed, name))
         return self.register(gen)
@@ -103,12 +114,16 @@ class RunContext:
         return obj
 
     @contextlib.contextmanager
-    def evaluation(self):
-        """Marks an evaluation in progress (its training stages are nested, its streams not saved)."""
+    def evaluation(self, key=None):
+        """Marks an evaluation in progress (its training stages are nested, its streams not saved).
+        ``key`` names this evaluation among the run's (the training loop passes its stage and
+        epoch); keyed streams (:meth:`rng`) derive from the innermost one."""
         self.evaluating += 1
+        self.evaluation_keys.append(key)
         try:
             yield
         finally:
+            self.evaluation_keys.pop()
             self.evaluating -= 1
 
     @contextlib.contextmanager

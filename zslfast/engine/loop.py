@@ -7,7 +7,8 @@ function and owns everything around it, with one convention each:
   :mod:`zslfast.engine.samplers`);
 - the learning-rate schedule steps once after every epoch (a schedule stepped at the start of every
   epoch but the first, as CVC's original does, gives the same learning rate in every epoch);
-- evaluation after epoch e when e >= ``eval_start`` and (e % ``eval_every`` == 0 or e is the last);
+- evaluation after epoch e when e >= ``eval_start`` and (e % ``eval_every`` == 0 or e is the last),
+  keyed by the stage and the epoch (:meth:`zslfast.engine.context.RunContext.evaluation`);
 - a progress bar showing the epoch's mean losses;
 - a per-epoch history record: the epoch, its step count, the mean of every loss the step returned
   (synchronised once per epoch, never per step) and the evaluation score where one was taken;
@@ -126,7 +127,7 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
             record["loss"] = {k: float(v) / steps for k, v in sums.items()}
             bar.set_postfix({k: f"{v:.4f}" for k, v in list(record["loss"].items())[:3]})
         if evaluate is not None and epoch >= eval_start and (epoch % eval_every == 0 or epoch == epochs):
-            with ctx.evaluation():
+            with ctx.evaluation(f"{stage}/epoch {epoch}"):  # keyed: fresh draws per evaluation
                 record["score"] = float(evaluate(epoch))
         history.records.append(record)
         event = EpochEvent(stage, epoch, epochs, record, modules, nested)

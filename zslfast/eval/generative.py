@@ -2,12 +2,23 @@
 
 Given a trained generator, :func:`generative_evaluation`:
 
-1. synthesizes ``n_per_class`` features for every unseen class of the data it is given (drawn from
-   the run's ``synthesis`` stream on the training device; the stream restarts at every call, so
-   every evaluated epoch of a run sees the same noise);
+1. synthesizes ``n_per_class`` features for every unseen class of the data it is given, drawn from
+   the run's ``synthesis`` stream keyed by the evaluation (its stage and epoch), on the training
+   device: every evaluated epoch draws fresh noise, a fresh classifier initialisation and a fresh
+   batch order, as the originals' continuing RNGs do, and a resumed or distributed run draws the
+   same ones (an evaluation outside a training loop, e.g. of the refitted model, uses the plain
+   stream);
 2. trains the GZSL softmax classifier on real trainval (seen) + synthetic unseen features and the
    ZSL classifier on synthetic unseen features only (:func:`zslfast.eval.classifier.train_softmax_classifier`);
-3. reports ZSL T1 (argmax over the unseen classes) and GZSL S/U/H on the data's test splits.
+3. reports ZSL T1 and GZSL S/U/H on the data's test splits.
+
+The ZSL classifier's output layer (``classifier["zsl_outputs"]``):
+
+- ``unseen`` (f-CLSWGAN's ``CLASSIFIER`` with ``nclass = U``, which SC-EGG and TF-VAEGAN inherit):
+  U outputs trained on the labels mapped to 0..U-1, predictions mapped back to class ids;
+- ``all`` (GSMFlow's TMM code, ``main.py`` with ``--zsl``: ``nclass = S + U`` with labels
+  0..U-1): K outputs of which only the unseen classes' are ever targets, the argmax taken over all
+  K, so a prediction of a never-targeted (seen) column counts as wrong.
 
 Each classifier's number of epochs is either chosen (``select=True``: the best epoch on the given
 data's own held-out splits, which are the validation view's in the default protocol and the real
@@ -25,6 +36,8 @@ import torch
 from zslfast.engine.distributed import sharded
 from zslfast.eval.classifier import train_softmax_classifier
 from zslfast.eval.metrics import harmonic_mean, predict, sharded_accuracy
+
+ZSL_OUTPUTS = ("unseen", "all")
 
 
 def synthetic_budget(data, synth_per_class=None, synth_ratio=None):
@@ -56,7 +69,8 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
         synthesize: ``synthesize(classes, n_per_class, generator) -> (features, labels)`` on the device.
         data: the dataset evaluated (a validation view or the full data), on the device.
         classifier: ``{"lr", "epochs", "batch_size"}`` of the final classifiers, optionally ``"init"``
-            (``xavier``, the default, or ``normal``: see :class:`zslfast.eval.classifier.SoftmaxClassifier`).
+            (``xavier``, the default, or ``normal``: see :class:`zslfast.eval.classifier.SoftmaxClassifier`)
+            and ``"zsl_outputs"`` (``unseen``, the default, or ``all``: see the module docstring).
         select: choose each classifier's epoch on ``data``'s held-out splits.
         epochs: ``{"gzsl": n, "zsl": n}`` epoch counts when not selecting (default: ``classifier["epochs"]``).
         inputs: optional map applied to every classifier input.
@@ -66,7 +80,10 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
     """
     device = ctx.device
     unseen, seen = data.unseen_classes.to(device), data.seen_classes.to(device)
-    g = ctx.rng("synthesis", device)
+    zsl_outputs = classifier.get("zsl_outputs", "unseen")
+    if zsl_outputs not in ZSL_OUTPUTS:
+        raise ValueError(f"classifier zsl_outputs must be one of {ZSL_OUTPUTS}, got {zsl_outputs!r}")
+    g = ctx.rng("synthesis", device, keyed=True)
     syn_x, syn_y = synthesize(unseen, n_per_class, g)
     real_x, real_y = data.subset("trainval")
     xs, ys = data.subset("test_seen")
@@ -86,18 +103,26 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
         u = sharded_accuracy(lambda x: predict(clf(x), None, seen, calibration), xu, yu, k)
         return s, u
 
-    def zsl(clf):
-        return sharded_accuracy(lambda x: predict(clf(x), unseen), xu, yu, k)
+    if zsl_outputs == "unseen":  # U outputs on labels 0..U-1; a prediction j means class unseen[j]
+        zsl_y, zsl_k = torch.searchsorted(unseen, syn_y), unseen.numel()
 
-    def fit(x, y, kind, score):
+        def zsl(clf):
+            return sharded_accuracy(lambda x: unseen[clf(x).argmax(1)], xu, yu, k)
+    else:  # K outputs, argmax over all of them (GSMFlow's TMM code)
+        zsl_y, zsl_k = syn_y, k
+
+        def zsl(clf):
+            return sharded_accuracy(lambda x: clf(x).argmax(1), xu, yu, k)
+
+    def fit(x, y, kind, score, num_classes):
         return train_softmax_classifier(
-            x, y, data.num_classes, classifier["epochs"] if select else epochs[kind], classifier["lr"],
+            x, y, num_classes, classifier["epochs"] if select else epochs[kind], classifier["lr"],
             classifier["batch_size"], select_fn=score if select else None, generator=g, ctx=ctx,
             desc=f"{kind} classifier", name=f"{kind}_classifier_epochs",
             init=classifier.get("init", "xavier"))
 
-    clf, nested = fit(torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y]), "gzsl", lambda m: harmonic_mean(*gzsl(m)))
+    clf, nested = fit(torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y]), "gzsl", lambda m: harmonic_mean(*gzsl(m)), k)
     s, u = gzsl(clf)
-    zclf, nested_z = fit(syn_x, syn_y, "zsl", zsl)
+    zclf, nested_z = fit(syn_x, zsl_y, "zsl", zsl, zsl_k)
     metrics = {"zsl_t1": 100 * zsl(zclf), "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
     return metrics, {**nested, **nested_z}

@@ -24,7 +24,9 @@ per seen class, so a budget follows the data it runs on (the CPU budgets of the 
 median tie in anchor selection takes the first class
 instead of crashing; the two backward calls are one summed loss; the lr schedule steps after each
 epoch (the original also steps at iteration 0); ZSL T1 comes from a classifier trained on synthetic
-unseen features only, as in the TMM code (MM has no T1).
+unseen features only, as in the TMM code (MM has no T1): S+U outputs of which only the unseen
+classes' are targets, the argmax over all of them (``classifier.zsl_outputs: all``; ``unseen``
+trains U outputs, as f-CLSWGAN and SC-EGG do).
 
 Distributed (``torchrun``, :mod:`zslfast.engine.distributed`): every rank draws the same batch and
 its perturbation noise; the flow's forward and backward run on each rank's rows and the NLL is
@@ -45,7 +47,7 @@ from zslfast.engine.loop import eval_mode, train_epochs
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.samplers import ShuffledBatches
 from zslfast.engine.selection import Selector
-from zslfast.eval.generative import generative_evaluation, synthetic_budget
+from zslfast.eval.generative import ZSL_OUTPUTS, generative_evaluation, synthetic_budget
 from zslfast.nn import ConditionalFlow, class_means
 from zslfast.ops.coupling import CLAMP_MODES
 from zslfast.optim import adam
@@ -62,7 +64,8 @@ SETTINGS = Section(
     proto_weight=Float(min=0),
     synth_per_class=Int(min=1, nullable=True),
     synth_ratio=Float(min=0, min_open=True, nullable=True),
-    classifier=Section(lr=Float(min=0, min_open=True), epochs=Int(min=1), batch_size=Int(min=1)),
+    classifier=Section(lr=Float(min=0, min_open=True), epochs=Int(min=1), batch_size=Int(min=1),
+                       zsl_outputs=Choice(*ZSL_OUTPUTS)),
     calibration=Float(),
     checks=[
         lambda c: None if c["synth_per_class"] is not None or c["synth_ratio"] is not None else
@@ -229,12 +232,6 @@ class GSMFlow(Method):
         data = data.normalized(config["feature_norm"]).to(ctx.device)
         _, budget = synthetic_budget(data, config["synth_per_class"], config["synth_ratio"])
         selector = Selector(data, ctx, "gzsl_h", config["validation"])
-
-        def evaluate(model, view, epochs=None):
-            # the budget follows the data evaluated (a validation view has fewer samples per class)
-            n = synthetic_budget(view, config["synth_per_class"], config["synth_ratio"])[0]
-            return generative_evaluation(lambda c, k, g: model.synthesize(view.attributes, c, k, g), view, n, config["classifier"], ctx, select=epochs is None,
-                                         epochs=epochs, calibration=config["calibration"])
 
         def fit(view, epochs, on_eval, eval_every, eval_start, phase):
             return train_flow(view, config, ctx, epochs, on_eval, eval_every, eval_start,

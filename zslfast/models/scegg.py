@@ -27,8 +27,9 @@ is AGPL-3.0 and none of it is used here. Three stages on region features F [N, C
 
 The decisions of spec §1.8, item by item:
 
-1. Only SUN was released: CUB's and AWA2's values are TF-VAEGAN's, listed under ``not_released`` in
-   the YAML and in results.json (``info.not_released``).
+1. Only SUN was released: every value of another dataset's preset is a guess (``not_released: ["*"]``,
+   expanded in results.json's ``info.not_released`` to every paper setting); CUB's and AWA2's are
+   TF-VAEGAN's per-dataset values where ``from_tfvaegan`` names them, SUN's released ones elsewhere.
 2. Training composes the global branch with the MLP, everything after it averages: kept.
 3. AWA2's batch: the balanced sampler returns exactly B rows (``exact_batches: true``; ⌈B/S⌉ per
    class cut back at random). The original returns 40 rows for B = 64 and crashes; for SUN and
@@ -40,7 +41,8 @@ The decisions of spec §1.8, item by item:
 6. Attributes: rows L2-normalised (``attribute_norm: l2``). xlsa17's ``att`` rows already have unit
    norm, so on real data this is the original's "as stored"; it makes the decoder's unit-norm
    output able to match synthetic data's attributes. ``clip_negative_att`` clips AWA2's four
-   negative entries as the original's AWA2 loader does.
+   negative entries once, before stage 1, as the original's AWA2 loader does: every stage sees
+   the clipped ``att``.
 7. The unseen classes enter only through their attributes (stage-2 targets over all K, the
    generator's 0.001 unseen-class CE): kept, and tested to be present.
 8. Min-max statistics from trainval only, test values may leave [0, 1]: kept; constant channels
@@ -74,6 +76,7 @@ logging; nothing here reads the test set during training. The final classifiers'
 epoch may be partial (TF-VAEGAN wraps around to a full batch).
 """
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +90,7 @@ from zslfast.engine.resume import State
 from zslfast.engine.samplers import BalancedBatches
 from zslfast.engine.selection import Selector
 from zslfast.eval.classifier import CLASSIFIER_INITS
-from zslfast.eval.generative import generative_evaluation, synthetic_budget
+from zslfast.eval.generative import ZSL_OUTPUTS, generative_evaluation, synthetic_budget
 from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead, dense_pass
 from zslfast.nn.vaegan import (AttributeDecoder, Critic, Encoder, Feedback, Generator, adapt_lambda,
                                gradient_penalty, vae_loss, weighted_l1)
@@ -125,9 +128,10 @@ SETTINGS = Section(
     synth_per_class=Int(min=1, nullable=True),
     synth_ratio=Float(min=0, min_open=True, nullable=True),
     classifier=Section(lr=Float(min=0, min_open=True), epochs=Int(min=1), batch_size=Int(min=1),
-                       init=Choice(*CLASSIFIER_INITS)),
+                       init=Choice(*CLASSIFIER_INITS), zsl_outputs=Choice(*ZSL_OUTPUTS)),
     calibration=Float(),
     not_released=Names(),
+    from_tfvaegan=Names(),
     checks=[
         lambda c: None if c["synth_per_class"] is not None or c["synth_ratio"] is not None else
         "synth_per_class and synth_ratio are both null; set one",
@@ -135,8 +139,32 @@ SETTINGS = Section(
         f"eval_start = {c['eval_start']} is after the last GAN epoch ({c['epochs']}): nothing would be evaluated",
         lambda c: next((f"not_released names {k!r}, which is not a setting (or '*': all of them)"
                         for k in c["not_released"] if k != "*" and k not in set(_known_keys(c))), None),
+        lambda c: next((f"from_tfvaegan names {k!r}, which is not a setting"
+                        for k in c["from_tfvaegan"] if k not in set(_known_keys(c))), None),
     ],
 )
+
+# Settings of this implementation, not of the released code: never "released" or "not released".
+IMPLEMENTATION_SETTINGS = {"validation", "w2v", "storage", "attribute_norm", "exact_batches", "dense_block",
+                           "synth_ratio", "calibration", "classifier.zsl_outputs", "not_released", "from_tfvaegan"}
+
+
+def paper_settings(config):
+    """The keys (``gan.lr``, ...) of ``config``'s values that SC-EGG's released files set."""
+    return [k for k in _known_keys(config) if not isinstance(_lookup(config, k), dict)
+            and not any(k == i or k.startswith(i + ".") for i in IMPLEMENTATION_SETTINGS)]
+
+
+def _lookup(config, key):
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def not_released(config):
+    """``not_released`` with ``*`` expanded to every paper setting (results.json lists each key)."""
+    names = config["not_released"]
+    return paper_settings(config) if "*" in names else list(names)
 
 
 def rmsprop(params, cfg):
@@ -144,12 +172,17 @@ def rmsprop(params, cfg):
     return torch.optim.RMSprop(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], momentum=cfg["momentum"])
 
 
+def with_clipped_attributes(data, cfg):
+    """``data`` with its negative ``att`` entries set to 0 when ``clip_negative_att`` (AWA2's four):
+    the original's AWA2 loader clips ``att`` once, so stage 1's class attributes, the stage-2
+    targets (the teacher's logits) and the GAN all see the clipped matrix."""
+    return replace(data, attributes=data.attributes.clamp_min(0)) if cfg["clip_negative_att"] else data
+
+
 def class_attributes(data, cfg):
-    """The GAN's class attributes [K, A]: ``att``, optionally with negatives clipped (AWA2) and rows
+    """The GAN's class attributes [K, A]: ``att`` (clipped by :func:`with_clipped_attributes`), rows
     L2-normalised (decision 6)."""
     att = data.attributes.to(torch.get_default_dtype())
-    if cfg["clip_negative_att"]:
-        att = att.clamp_min(0)
     return F.normalize(att, dim=1) if cfg["attribute_norm"] == "l2" else att
 
 
@@ -240,14 +273,17 @@ class VAEGAN(nn.Module):
         self.Dec = AttributeDecoder(feature_dim, attribute_dim, hidden)
         self.Fb = Feedback(hidden)
 
-    def generate(self, z, a, weight=0.0, nets=None):
+    def generate(self, z, a, weight=0.0, nets=None, source=None):
         """G(z, a); with a non-zero feedback ``weight``, G's second pass through the feedback of
-        Dec's (detached) hidden state on the first. A zero weight skips the feedback exactly.
-        ``nets``: the (G, Fb) that train (DDP wrappers in a process group); default: G and Fb."""
+        Dec's (detached) hidden state on ``source``, by default G's first pass. A zero weight skips
+        the feedback exactly. ``nets``: the (G, Fb) that train (DDP wrappers in a process group);
+        default: G and Fb."""
         g, fb = nets or (self.G, self.Fb)
         if weight == 0:
             return g(z, a)
-        hidden = self.Dec(self.G(z, a))[1].detach()  # no gradient reaches G or Dec through this pass
+        if source is None:
+            source = self.G(z, a)
+        hidden = self.Dec(source)[1].detach()  # no gradient reaches G or Dec through this pass
         return g(z, a, fb(hidden), weight)
 
     def augment(self, x):
@@ -352,17 +388,26 @@ def gan_step(model, opts, x_all, y_all, att, unseen, cfg, g, state):
                         mu + torch.exp(0.5 * logvar) * noise(x.shape[0]), a)
         vae = vae_loss(recon, x, mu, logvar)
         losses = {"vae": vae}
-        loss = vae - q["gamma_g"] * sharded(gan.D, recon, a).mean()
+        terms = []  # the weighted guidance terms, summed after the adversarial one as before
         if q["seen_cls_weight"] > 0:
             losses["cls_seen"] = F.cross_entropy(sharded(head, recon), y)
-            loss = loss + q["seen_cls_weight"] * losses["cls_seen"]
+            terms.append(q["seen_cls_weight"] * losses["cls_seen"])
         if q["unseen_cls_weight"] > 0:
             u = unseen[torch.randint(unseen.numel(), (x.shape[0],), generator=g, device=g.device).to(unseen.device)]
             losses["cls_unseen"] = F.cross_entropy(sharded(lambda zi, ai: head(g_p(zi, ai)), noise(x.shape[0]), att[u]), u)
-            loss = loss + q["unseen_cls_weight"] * losses["cls_unseen"]
+            terms.append(q["unseen_cls_weight"] * losses["cls_unseen"])
+        if q["encoded_noise"]:  # the adversarial fake is the VAE reconstruction (released)
+            fake = recon
+        else:  # a separate G(ε, a) for D and Dec, drawn after the unseen-class noise as the original
+            # does; its feedback (loop 1) comes from Dec(recon), not Dec(G(ε, a)), as released
+            fake = sharded(lambda zi, ai, ri: gan.generate(zi, ai, weight, (g_p, fb_p), source=ri),
+                           noise(x.shape[0]), a, recon)
+        loss = vae - q["gamma_g"] * sharded(gan.D, fake, a).mean()
+        for term in terms:
+            loss = loss + term
         if q["recons_weight"] > 0:
             dec = gan.Dec if q["freeze_dec"] else dec_p
-            loss = loss + q["recons_weight"] * weighted_l1(sharded(lambda r: dec(r)[0], recon), a)
+            loss = loss + q["recons_weight"] * weighted_l1(sharded(lambda r: dec(r)[0], fake), a)
         for opt in opts:
             if opt is not opt_d:
                 opt.zero_grad(set_to_none=True)
@@ -427,6 +472,7 @@ def fit_scegg(data, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_start=1,
 def model_from_state(data, cfg, state, ctx):
     """A :class:`SCEGGModel` for ``data`` with the weights of a checkpoint's ``state`` (the three
     stages' networks and the scaler), its dense cache recomputed from ``data``'s region maps."""
+    data = with_clipped_attributes(data, cfg)
     with ctx.init_scope():
         net = AttributeAttentionNet(data.features.shape[1], data.attributes, data.w2v)
         head = DistillationHead(data.features.shape[1], data.num_classes, cfg["stage2"]["hidden"])
@@ -499,7 +545,7 @@ class SCEGG(Method):
 
     def run(self, data, config, ctx):
         t0 = time.perf_counter()
-        data = data.to(ctx.device)
+        data = with_clipped_attributes(data.to(ctx.device), config)
         _, budget = synthetic_budget(data, config["synth_per_class"], config["synth_ratio"])
         selector = Selector(data, ctx, "gzsl_h", config["validation"])
 
@@ -520,7 +566,8 @@ class SCEGG(Method):
         if ctx.save_features:
             ctx.artifacts["attention"] = attention_examples(model.net, data)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        info = {"synthetic": budget, "not_released": config["not_released"], "gp_lambda_final": model.gp_lambda}
+        info = {"synthetic": budget, "not_released": not_released(config),
+                "from_tfvaegan": config["from_tfvaegan"], "gp_lambda_final": model.gp_lambda}
         return MethodResult(metrics=metrics, state=state, selection=selector.to_dict(),
                             info=info, timings={**model.timings, "train_s": t1 - t0,
                                                 "eval_s": time.perf_counter() - t1})
