@@ -14,7 +14,11 @@ Every method records its choices through the selector, so results.json has one `
 schema for all of them:
 
     {"on": "validation" | "test" | "fixed", "metric": "gzsl_h" | ... | null,
-     "choices": {NAME: {"value": chosen value, "score": its score, "history": [[candidate, score], ...]}}}
+     "choices": {NAME: {"value": chosen value, "score": its score, "history": [[candidate, score], ...],
+                        "metrics": {every metric of the chosen evaluation} (epoch choices only)}}}
+
+In ``validation`` mode ``metrics`` are validation numbers: what a configuration value is chosen by
+(never the test metrics of the run).
 
 Ties keep the first best candidate (the earliest epoch).
 """
@@ -92,9 +96,12 @@ class Selector:
         """The data choices are scored on: the validation view, or the data itself in ``test`` mode."""
         return self.data if self.mode == "test" else self.val
 
-    def record(self, name, value, score=None, history=None):
-        """Record a choice (also used for values taken as given, with no score)."""
+    def record(self, name, value, score=None, history=None, metrics=None):
+        """Record a choice (also used for values taken as given, with no score); ``metrics``: every
+        metric of the chosen candidate's evaluation on the selection view, where there is one."""
         self.choices[name] = {"value": value, "score": score, "history": history or []}
+        if metrics is not None:
+            self.choices[name]["metrics"] = dict(metrics)
 
     def to_dict(self):
         return {"on": self.mode, "metric": None if self.mode == "fixed" else self.metric,
@@ -179,7 +186,9 @@ class Selector:
         return tracker.candidate
 
     def _record_tracker(self, name, tracker):
-        self.record(name, tracker.candidate, tracker.score, tracker.history)
+        payload = tracker.payload
+        self.record(name, tracker.candidate, tracker.score, tracker.history,
+                    payload[0] if isinstance(payload, (tuple, list)) else None)
 
 
 def best_epoch(name, fit, score):

@@ -1,7 +1,7 @@
 """The final softmax classifier of generative ZSL methods (GSMFlow, SC-EGG, ...): a linear layer
 trained with cross-entropy on real seen features plus synthetic unseen features, as in the methods'
 shared ``classifier.py`` (reference note gsmflow.md §4): xavier-normal weights, zero bias,
-Adam(lr, betas=(0.5, 0.999)), shuffled mini-batches with the partial last batch kept.
+Adam(lr, betas=(0.5, 0.999)) (fused), shuffled mini-batches with the partial last batch kept.
 
 The original code evaluates on the *test* set after every epoch and keeps the best epoch. Here the
 epoch is chosen by a caller-supplied ``select_fn`` through the engine's
@@ -16,6 +16,7 @@ from zslfast.engine.distributed import parallel, sharded
 from zslfast.engine.loop import eval_mode, train_epochs
 from zslfast.engine.samplers import ShuffledBatches
 from zslfast.engine.selection import best_epoch
+from zslfast.optim import adam
 
 
 CLASSIFIER_INITS = ("xavier", "normal")
@@ -60,7 +61,9 @@ def train_softmax_classifier(features, labels, num_classes, epochs=25, lr=1e-3, 
     device = features.device
     ctx = ctx or RunContext(device=device, progress=False)
     clf = SoftmaxClassifier(features.shape[1], num_classes, generator=generator, device=device, init=init)
-    opt = torch.optim.Adam(clf.parameters(), lr=lr, betas=(beta1, 0.999))
+    # Fused (the same algorithm): at SUN's size the unfused step's temporaries cost a fifth of the
+    # GZSL classifier's time (benchmarks/bench_generative.py)
+    opt = adam(clf.parameters(), device, lr, betas=(beta1, 0.999))
     batches = ShuffledBatches(features.shape[0], batch_size, generator, device, last_batch="keep")
     net = parallel(clf)  # data-parallel in a process group: each rank scores its rows of the batch
 

@@ -71,9 +71,25 @@ its rows; in stage 3 the five networks run on each rank's rows, and the critic's
 gradient penalty (per-row gradient norms, gathered), the VAE sums, the classification terms and
 the weighted L1 are taken over the gathered batch.
 
-Other differences: the original evaluates stage 1 on the test set every 100 iterations for
-logging; nothing here reads the test set during training. The final classifiers' last batch of an
-epoch may be partial (TF-VAEGAN wraps around to a full batch).
+Evaluation as released: the ZSL classifier has U outputs (labels mapped to 0..U-1), every
+evaluation draws fresh synthesis noise and a fresh classifier initialisation and batch order (from
+a stream keyed by the evaluation's stage and epoch, so runs stay deterministic and resume exact).
+``gan.encoded_noise: false`` is the original's else-branch: pure noise for the critic's fakes, and
+in the generator step a separate G(ε, a) for the adversarial and decoder terms (its feedback in
+pass 2 from Dec(reconstruction), as released).
+
+Other differences (audit items, one line each):
+
+- D7: the final classifiers' last batch of an epoch may be partial and each epoch is one
+  permutation; TF-VAEGAN's iterator wraps around to full batches whose epochs straddle permutations.
+- D14: not reproduced: the stage-1/2 test-set evaluations every 100 iterations (logging only:
+  nothing here reads the test set during training), the auxiliary ``.mat`` loader, wandb, the
+  logged reference CE of the head on real features.
+- D15: released switches that are off or neutral in every released config are not implemented:
+  ``dec_unseen`` / ``recons_weight_unseen``, ``vae_loss_weight`` (fixed at 1),
+  ``atten_compose_norm``, DAZLE's λ1-λ3, bias, W3 and conservative-CE paths, loading saved stages.
+- D16: if every epoch of a final classifier scores 0, the first epoch is kept (its S may be above
+  0 while U = H = 0); the original then reports S = U = H = 0. H is the same either way.
 """
 import time
 from dataclasses import replace
