@@ -179,7 +179,10 @@ def bench_grw(args):
     return [record]
 
 
-def bench_scegg(args):
+def scegg_steps(device, quick=False, pool=1024):
+    """SC-EGG at SUN's shapes (``quick``: C=512, R=49, 256-wide networks): the stage-3 and stage-2
+    iteration of the original formulation and of the cached pipeline, from the same weights.
+    Returns ({what: (original step, cached step)}, shape string, config, noise generator)."""
     import copy
 
     from tests.oracles.scegg_original import RecomputedDense, original_stage2_loss
@@ -187,15 +190,15 @@ def bench_scegg(args):
     from zslfast.models import scegg
     from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead
 
-    device = torch.device(args.device)
+    device = torch.device(device)
     cfg = resolve_config("scegg", "SUN")
-    if args.quick:
+    if quick:
         c, r, hidden = 512, 49, 256
         cfg["gan"]["hidden"] = hidden
     else:
         c, r, hidden = 2048, 196, cfg["gan"]["hidden"]
     a, k, s_cls, n_tr, n_all, b = 102, 717, 645, 10320, 14340, cfg["batch_size"]
-    pool = min(args.pool, n_tr)
+    pool = min(pool, n_tr)
     g = torch.Generator().manual_seed(0)
     att = torch.nn.functional.normalize(torch.rand(k, a, generator=g), dim=1)
     net = AttributeAttentionNet(c, att, torch.randn(a, 300, generator=g), generator=g).to(device)
@@ -242,15 +245,21 @@ def bench_scegg(args):
             return {"mse": loss.detach()}
         return step
 
-    machine = timing.machine_description(device)
     shape = f"B={b},C={c},R={r},A={a},K={k},S={s_cls},hidden={hidden},critic={cfg['gan']['critic_iters']},pool={pool}"
+    steps = {"stage-3 iteration (5 critic steps + generator step)": (stage3(recomputed), stage3(cache)),
+             "stage-2 iteration (distillation head MSE step)": (stage2(True), stage2(False))}
+    return steps, shape, cfg, noise, (c, r, k, n_all)
+
+
+def bench_scegg(args):
+    device = torch.device(args.device)
+    steps_by_what, shape, cfg, noise, (c, r, k, n_all) = scegg_steps(device, args.quick, args.pool)
+    machine = timing.machine_description(device)
     print(f"machine: {machine}; zslfast backend {ops.backend(device)}; {shape}")
     full_maps = n_all * c * r * 4
     cache_bytes = n_all * (c + k) * 4
     records = []
-    for what, make in (("stage-3 iteration (5 critic steps + generator step)", lambda o: stage3(recomputed if o else cache)),
-                       ("stage-2 iteration (distillation head MSE step)", stage2)):
-        steps = [make(True), make(False)]  # original, cached
+    for what, steps in steps_by_what.items():  # (original, cached)
         first = []
         for noise_seed, fn in zip((2, 2), steps):  # the same noise stream for both first steps
             noise.manual_seed(noise_seed)
