@@ -42,8 +42,10 @@ def test_quick_run_writes_the_results_schema(name, tmp_path_factory):
     sel = res["selection"]
     assert set(sel) == {"on", "metric", "choices"} and sel["on"] == cls.selection_modes[0]
     assert (sel["metric"] is None) == (sel["on"] == "fixed")
-    for choice in sel["choices"].values():
-        assert set(choice) == {"value", "score", "history"}
+    for key, choice in sel["choices"].items():
+        assert {"value", "score", "history"} <= set(choice) <= {"value", "score", "history", "metrics"}
+        if "metrics" in choice and "[" not in key:  # the chosen evaluation's metrics hold its score
+            assert choice["metrics"][sel["metric"]] == choice["score"]
         if choice["history"]:  # a chosen value is the first argmax of its history
             scores = [s for _, s in choice["history"]]
             assert choice["score"] == max(scores) and choice["value"] == choice["history"][scores.index(max(scores))][0]
