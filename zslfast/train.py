@@ -309,7 +309,11 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
                      save_features=args.save_features or args.plots, checkpointer=checkpointer)
     t0 = time.perf_counter()
     try:
-        with stop_on_signals(checkpointer):
+        # validation selection: the test splits are sealed for the whole run, every copy of the data
+        # included, and readable only in the final scorings the run reports (zslfast.data.dataset)
+        seal = (data.sealed(f"{method.name}'s validation-selection run", method.test_scorings(config))
+                if selection == "validation" else contextlib.nullcontext())
+        with stop_on_signals(checkpointer), seal:
             result = method.run(data, config, ctx)
     finally:
         for hook in hooks[1:]:

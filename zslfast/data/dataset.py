@@ -1,5 +1,6 @@
 """The one in-memory form of a ZSL dataset, with its checks, normalisation and validation split."""
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -11,24 +12,69 @@ SPLITS_OPTIONAL = ("train", "val")
 TEST_SPLITS = ("test_seen", "test_unseen")
 
 
-class _SealedSplits(dict):
-    """The splits of a dataset while a model is being selected: the test splits cannot be read."""
+class SealedTestSplitError(RuntimeError):
+    """A sealed test split was read outside the run's final scoring (a test leak in the code)."""
 
-    def __init__(self, splits, reason):
-        super().__init__(splits)
-        self.reason = reason
+
+class SealedSplits(Mapping):
+    """A dataset's splits with the test splits sealed (:meth:`ZSLDataset.sealed`).
+
+    A read-only mapping (not a ``dict`` subclass, whose C fast paths ``dict(s)``, ``{**s}``,
+    ``s.get`` and ``s.copy`` would skip an overridden ``__getitem__``): every public way to reach a
+    test split's indices goes through ``__getitem__``, which raises :class:`SealedTestSplitError`,
+    except inside one of the run's ``scorings`` scoring windows (:meth:`scoring`). Split names,
+    sizes and the unseen classes (the class partition, which ZSL gives every method) stay readable.
+    """
+
+    __slots__ = ("__splits", "__reason", "__left", "__open", "unseen_classes", "sizes")
+
+    def __init__(self, splits, reason, scorings, unseen_classes):
+        self.__splits = dict(splits)
+        self.__reason, self.__left, self.__open = reason, scorings, False
+        self.unseen_classes = unseen_classes
+        self.sizes = {k: int(v.numel()) for k, v in self.__splits.items()}
 
     def __getitem__(self, name):
-        if name in TEST_SPLITS:
-            raise RuntimeError(f"the test split '{name}' was read during {self.reason}: model selection must "
-                               "use the validation split only")
-        return super().__getitem__(name)
+        if name in TEST_SPLITS and not self.__open:
+            raise SealedTestSplitError(f"the test split '{name}' was read during {self.__reason} outside its final "
+                                  "scoring: training and model selection must use trainval (and its validation "
+                                  "view) only")
+        return self.__splits[name]
 
-    def items(self):
-        return [(k, self[k]) for k in self]
+    def __contains__(self, name):
+        return name in self.__splits
 
-    def values(self):
-        return [self[k] for k in self]
+    def __iter__(self):
+        return iter(self.__splits)
+
+    def __len__(self):
+        return len(self.__splits)
+
+    def __repr__(self):
+        return f"SealedSplits({self.sizes}, scorings left: {self.__left})"
+
+    @contextlib.contextmanager
+    def scoring(self, report=False):
+        """A window in which the test splits can be read: one of the run's scorings, or with
+        ``report`` (plots of the test data) only once every scoring was used."""
+        if report and self.__left:
+            raise SealedTestSplitError(f"the test splits were read for a report during {self.__reason} before the "
+                                  "final scoring")
+        if not report:
+            if self.__left <= 0:
+                raise SealedTestSplitError(f"the test splits were scored more often than {self.__reason} reports: "
+                                      "something was chosen or trained on them")
+            self.__left -= 1
+        self.__open = True
+        try:
+            yield
+        finally:
+            self.__open = False
+
+    def _unlabelled(self, name):
+        return self.__splits[name]
+
+
 NORMALIZATIONS = ("none", "minmax", "l2")
 
 
@@ -65,7 +111,8 @@ class ZSLDataset:
         raise ZSLError(f"{self.source or self.name}: {problem}")
 
     def check(self):
-        """Refuse inconsistent data with one message naming the source and the problem."""
+        """Refuse inconsistent data with one message naming the source and the problem (a copy of a
+        sealed dataset is checked against the indices its seal holds)."""
         f, y, a = self.features, self.labels, self.attributes
         self._check_features()
         if y.dim() != 1 or y.shape[0] != f.shape[0]:
@@ -80,11 +127,12 @@ class ZSLDataset:
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= a.shape[0]):
             self._fail(f"labels must lie in [0, {a.shape[0]}) (one per class embedding), "
                        f"got range [{int(y.min())}, {int(y.max())}]")
+        splits = _indices(self.splits)
         for name in SPLITS_REQUIRED:
-            if name not in self.splits:
+            if name not in splits:
                 self._fail(f"missing split '{name}'")
         n = f.shape[0]
-        for name, idx in self.splits.items():
+        for name, idx in splits.items():
             if idx.dim() != 1:
                 self._fail(f"split '{name}' must be a vector of indices")
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
@@ -93,18 +141,18 @@ class ZSLDataset:
             if torch.unique(idx).numel() != idx.numel():
                 self._fail(f"split '{name}' lists some samples more than once")
         for name in SPLITS_REQUIRED:
-            if self.splits[name].numel() == 0:
+            if splits[name].numel() == 0:
                 self._fail(f"split '{name}' is empty")
         for i, a_name in enumerate(SPLITS_REQUIRED):
             for b_name in SPLITS_REQUIRED[i + 1:]:
-                both = _intersect(self.splits[a_name], self.splits[b_name])
+                both = _intersect(splits[a_name], splits[b_name])
                 if both:
                     self._fail(f"splits '{a_name}' and '{b_name}' overlap in {both} samples")
-        seen, unseen = self.seen_classes, self.unseen_classes
+        seen, unseen = self.seen_classes, torch.unique(y[splits["test_unseen"]])
         overlap = _intersect(seen, unseen)
         if overlap:
             self._fail(f"{overlap} classes are both seen (in trainval) and unseen (in test_unseen)")
-        extra = torch.unique(self.labels[self.splits["test_seen"]])
+        extra = torch.unique(y[splits["test_seen"]])
         if (~torch.isin(extra, seen)).any():
             self._fail("test_seen contains classes that have no trainval samples")
 
@@ -123,7 +171,10 @@ class ZSLDataset:
 
     @property
     def unseen_classes(self):
-        """Sorted class ids of the unseen test samples."""
+        """Sorted class ids of the unseen test samples (known to every method: ZSL gives the unseen
+        classes' embeddings, and a sealed dataset keeps this partition readable)."""
+        if isinstance(self.splits, SealedSplits):
+            return self.splits.unseen_classes.to(self.labels.device)
         return torch.unique(self.labels[self.splits["test_unseen"]])
 
     @property
@@ -143,23 +194,45 @@ class ZSLDataset:
         idx = self.splits[split]
         return self.features[idx], self.labels[idx]
 
+    def unlabelled(self, split):
+        """The features of one split without its labels, readable while the dataset is sealed: what
+        a transductive method may use of the unseen test images, and what an evaluation maps
+        before its scoring reads the labels."""
+        return self.features[_indices(self.splits)[split]]
+
+    def scoring(self, report=False):
+        """A context in which the test splits can be read: on a sealed dataset one of the run's
+        final scorings (or, with ``report``, a plot of test data once every scoring was used);
+        elsewhere (a validation view, ``--select-on-test``) it changes nothing."""
+        return self.splits.scoring(report) if isinstance(self.splits, SealedSplits) else contextlib.nullcontext()
+
     def to(self, device):
         """A copy with features, labels and class embeddings on ``device`` (splits stay on CPU)."""
         return replace(self, features=self.features.to(device), labels=self.labels.to(device),
                        attributes=self.attributes.to(device))
 
+    def split_sizes(self):
+        """{split: number of samples} (readable while sealed)."""
+        return {k: int(v.numel()) for k, v in _indices(self.splits).items()}
+
     def summary(self):
-        s = {k: int(v.numel()) for k, v in self.splits.items()}
+        s = self.split_sizes()
         return (f"{self.name}: {self.features.shape[0]} samples × {self.feature_dim}-d features, "
                 f"{self.num_classes} classes ({len(self.seen_classes)} seen / {len(self.unseen_classes)} unseen), "
                 f"{self.attribute_dim}-d class embeddings; splits {s}")
 
     @contextlib.contextmanager
-    def sealed(self, reason="model selection"):
-        """Within this block the test splits of this dataset cannot be read (``RuntimeError``); the
-        engine seals the full dataset while it selects on the validation split."""
+    def sealed(self, reason="model selection", scorings=0):
+        """Within this block the test splits of this dataset and of every copy made from it
+        (``to``, ``normalized``, ``replace``) cannot be read (:class:`SealedTestSplitError`), except in
+        ``scorings`` scoring windows (:meth:`scoring`). A validation-selection run is sealed from
+        its start to its end with as many scorings as it reports test evaluations; inside an
+        already sealed block this is a no-op."""
+        if isinstance(self.splits, SealedSplits):
+            yield self
+            return
         original = self.splits
-        self.splits = _SealedSplits(original, reason)
+        self.splits = SealedSplits(original, reason, scorings, self.unseen_classes)
         try:
             yield self
         finally:
@@ -221,6 +294,14 @@ class ZSLDataset:
         return replace(self, name=f"{self.name}[validation]", features=self.features[rows_dev],
                        labels=self.labels[rows_dev], splits=splits,
                        info={**self.info, "validation": {"seed": seed, "val_classes": val_classes.tolist()}})
+
+
+def _indices(splits):
+    """Every split's indices, the sealed ones included: for the dataset's own checks, sizes and
+    unlabelled reads, never handed to a method."""
+    if isinstance(splits, SealedSplits):
+        return {k: splits._unlabelled(k) for k in splits}
+    return splits
 
 
 def _intersect(a, b):

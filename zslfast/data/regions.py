@@ -226,12 +226,12 @@ class RegionDataset(ZSLDataset):
         usual ResNet-101 image feature; the baseline SC-EGG's dense features are compared with)."""
         feats = torch.cat([x.mean(2) for _, x in self.features.blocks(block)])
         return ZSLDataset(name=f"{self.name}[pooled]", features=feats, labels=self.labels, attributes=self.attributes,
-                          class_names=self.class_names, splits=dict(self.splits), source=self.source,
+                          class_names=self.class_names, splits=self.splits, source=self.source,
                           info={**self.info, "pooling": "global average"})
 
     def summary(self):
         n, c, r = self.features.shape
-        s = {k: int(v.numel()) for k, v in self.splits.items()}
+        s = self.split_sizes()
         return (f"{self.name}: {n} images × {c} channels × {r} regions ({self.features.storage}), "
                 f"{self.num_classes} classes ({len(self.seen_classes)} seen / {len(self.unseen_classes)} unseen), "
                 f"{self.attribute_dim} attributes; splits {s}")

@@ -67,6 +67,13 @@ class Method(ABC):
         (``att``, ``original_att``, ``sent``); methods that also read word vectors add them."""
         return config.get("attributes", "att")
 
+    def test_scorings(self, config):
+        """How many test evaluations a validation-selection run reports (its metrics, plus e.g.
+        CVC's inductive metrics beside the transductive ones): the number of scoring windows its
+        sealed data opens (:meth:`zslfast.data.ZSLDataset.sealed`); one more read of the test
+        splits raises."""
+        return 1
+
     @abstractmethod
     def run(self, data, config, ctx):
         """Train and evaluate on ``data`` with the resolved ``config``; returns a :class:`MethodResult`."""

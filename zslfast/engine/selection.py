@@ -4,8 +4,10 @@ A run has one :class:`Selector`, built from its context's selection mode:
 
 - ``validation`` (default): epochs and hyper-parameters are chosen on the class-disjoint
   validation split of trainval (:meth:`zslfast.data.ZSLDataset.validation_split`, a view that holds
-  no test sample), then the model is refitted on all of trainval with the chosen values. While a
-  choice is being made the full dataset is sealed: reading its test splits raises.
+  no test sample), then the model is refitted on all of trainval with the chosen values. The
+  training CLI seals the full dataset's test splits for the whole run (reading them raises) except
+  in the final scorings the run reports (:meth:`zslfast.data.ZSLDataset.sealed`); a selector used
+  on its own seals them while it chooses.
 - ``test``: the original papers' protocol (``--select-on-test``): train on trainval, evaluate on the
   test splits at the original's cadence, keep the best evaluation (its weights and its metrics).
 - ``fixed``: nothing is chosen (e.g. GRW trains a fixed number of epochs per task).

@@ -86,11 +86,10 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
     g = ctx.rng("synthesis", device, keyed=True)
     syn_x, syn_y = synthesize(unseen, n_per_class, g)
     real_x, real_y = data.subset("trainval")
-    xs, ys = data.subset("test_seen")
-    xu, yu = data.subset("test_unseen")
-    if ctx.save_features:  # the last evaluation's features, in the generator's space, for the t-SNE plot
-        ctx.artifacts["features"] = feature_sample({"real_seen": (xs, ys), "real_unseen": (xu, yu),
-                                                    "synthetic_unseen": (syn_x, syn_y)})
+    # the test rows' features; their labels are read only where a classifier is scored (a sealed
+    # dataset counts each such read as one of the run's final scorings)
+    xs, xu = data.unlabelled("test_seen"), data.unlabelled("test_unseen")
+    syn_raw = (syn_x, syn_y)
     if inputs is not None:  # each rank maps its rows, every rank gets all of them back
         with torch.no_grad():
             syn_x, real_x, xs, xu = (sharded(inputs, t) for t in (syn_x, real_x, xs, xu))
@@ -98,7 +97,12 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
 
     k = data.num_classes
 
-    def gzsl(clf):  # test rows sharded over the ranks of a process group, counts summed
+    def test_labels():
+        with data.scoring():
+            return data.subset("test_seen")[1], data.subset("test_unseen")[1]
+
+    def gzsl(clf, labels):  # test rows sharded over the ranks of a process group, counts summed
+        ys, yu = labels
         s = sharded_accuracy(lambda x: predict(clf(x), None, seen, calibration), xs, ys, k)
         u = sharded_accuracy(lambda x: predict(clf(x), None, seen, calibration), xu, yu, k)
         return s, u
@@ -106,13 +110,13 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
     if zsl_outputs == "unseen":  # U outputs on labels 0..U-1; a prediction j means class unseen[j]
         zsl_y, zsl_k = torch.searchsorted(unseen, syn_y), unseen.numel()
 
-        def zsl(clf):
-            return sharded_accuracy(lambda x: unseen[clf(x).argmax(1)], xu, yu, k)
+        def zsl(clf, labels):
+            return sharded_accuracy(lambda x: unseen[clf(x).argmax(1)], xu, labels[1], k)
     else:  # K outputs, argmax over all of them (GSMFlow's TMM code)
         zsl_y, zsl_k = syn_y, k
 
-        def zsl(clf):
-            return sharded_accuracy(lambda x: clf(x).argmax(1), xu, yu, k)
+        def zsl(clf, labels):
+            return sharded_accuracy(lambda x: clf(x).argmax(1), xu, labels[1], k)
 
     def fit(x, y, kind, score, num_classes):
         return train_softmax_classifier(
@@ -121,8 +125,17 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
             desc=f"{kind} classifier", name=f"{kind}_classifier_epochs",
             init=classifier.get("init", "xavier"))
 
-    clf, nested = fit(torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y]), "gzsl", lambda m: harmonic_mean(*gzsl(m)), k)
-    s, u = gzsl(clf)
-    zclf, nested_z = fit(syn_x, zsl_y, "zsl", zsl, zsl_k)
-    metrics = {"zsl_t1": 100 * zsl(zclf), "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
+    # select: every classifier epoch is scored on the held-out rows, reading their labels each time
+    clf, nested = fit(torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y]), "gzsl",
+                      lambda m: harmonic_mean(*gzsl(m, test_labels())), k)
+    zclf, nested_z = fit(syn_x, zsl_y, "zsl", lambda m: zsl(m, test_labels()), zsl_k)
+    labels = test_labels()  # the scoring of the two final classifiers
+    s, u = gzsl(clf, labels)
+    metrics = {"zsl_t1": 100 * zsl(zclf, labels), "gzsl_s": 100 * s, "gzsl_u": 100 * u,
+               "gzsl_h": 100 * harmonic_mean(s, u)}
+    if ctx.save_features:  # the last evaluation's features, in the generator's space, for the t-SNE plot
+        ys, yu = labels
+        ctx.artifacts["features"] = feature_sample({"real_seen": (data.unlabelled("test_seen"), ys),
+                                                    "real_unseen": (data.unlabelled("test_unseen"), yu),
+                                                    "synthetic_unseen": syn_raw})
     return metrics, {**nested, **nested_z}

@@ -90,9 +90,10 @@ def zsl_gzsl_metrics(score_fn, data, calibration=0.0, batch_size=8192):
         scores = score_fn(x)
         return predict(scores, unseen), predict(scores, None, seen, calibration)
 
-    t1, u = sharded_counts(unseen_predictions, *data.subset("test_unseen"), k, 2, batch_size)
-    (s,) = sharded_counts(lambda x: (predict(score_fn(x), None, seen, calibration),), *data.subset("test_seen"), k,
-                          1, batch_size)
+    with data.scoring():  # on a sealed dataset: one of the run's final scorings, reading the rows only
+        test_unseen, test_seen = data.subset("test_unseen"), data.subset("test_seen")
+    t1, u = sharded_counts(unseen_predictions, *test_unseen, k, 2, batch_size)
+    (s,) = sharded_counts(lambda x: (predict(score_fn(x), None, seen, calibration),), *test_seen, k, 1, batch_size)
     t1, u, s = (accuracy_from_counts(*c) for c in (t1, u, s))
     return {"zsl_t1": 100 * t1, "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
 

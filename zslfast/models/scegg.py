@@ -259,7 +259,7 @@ def dense_features(net, data, cfg, ctx):
     net.scaler.fit(g[data.splits["trainval"].to(g.device)])
     dense = ZSLDataset(name=f"{data.name}[dense]", features=net.scaler(g).contiguous(), labels=data.labels.to(g.device),
                        attributes=data.attributes.to(g.device), class_names=data.class_names,
-                       splits=dict(data.splits), source=data.source, info=dict(data.info))
+                       splits=data.splits, source=data.source, info=dict(data.info))
     return dense, logits
 
 
@@ -529,7 +529,8 @@ def attention_examples(net, data, images=4, attributes=3):
     first test-unseen image of each of the first ``images`` unseen classes, for each image's
     ``attributes`` strongest attributes (of those planted in it, for synthetic data), with the
     planted footprints (region, neighbour; -1 where absent) when the data has them."""
-    tu = data.splits["test_unseen"].cpu()
+    with data.scoring(report=True):  # a plot of test images: only after the run's final scoring
+        tu = data.splits["test_unseen"].cpu()
     labels = data.labels.cpu()[tu]
     picks = [int(tu[torch.nonzero(labels == c).flatten()[0]]) for c in torch.unique(labels)[:images]]
     idx = torch.tensor(picks)
