@@ -10,6 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from zslfast.data import make_synthetic
+from tests.distributed.launch import exit_worker
+from zslfast.engine import distributed
 from zslfast.engine.distributed import all_reduce_sum, shard, world
 from zslfast.eval.metrics import continual_task_metrics, per_class_accuracy, zsl_gzsl_metrics
 
@@ -30,15 +32,19 @@ def _metrics(batch_size):
                                            data.splits["test_seen"], data.splits["test_unseen"], batch_size)}
 
 
-def _rank(rank, size, init, out, batch_size):
+def _rank(rank, size, init, out, batch_sizes):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
+    ok = False
     try:
-        result = {"world": list(world()), "shard": list(shard(10)), "metrics": _metrics(batch_size),
+        result = {"world": list(world()), "shard": list(shard(10)),
+                  "metrics": {b: _metrics(b) for b in batch_sizes},
                   "sum": int(all_reduce_sum(torch.tensor([rank + 1]))[0])}
-        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-            json.dump(result, f)
+        ok = True
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown(together=ok)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+    exit_worker()
 
 
 def test_shards_cover_every_row_once():
@@ -59,10 +65,11 @@ def test_blocked_counts_equal_the_full_prediction():
     assert got["U"] == 100 * full
 
 
-@pytest.mark.parametrize("batch_size", [8192, 50])
-def test_two_gloo_processes_give_the_single_process_metrics_exactly(tmp_path, batch_size):
-    single = _metrics(batch_size)
-    mp.spawn(_rank, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path), batch_size), nprocs=2, join=True)
+def test_two_gloo_processes_give_the_single_process_metrics_exactly(tmp_path):
+    """One block for all rows (8192) and blocks of 50 that split each rank's rows, in one group."""
+    batch_sizes = [8192, 50]
+    single = {str(b): _metrics(b) for b in batch_sizes}
+    mp.spawn(_rank, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path), batch_sizes), nprocs=2, join=True)
     for rank in range(2):
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert r["world"] == [rank, 2] and r["sum"] == 3

@@ -145,10 +145,17 @@ def sharded(fn, *rowwise):
     return gather(out, n)
 
 
+# Every DDP wrapper this process made (parallel), released by shutdown() before it leaves the group.
+_WRAPPERS = []
+# What ties a wrapper to its process group: DDP's C++ logger and reducer, and the group handle.
+_GROUP_ATTRIBUTES = ("logger", "reducer", "process_group")
+
+
 def parallel(module):
     """``module`` wrapped in :class:`torch.nn.parallel.DistributedDataParallel` in a process group
     (its forward must run on this rank's rows; gradients are averaged over the ranks in its
-    backward), the module itself in a single process."""
+    backward), the module itself in a single process. The wrapper is registered so that
+    :func:`shutdown` can release its hold on the group first."""
     if world()[1] == 1:
         return module
     p = next((p for p in module.parameters() if p.requires_grad), None)
@@ -156,7 +163,19 @@ def parallel(module):
         raise ValueError(f"parallel: {type(module).__name__} has no parameter that requires grad")
     device_ids = [p.device.index] if p.device.type == "cuda" else None
     # Buffers are synchronised once at construction (every rank computes the same ones anyway).
-    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
+    wrapper = nn.parallel.DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
+    _WRAPPERS.append(wrapper)
+    return wrapper
+
+
+def release_wrappers():
+    """Drop every registered DDP wrapper's logger, reducer and process-group handle: a wrapper that
+    is still referenced (from a traceback, a closure, a test) then holds nothing of the group, and
+    the group's C++ objects are freed when the group is destroyed, not at interpreter exit."""
+    while _WRAPPERS:
+        wrapper = _WRAPPERS.pop()
+        for name in _GROUP_ATTRIBUTES:
+            wrapper.__dict__.pop(name, None)
 
 
 def any_rank(flag):
@@ -224,13 +243,15 @@ def init(device):
 def shutdown(together=False):
     """Leave the process group (at the end of a launched run).
 
-    The run's DDP wrappers sit in reference cycles, so without a collection they are freed only at
-    interpreter exit, after the group is gone. Twice in CI a rank of a successful 2-process test
-    aborted there ("terminate called without an active exception"); the wrappers outliving the
-    group is the likely cause (not reproduced), so they are collected first. ``together``: the
-    ranks ended alike (success, or a stop they agreed on), so they also meet at a barrier and tear
-    their connections down at the same point; never after a failure, where a rank may be gone."""
+    The run's DDP wrappers sit in reference cycles and may be referenced from elsewhere, so they
+    could be freed only at interpreter exit, after the group is gone. Twice in CI a rank of a
+    successful 2-process test aborted there ("terminate called without an active exception"), the
+    likely cause (not reproduced). So every wrapper first lets go of the group
+    (:func:`release_wrappers`) and is collected. ``together``: the ranks ended alike (success, or
+    a stop they agreed on), so they also meet at a barrier and tear their connections down at the
+    same point; never after a failure, where a rank may be gone."""
     if dist.is_available() and dist.is_initialized():
+        release_wrappers()
         gc.collect()
         if together:
             try:
