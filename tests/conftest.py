@@ -18,6 +18,20 @@ def pytest_configure(config):
         raise pytest.UsageError(f"ZSLFAST_REQUIRE_EXT=1 but the extension is not loaded: {ops.extension_info()}")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that drew its inputs from the session seed (the ``gen`` fixture) says how to
+    replay them; under ``ZSLFAST_REQUIRE_GOLDEN=1`` (CI) a skipped golden test fails."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "gen" in getattr(item, "fixturenames", ()):
+        report.sections.append(("zslfast test seed", f"replay with ZSLFAST_TEST_SEED={SEED}"))
+    if (report.skipped and item.get_closest_marker("golden") is not None
+            and os.environ.get("ZSLFAST_REQUIRE_GOLDEN") == "1"):
+        report.outcome = "failed"
+        report.longrepr = f"ZSLFAST_REQUIRE_GOLDEN=1: a golden test must run here, but it was skipped: {report.longrepr}"
+
+
 def pytest_report_header(config):
     info = ops.extension_info()
     return [f"zslfast test seed: {SEED} (replay with ZSLFAST_TEST_SEED={SEED})",

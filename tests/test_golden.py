@@ -1,7 +1,11 @@
-"""The golden results (zslfast/golden/quick.json, recorded with ``python -m zslfast.golden record``)
-are reproduced exactly: every method and setting on the --quick budget gives the recorded metrics,
-per-task results and selection. A refactor that moves a number must re-record the file and explain
-the change. Compared only on the CPU capability and torch version the file was recorded with."""
+"""The golden results (zslfast/golden/quick.json, recorded with ``python -m zslfast.golden record``):
+every method and setting on the --quick budget gives the recorded metrics, per-task results and
+selection. A refactor that moves a number must re-record the file and explain the change.
+
+The comparison never skips: exact in the environment the file was recorded in (CPU vendor, SIMD
+level, torch build), and within ``golden.BAND`` points everywhere else (another CPU rounds
+differently, legitimately; see zslfast/golden.py for how the band was sized). CI also sets
+``ZSLFAST_REQUIRE_GOLDEN=1``, which turns any skip of a ``golden`` test into a failure."""
 import json
 
 import pytest
@@ -15,14 +19,32 @@ def _golden(budget):
         return json.load(f)
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("name,args", golden.RUNS, ids=[name for name, _ in golden.RUNS])
 def test_quick_runs_reproduce_the_golden_results(name, args, tmp_path_factory):
     recorded = _golden("quick")
-    if recorded["environment"] != golden.environment():
-        pytest.skip(f"golden results recorded on {recorded['environment']}, this is {golden.environment()}")
     assert args[0] == "--method"
     res, _ = quick_run(tmp_path_factory, args[1], *args[2:])
-    assert golden.matches(golden.summary(res), recorded["runs"][name]), (golden.summary(res), recorded["runs"][name])
+    now, want = golden.summary(res), recorded["runs"][name]
+    if recorded["environment"] == golden.environment():
+        assert golden.matches(now, want), (now, want)
+    else:
+        assert not golden.band_problems(now, want), golden.band_problems(now, want)
+
+
+def test_the_band_tells_a_moved_metric_from_rounding():
+    """``band_problems`` on hand-made summaries: within the band passes, beyond it, a NaN, a missing
+    metric or another per-task sample count fails."""
+    want = {"metrics": {"zsl_t1": 40.0, "gzsl_h": 30.0}, "per_task": None}
+    ok = {"metrics": {"zsl_t1": 40.0 + golden.BAND, "gzsl_h": 30.0 - golden.BAND}, "per_task": None}
+    assert golden.band_problems(ok, want) == []
+    for bad in ({"zsl_t1": 40.0 + golden.BAND + 0.01, "gzsl_h": 30.0}, {"zsl_t1": float("nan"), "gzsl_h": 30.0},
+                {"gzsl_h": 30.0}):
+        assert golden.band_problems({"metrics": bad, "per_task": None}, want)
+    tasks = {"metrics": {}, "per_task": [{"task": 1, "S": 50.0, "train_samples": 100}]}
+    assert golden.band_problems({"metrics": {}, "per_task": [{"task": 1, "S": 51.0, "train_samples": 100}]}, tasks) == []
+    assert golden.band_problems({"metrics": {}, "per_task": [{"task": 1, "S": 50.0, "train_samples": 99}]}, tasks)
+    assert golden.band_problems({"metrics": {}, "per_task": []}, tasks)
 
 
 def test_every_registered_method_has_golden_results():

@@ -5,9 +5,17 @@ fixed seeds, recorded before a refactor so that the refactor can prove it moved 
     python -m zslfast.golden check  [--budget quick|default]   # rerun and compare, exit 1 on a change
 
 ``quick`` is the ``--quick`` budget (seconds per run; the test suite checks it); ``default`` is each
-method's synthetic section (minutes in all; run it by hand around a refactor). Results are compared
-exactly, but only on the CPU capability and torch version they were recorded with: another SIMD
-level changes the rounding of the kernels, and with it the metrics, legitimately.
+method's synthetic section (minutes in all; run it by hand around a refactor).
+
+Two comparisons:
+
+- **exact** on the environment the results were recorded in (:func:`environment`: CPU vendor and
+  SIMD level, torch version): every metric, per-task result, choice and score equal;
+- **a band** everywhere else: every metric and per-task result within :data:`BAND` points of the
+  recording (choices are not compared: a near-tie between two epochs may legitimately flip).
+  Another SIMD level or BLAS path rounds differently and training amplifies it; the band is sized
+  from that spread measured on the recording machine (see :data:`BAND`) and is far smaller than
+  what a wrong loss term does to the metrics.
 """
 import argparse
 import json
@@ -30,9 +38,39 @@ RUNS = [
 FOLDER = os.path.join(os.path.dirname(__file__), "golden")
 
 
+# How far (percentage points) a metric may be from the recording outside the recording's
+# environment. Measured on the recording machine (AMD EPYC Zen 4, AVX512), quick budget, every run,
+# against the recording: ATen at AVX2 (ATEN_CPU_CAPABILITY=avx2, with or without
+# MKL_ENABLE_INSTRUCTIONS=AVX2) moved SC-EGG by up to 0.83 points and CVC transductive by 0.22; the
+# PyTorch fallback instead of the compiled operators moved SC-EGG by 0.67, GSMFlow by 0.33 and CVC
+# transductive by 0.22; ATen, MKL and the operators all at their lowest level (default, SSE4.2,
+# fallback) moved SC-EGG by 0.53 and CVC transductive by 0.83; 1 thread instead of 2 moved nothing;
+# ESZSL and GRW never moved. One test image is 0.17 points of a T1 here. The band is 3x the largest
+# of these. Deliberate breaks of SC-EGG's stage 3 move its quick metrics by more: an adversarial term
+# of the wrong sign (U -5.2), a classifier input without Dec's hidden state (S -15.7), the VAE loss
+# without its KL term (U +6.3); subtler ones (lambda not carried over: U -1.5) are inside the band
+# and are caught on every CPU by tests/models/test_scegg_oracle.py instead.
+BAND = 2.5
+
+
+def _cpu_vendor():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def environment():
-    """What the recorded numbers depend on besides the code."""
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+    """What the recorded numbers depend on besides the code: the CPU vendor (its BLAS kernels), the
+    SIMD level torch dispatches to, and the torch build."""
+    return {"cpu_vendor": _cpu_vendor(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}
 
 
 def run_args(args, budget):
@@ -56,6 +94,30 @@ def matches(now, golden):
     if golden is None or any(now[k] != golden[k] for k in ("metrics", "per_task", "chosen")):
         return False
     return all(now["scores"].get(k) == v for k, v in golden.get("scores", {}).items())
+
+
+def band_problems(now, golden, band=BAND):
+    """The metrics and per-task results of ``now`` further than ``band`` points from ``golden``
+    (each as ``"name: now vs golden"``); empty when every one is within the band."""
+    problems = []
+
+    def compare(where, a, b):
+        for k, v in b.items():
+            got = a.get(k)
+            if k == "train_samples" or not isinstance(v, float):  # counts and task ids: equal
+                ok = got == v
+            else:
+                ok = isinstance(got, float) and abs(got - v) <= band
+            if not ok:
+                problems.append(f"{where}{k}: {got} vs {v}")
+
+    compare("", now["metrics"], golden["metrics"])
+    if (now["per_task"] is None) != (golden["per_task"] is None) or len(now["per_task"] or []) != len(golden["per_task"] or []):
+        problems.append(f"per_task: {now['per_task']} vs {golden['per_task']}")
+    else:
+        for i, (a, b) in enumerate(zip(now["per_task"] or [], golden["per_task"] or [])):
+            compare(f"task {i + 1} ", a, b)
+    return problems
 
 
 def measure(budget, runs=RUNS, progress=True):
@@ -94,13 +156,16 @@ def main(argv=None):
         return 0
     with open(path(args.budget)) as f:
         golden = json.load(f)
-    if golden["environment"] != environment():
-        print(f"golden results were recorded on {golden['environment']}, this is {environment()}: not comparable")
-        return 1
-    changed = [name for name in results if not matches(results[name], golden["runs"].get(name))]
+    exact = golden["environment"] == environment()
+    if not exact:
+        print(f"golden results were recorded on {golden['environment']}, this is {environment()}: "
+              f"comparing within {BAND} points")
+    changed = [name for name in results if (not matches(results[name], golden["runs"].get(name)) if exact
+                                            else band_problems(results[name], golden["runs"][name]))]
     for name in changed:
         print(f"{name}: golden {golden['runs'].get(name)}\n{' ' * len(name)}  now    {results[name]}")
-    print("golden results reproduced" if not changed else f"{len(changed)} run(s) changed")
+    print(("golden results reproduced" + ("" if exact else f" within {BAND} points")) if not changed
+          else f"{len(changed)} run(s) changed")
     return 1 if changed else 0
 
 
