@@ -101,6 +101,8 @@ def test_like_runs_take_the_dataset_section_then_the_cpu_budget():
     path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "CUB", "att_splits.mat")
     if os.path.isfile(path):
         assert resolve_config("gsmflow", "synthetic", like=path) == like
+    else:
+        assert os.environ.get("ZSLFAST_REQUIRE_DATA") != "1", f"ZSLFAST_REQUIRE_DATA=1 but {path} is missing"
     assert resolve_config("grw", "synthetic", like="CUB")["lsr"]["margin"] == 0.04  # GRW's CUB value
 
 

@@ -243,9 +243,10 @@ def test_balanced_batches_rows_and_classes():
     exact = BalancedBatches(labels, 64, g, steps=3)
     batches = list(exact.epoch())
     assert len(batches) == 3 and all(b.numel() == 64 for b in batches)
-    for b in batches:  # every class appears once or twice (⌈64/40⌉ = 2 drawn per class, cut back to 64)
+    for b in batches:  # ⌈64/40⌉ = 2 drawn per class, 80 cut back to 64: the 16 rows cut can empty at
+        # most 8 classes, so at least 32 of the 40 appear, none more than twice
         counts = torch.bincount(labels[b], minlength=40)
-        assert counts.min() >= 0 and counts.max() <= 2 and (counts > 0).sum() >= 24
+        assert counts.max() <= 2 and (counts > 0).sum() >= 32
     original = BalancedBatches(labels, 64, g, steps=1, exact=False)
     assert original.sample().numel() == 40  # the original's 40 rows for a batch of 64
     many = torch.arange(200).repeat_interleave(3)  # S ≥ B: B distinct classes, one image each

@@ -155,7 +155,7 @@ def test_checkpoint_reproduces_both_stages_and_training_beats_the_untrained_mode
     torch.manual_seed(res["seed"])
     untrained = new_model()
     before = evaluate(untrained, data)
-    assert inductive["zsl_t1"] > before["zsl_t1"] + 10, (inductive, before)
+    assert inductive["zsl_t1"] > before["zsl_t1"] + 10, (inductive, before)  # about half the gain (25.3 vs 3.8)
     x, y = data.subset("trainval")
     seen = data.seen_classes
     with torch.no_grad():

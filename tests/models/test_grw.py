@@ -280,7 +280,8 @@ def test_checkpoint_reproduces_the_last_task_and_beats_the_untrained_model(tmp_p
     untrained = GRWModel(data.attribute_dim, data.feature_dim, cfg["hidden"])
     u0 = [_task_accuracy(untrained.embedder, data, split.task(k["task"])) for k in res["per_task"]]
     msa0, mua0 = (sum(v[i] for v in u0) / len(u0) for i in (0, 1))
-    assert res["metrics"]["mUA"] > mua0 + 3 and res["metrics"]["mSA"] > msa0 + 20, (res["metrics"], msa0, mua0)
+    # margins about half of the quick run's gains (mUA 8.1 vs 1.7, mSA 61.5 vs 3.9 untrained)
+    assert res["metrics"]["mUA"] > mua0 + 3 and res["metrics"]["mSA"] > msa0 + 30, (res["metrics"], msa0, mua0)
 
 
 def test_continual_run_rejects_bad_settings(tmp_path, capsys):

@@ -136,7 +136,8 @@ def test_checkpoint_reproduces_the_metrics_and_beats_the_untrained_flow(tmp_path
     with ctx.init_scope():
         untrained = build_model(data, cfg, torch.device("cpu")).eval()
     m0, _ = evaluate_flow(untrained, data, cfg, ctx, classifier_epochs=used)
-    assert metrics["zsl_t1"] > m0["zsl_t1"] + 10 and metrics["gzsl_h"] > m0["gzsl_h"] + 10, (metrics, m0)
+    # margins about half of the quick run's gains (T1 39.7 vs 7.7, H 40.2 vs 0 untrained)
+    assert metrics["zsl_t1"] > m0["zsl_t1"] + 15 and metrics["gzsl_h"] > m0["gzsl_h"] + 20, (metrics, m0)
     x, y = data.subset("trainval")
     with torch.no_grad():
         assert trained.nll(x, y, data.attributes) < untrained.nll(x, y, data.attributes) - 0.1

@@ -222,7 +222,8 @@ def test_checkpoint_reproduces_the_metrics_and_beats_the_untrained_generator(tmp
     with ctx.init_scope():
         model.gan = scegg.VAEGAN(data.features.shape[1], data.attribute_dim, cfg["gan"]["hidden"]).eval()
     m0, _ = scegg.evaluate_scegg(model, cfg, ctx, used)
-    assert metrics["zsl_t1"] > m0["zsl_t1"] + 5 and metrics["gzsl_h"] > m0["gzsl_h"] + 10, (metrics, m0)
+    # margins about half of the quick run's gains (T1 46.7 vs 2.5, H 70.6 vs 18.2 untrained)
+    assert metrics["zsl_t1"] > m0["zsl_t1"] + 20 and metrics["gzsl_h"] > m0["gzsl_h"] + 25, (metrics, m0)
 
 
 def _generator_step_inputs(model, cache, data, att, cfg):
