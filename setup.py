@@ -147,10 +147,11 @@ setup(
         "regions": ["h5py"],
         # feature extraction from images (zslfast.data.extract): h5py plus Pillow to decode images
         "extract": ["h5py", "pillow"],
-        # pytest for the suite; FrEIA for the flow parity tests and the GSMFlow benchmark baseline;
+        # pytest and pytest-timeout (the suite's per-test limit); FrEIA for the flow parity tests and
+        # the GSMFlow benchmark baseline;
         # h5py and Pillow so that the region-data and extraction tests run; the plotting and
         # TensorBoard extras so that their tests run
-        "test": ["pytest", "freia", "h5py", "pillow", "matplotlib", "scikit-learn", "tensorboard"],
+        "test": ["pytest", "pytest-timeout", "freia", "h5py", "pillow", "matplotlib", "scikit-learn", "tensorboard"],
         # python -m zslfast.plot and --plots (t-SNE needs scikit-learn)
         "plots": ["matplotlib", "scikit-learn"],
         # --log tensorboard

@@ -10,6 +10,7 @@ import zslfast.train
 from zslfast.train import main
 
 _CACHE = {}
+_FOLDERS = {}
 
 
 def quick_run(tmp_dir_factory, method, *extra, data=None, tag="clean"):
@@ -26,4 +27,11 @@ def quick_run(tmp_dir_factory, method, *extra, data=None, tag="clean"):
                 code = main(argv)
         assert code == 0, (method, extra, tag)
         _CACHE[key] = (json.loads((out / "results.json").read_text()), torch.load(out / "checkpoint.pt"))
+        _FOLDERS[key] = out
     return _CACHE[key]
+
+
+def quick_run_folder(tmp_dir_factory, method, *extra, data=None, tag="clean"):
+    """The output folder of :func:`quick_run` (for tests that read its files; never write there)."""
+    quick_run(tmp_dir_factory, method, *extra, data=data, tag=tag)
+    return _FOLDERS[(method, extra, tag)]

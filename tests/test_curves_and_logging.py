@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.quick_runs import quick_run
 from zslfast.engine.curves import CurveRecorder
 from zslfast.engine.loop import EpochEvent
 from zslfast.train import main as train_main
@@ -20,10 +21,8 @@ def test_recorder_keeps_repeated_stages_apart_and_skips_nested_ones():
 
 
 @pytest.mark.parametrize("method", ["gsmflow", "cvc", "grw", "scegg"])
-def test_every_iterative_method_records_its_curves(method, tmp_path):
-    out = tmp_path / method
-    assert train_main(["--method", method, "--quick", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
-    res = json.loads((out / "results.json").read_text())
+def test_every_iterative_method_records_its_curves(method, tmp_path_factory):
+    res, _ = quick_run(tmp_path_factory, method)
     assert res["history"], "no training curves recorded"
     for stage, records in res["history"].items():
         assert [r["epoch"] for r in records] == list(range(1, len(records) + 1)), stage
@@ -35,14 +34,13 @@ def test_every_iterative_method_records_its_curves(method, tmp_path):
         assert any(r["epoch"] == choice["value"] and r["score"] == pytest.approx(choice["score"]) for r in scored)
 
 
-def test_tensorboard_scalars_equal_the_history_and_change_nothing(tmp_path):
+def test_tensorboard_scalars_equal_the_history_and_change_nothing(tmp_path, tmp_path_factory):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    args = ["--method", "gsmflow", "--quick", "--device", "cpu", "--no-progress"]
-    assert train_main(args + ["--out", str(tmp_path / "plain")]) == 0
+    args = ["--method", "cvc", "--quick", "--device", "cpu", "--no-progress"]
     assert train_main(args + ["--out", str(tmp_path / "tb"), "--log", "tensorboard"]) == 0
-    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    plain, _ = quick_run(tmp_path_factory, "cvc")
     logged = json.loads((tmp_path / "tb" / "results.json").read_text())
     assert plain["metrics"] == logged["metrics"] and plain["history"] == logged["history"]
     acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))

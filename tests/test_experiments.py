@@ -78,8 +78,8 @@ def test_report_refuses_mixed_configurations_and_missing_folders(tmp_path):
 
 
 def test_seeds_write_one_folder_per_seed_and_a_summary(tmp_path, capsys):
-    out = tmp_path / "gsm"
-    assert train_main(["--method", "gsmflow", "--quick", "--device", "cpu", "--no-progress", "--seeds", "0,1",
+    out = tmp_path / "cvc"
+    assert train_main(["--method", "cvc", "--quick", "--device", "cpu", "--no-progress", "--seeds", "0,1",
                        "--out", str(out)]) == 0
     per_seed = [json.loads((out / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
     assert [r["seed"] for r in per_seed] == [0, 1] and per_seed[0]["metrics"] != per_seed[1]["metrics"]

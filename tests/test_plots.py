@@ -1,6 +1,7 @@
 """Plots: every kind is drawn from a real quick run, decodes as a PNG of the expected size, and
 shows what the data holds (point counts per kind, panels, planted footprints)."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ pytest.importorskip("sklearn")
 
 from matplotlib.image import imread  # noqa: E402
 
+from tests.quick_runs import quick_run_folder  # noqa: E402
 from zslfast import plot  # noqa: E402
 from zslfast.data.synthetic_regions import make_synthetic_regions  # noqa: E402
 from zslfast.train import main as train_main  # noqa: E402
@@ -28,11 +30,11 @@ def scegg_run(tmp_path_factory):
     return out
 
 
-def test_plots_change_no_result(scegg_run, tmp_path):
-    assert train_main(["--method", "scegg", "--quick", "--device", "cpu", "--no-progress", "--out", str(tmp_path)]) == 0
-    plain = json.loads((tmp_path / "results.json").read_text())
-    assert json.loads((scegg_run / "results.json").read_text())["metrics"] == plain["metrics"]
-    assert not (tmp_path / "features.pt").exists()  # nothing extra is saved by default
+def test_plots_change_no_result(scegg_run, tmp_path_factory):
+    plain = quick_run_folder(tmp_path_factory, "scegg")
+    assert json.loads((scegg_run / "results.json").read_text())["metrics"] == \
+        json.loads((plain / "results.json").read_text())["metrics"]
+    assert not (plain / "features.pt").exists()  # nothing extra is saved by default
 
 
 def test_tsne_shows_every_saved_point_of_each_kind(scegg_run):
@@ -47,12 +49,17 @@ def test_tsne_shows_every_saved_point_of_each_kind(scegg_run):
     assert feats["real_unseen"]["y"].numel() == per_class("test_unseen")
     assert set(feats["synthetic_unseen"]["y"].tolist()) == set(data.unseen_classes.tolist())
     assert feats["synthetic_unseen"]["y"].numel() == 10 * min(50, n_syn)
-    drawn = plot.plot_tsne(res, art, str(scegg_run / "all.png"), max_points=10 ** 6)
-    assert drawn == {k: v["y"].numel() for k, v in feats.items()}
     sub = plot.plot_tsne(res, art, str(scegg_run / "sub.png"), max_points=300)
     assert 290 <= sum(sub.values()) <= 310 and all(v > 0 for v in sub.values())
     # the features are the generator's space (SC-EGG: the dense feature, C = 256)
     assert feats["real_seen"]["x"].shape[1] == data.features.shape[1]
+
+
+@pytest.mark.slow
+def test_tsne_draws_every_saved_point(scegg_run):
+    res, art = plot.load_run(str(scegg_run))
+    drawn = plot.plot_tsne(res, art, str(scegg_run / "all.png"), max_points=10 ** 6)
+    assert drawn == {k: v["y"].numel() for k, v in art["features"].items()}
 
 
 def test_curves_have_one_panel_per_stage_and_mark_the_chosen_epoch(scegg_run):
@@ -80,9 +87,9 @@ def test_attention_panels_and_footprints_match_the_data(scegg_run):
     assert _png_size(path) == (int(2.2 * 3 * plot.DPI), int(2.2 * 4 * plot.DPI))
 
 
-def test_tasks_plot_and_cli_errors(tmp_path, capsys):
+def test_tasks_plot_and_cli_errors(tmp_path, tmp_path_factory, capsys):
     out = tmp_path / "grw"
-    assert train_main(["--method", "grw", "--quick", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    shutil.copytree(quick_run_folder(tmp_path_factory, "grw"), out)  # plots are written beside the run
     assert plot.main(["tasks", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     _, drawn = plot.plot("tasks", str(out))
@@ -96,8 +103,8 @@ def test_tasks_plot_and_cli_errors(tmp_path, capsys):
 
 def test_gsmflow_saves_features_for_tsne(tmp_path):
     out = tmp_path / "gsm"
-    assert train_main(["--method", "gsmflow", "--quick", "--device", "cpu", "--no-progress", "--save-features",
-                       "--out", str(out)]) == 0
+    assert train_main(["--method", "gsmflow", "--quick", "--set", "epochs=2", "--set", "eval_start=1", "--set", "eval_every=1", "--device",
+                       "cpu", "--no-progress", "--save-features", "--out", str(out)]) == 0
     res, art = plot.load_run(str(out))
     assert plot.applicable(res, art) == ["curves", "tsne"]
     _, drawn = plot.plot("tsne", str(out))

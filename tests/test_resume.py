@@ -9,13 +9,22 @@ import sys
 import time
 
 import pytest
+import torch
 
+from tests.quick_runs import quick_run
 from zslfast.engine.resume import RESUME_FILE
 from zslfast.train import main as train_main
 
-CASES = [("gsmflow", []), ("grw", []), ("grw_learnable", ["--set", "attribute_generation=learnable"]),
-         ("cvc", []), ("cvc_transductive", ["--set", "transductive=true"]), ("scegg", []),
-         ("scegg_on_test", ["--select-on-test"])]
+# (name, extra arguments, stop points in the default tier): the default tier stops each configuration
+# once (inside the first stage or, where the later stages carry the most state, inside the last one;
+# GSMFlow at the last step of an epoch, where the stop lands before that epoch's evaluation and
+# checkpoint); the slow tier stops at every point of POINTS.
+CASES = [("gsmflow", [], "epoch end"), ("grw", [], "early"),
+         ("grw_learnable", ["--set", "attribute_generation=learnable"], "late"),
+         ("cvc", [], "early"), ("cvc_transductive", ["--set", "transductive=true"], "late"),
+         ("cvc_on_test", ["--select-on-test"], "late"), ("scegg", [], "late"),
+         ("scegg_on_test", ["--select-on-test"], None)]
+POINTS = ("early", "late", "epoch end")
 
 
 def _args(name, extra, out):
@@ -25,49 +34,67 @@ def _args(name, extra, out):
 
 
 def _outcome(folder):
-    r = json.loads((folder / "results.json").read_text())
+    return _summary(json.loads((folder / "results.json").read_text()))
+
+
+def _summary(r):
     per_task = r["per_task"] and [{k: v for k, v in t.items() if k != "seconds"} for t in r["per_task"]]  # timings
     return r["metrics"], per_task, r["selection"], r["history"]
 
 
-@pytest.mark.parametrize("name,extra", CASES, ids=[c[0] for c in CASES])
-def test_interrupted_and_resumed_equals_uninterrupted(name, extra, tmp_path, monkeypatch, capsys):
-    assert train_main(_args(name, extra, tmp_path / "full")) == 0
-    full = _outcome(tmp_path / "full")
-    steps = sum(r["steps"] for records in full[3].values() for r in records)
-    assert not (tmp_path / "full" / RESUME_FILE).exists()  # a finished run leaves no checkpoint
-    last_epoch = list(full[3].values())[-1][-1]["steps"]
-    # early (usually inside an epoch of the first stage) and inside the last epoch; for one method also
-    # the last step of an epoch (the stop lands before that epoch's evaluation and checkpoint)
-    points = {max(1, steps // 3), steps - max(1, last_epoch // 2)}
-    if name == "gsmflow":
-        points.add(steps - last_epoch)
-    for n in sorted(points):
-        out = tmp_path / f"stop{n}"
-        monkeypatch.setenv("ZSLFAST_INTERRUPT_AFTER", str(n))
-        assert train_main(_args(name, extra, out)) == 3
-        monkeypatch.delenv("ZSLFAST_INTERRUPT_AFTER")
-        assert (out / RESUME_FILE).is_file() and not (out / "results.json").exists()
-        assert "--resume" in capsys.readouterr().err
-        assert train_main(_args(name, extra, out)[:-2] + ["--resume", str(out)]) == 0
-        assert _outcome(out) == full, f"resumed after step {n} of {steps}"
-        assert not (out / RESUME_FILE).exists()
+def _stop_point(history, point):
+    """The training step to stop after: a third of the way in (usually inside the first stage's
+    first epochs), half-way through the last epoch, or the last step of the one before it."""
+    steps = sum(r["steps"] for records in history.values() for r in records)
+    last_epoch = list(history.values())[-1][-1]["steps"]
+    return {"early": max(1, steps // 3), "late": steps - max(1, last_epoch // 2), "epoch end": steps - last_epoch}[point]
+
+
+def _params():
+    for name, extra, default in CASES:
+        for point in POINTS:
+            if point == "epoch end" and name != "gsmflow":
+                continue
+            marks = [] if point == default else [pytest.mark.slow]
+            yield pytest.param(name, extra, point, marks=marks, id=f"{name}-{point}")
+
+
+@pytest.mark.parametrize("name,extra,point", list(_params()))
+def test_interrupted_and_resumed_equals_uninterrupted(name, extra, point, tmp_path, tmp_path_factory, monkeypatch,
+                                                      capsys):
+    """Stopped after a training step and resumed, a run gives exactly the outcome of the uninterrupted
+    quick run of the session cache (which ran without --checkpoint-every and in a fresh global RNG
+    state: so neither checkpointing nor the global RNG changes a number)."""
+    method = name.split("_")[0]
+    full = _summary(quick_run(tmp_path_factory, method, *extra)[0])
+    n = _stop_point(full[3], point)
+    out = tmp_path / f"stop{n}"
+    monkeypatch.setenv("ZSLFAST_INTERRUPT_AFTER", str(n))
+    assert train_main(_args(name, extra, out)) == 3
+    monkeypatch.delenv("ZSLFAST_INTERRUPT_AFTER")
+    assert (out / RESUME_FILE).is_file() and not (out / "results.json").exists()
+    assert "--resume" in capsys.readouterr().err
+    torch.manual_seed(12345)  # whatever a user's script did before must not matter
+    torch.rand(7)
+    assert train_main(_args(name, extra, out)[:-2] + ["--resume", str(out)]) == 0
+    assert _outcome(out) == full, f"resumed after step {n}"
+    assert not (out / RESUME_FILE).exists()  # a finished run leaves no checkpoint
 
 
 def test_resume_refuses_another_configuration_and_finished_runs(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     monkeypatch.setenv("ZSLFAST_INTERRUPT_AFTER", "2")
-    assert train_main(_args("gsmflow", [], out)) == 3
+    assert train_main(_args("cvc", [], out)) == 3
     monkeypatch.delenv("ZSLFAST_INTERRUPT_AFTER")
     capsys.readouterr()
-    assert train_main(_args("gsmflow", ["--set", "lr=0.01"], out)[:-2] + ["--resume", str(out)]) == 2
+    assert train_main(_args("cvc", ["--set", "lr=0.01"], out)[:-2] + ["--resume", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "different run" in err[0] and "config_hash" in err[0]
-    assert train_main(_args("gsmflow", ["--seed", "5"], out)[:-2] + ["--resume", str(out)]) == 2
+    assert train_main(_args("cvc", ["--seed", "5"], out)[:-2] + ["--resume", str(out)]) == 2
     assert "seed 0 there, 5 now" in capsys.readouterr().err
     assert (out / RESUME_FILE).is_file()  # a refused resume leaves the checkpoint as it was
-    assert train_main(_args("gsmflow", [], out)[:-2] + ["--resume", str(out)]) == 0
-    assert train_main(_args("gsmflow", [], out)[:-2] + ["--resume", str(out)]) == 2
+    assert train_main(_args("cvc", [], out)[:-2] + ["--resume", str(out)]) == 0
+    assert train_main(_args("cvc", [], out)[:-2] + ["--resume", str(out)]) == 2
     assert "the run had finished" in capsys.readouterr().err
 
 
@@ -88,6 +115,34 @@ def test_resume_with_seeds_keeps_finished_seeds(tmp_path, monkeypatch):
     assert full["metrics"] == cut["metrics"]
 
 
+def test_sigterm_stops_after_the_current_step_and_resume_completes_it(tmp_path, tmp_path_factory, monkeypatch,
+                                                                         capsys):
+    """A SIGTERM delivered to this process during a training step (the signal handler of
+    ``stop_on_signals``, in-process): the run checkpoints, exits 3, and --resume completes it with
+    the uninterrupted run's outcome. The slow tier sends a real SIGTERM to a separate process."""
+    from zslfast.engine.resume import Checkpointer
+
+    full = _summary(quick_run(tmp_path_factory, "cvc")[0])
+    original = Checkpointer.step_end
+    calls = []
+
+    def signalling(self):
+        calls.append(1)
+        if len(calls) == 5:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(Checkpointer, "step_end", signalling)
+    out = tmp_path / "cut"
+    assert train_main(_args("cvc", [], out)) == 3
+    assert "SIGTERM: finishing the current training step" in capsys.readouterr().err
+    monkeypatch.setattr(Checkpointer, "step_end", original)
+    assert not (out / "results.json").exists()
+    assert train_main(_args("cvc", [], out)[:-2] + ["--resume", str(out)]) == 0
+    assert _outcome(out) == full
+
+
+@pytest.mark.slow
 def test_a_real_sigterm_writes_a_checkpoint_and_resume_completes_it(tmp_path):
     args = [sys.executable, "-m", "zslfast.train", "--method", "gsmflow", "--quick", "--set", "epochs=8",
             "--set", "eval_every=4", "--device", "cpu", "--no-progress", "--checkpoint-every", "1"]

@@ -38,6 +38,9 @@ def test_opcheck(device, gen):
         torch.library.opcheck(op, args)
 
 
+# torch.compile: each case pays a cold Inductor C++ compile; the default tier compiles attention_pool
+# (reduce=mean) forward and backward, the slow tier every op and variant.
+@pytest.mark.slow
 @pytest.mark.parametrize("device,reverse", product(devices, [False, True]))
 def test_compile_affine_coupling(device, reverse, gen, use_backend):
     use_backend("ext", device)
@@ -57,6 +60,7 @@ def test_compile_affine_coupling(device, reverse, gen, use_backend):
         assert rel_err(a, b) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device,metric", product(devices, ["cosine", "sqeuclidean"]))
 def test_compile_transition_matrix(device, metric, gen, use_backend):
     use_backend("ext", device)
@@ -73,7 +77,8 @@ def test_compile_transition_matrix(device, metric, gen, use_backend):
     assert rel_err(torch.autograd.grad(got, x)[0], torch.autograd.grad(expected, x)[0]) < 1e-5
 
 
-@pytest.mark.parametrize("device,reduce", product(devices, ["mean", "none"]))
+@pytest.mark.parametrize("device,reduce", [(d, r) if r == "mean" else pytest.param(d, r, marks=pytest.mark.slow)
+                                           for d, r in product(devices, ["mean", "none"])])
 def test_compile_attention_pool(device, reduce, gen, use_backend):
     use_backend("ext", device)
     f = randn(4, 16, 9, dtype=torch.float32, device=device, generator=gen).relu()
