@@ -194,6 +194,10 @@ class ZSLDataset:
         idx = self.splits[split]
         return self.features[idx], self.labels[idx]
 
+    def split_labels(self, split):
+        """The labels of one split (no feature copy)."""
+        return self.labels[self.splits[split]]
+
     def unlabelled(self, split):
         """The features of one split without its labels, readable while the dataset is sealed: what
         a transductive method may use of the unseen test images, and what an evaluation maps

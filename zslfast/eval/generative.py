@@ -99,7 +99,7 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
 
     def test_labels():
         with data.scoring():
-            return data.subset("test_seen")[1], data.subset("test_unseen")[1]
+            return data.split_labels("test_seen"), data.split_labels("test_unseen")
 
     def gzsl(clf, labels):  # test rows sharded over the ranks of a process group, counts summed
         ys, yu = labels
