@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.distributed.launch import exit_worker, free_port, run_group
+from tests.distributed.launch import exit_worker, run_group
 from zslfast import golden
 from zslfast.engine import distributed
 from zslfast.errors import ZSLError
@@ -55,9 +55,10 @@ def _batch_loss(out):
     return torch.log(out.exp().mean()) - (torch.softmax(out[:, 0], 0) * out[:, 1]).sum()
 
 
-def _primitives(rank, size, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=size)
+def _primitives(rank, size, out):
+    # a file rendezvous: no port to pick, so no race for one with other processes
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out, 'rendezvous')}", rank=rank,
+                            world_size=size)
     ok = False
     try:
         result, wrapper = _primitive_checks(rank)  # the wrapper stays referenced past the group's end
@@ -106,7 +107,7 @@ def _primitive_checks(rank):
 
 
 def test_primitives_in_a_two_process_group(tmp_path):
-    mp.spawn(_primitives, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_primitives, args=(2, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert all(r[f"gather{n}"] for n in (0, 1, 7, 8))
