@@ -80,6 +80,22 @@ def test_one_output_at_a_time_and_queries_only(backend, device, reduce, gen, use
     assert f.grad is None
 
 
+@pytest.mark.parametrize("backend,device,reduce", product(backends, devices, REDUCE))
+def test_features_only(backend, device, reduce, gen, use_backend):
+    """Features that require grad and queries that do not (no caller does it today; a wrong flag
+    index in the backward would silently drop the feature gradient): the float64 oracle's."""
+    use_backend(backend, device)
+    f, q = _inputs(3, 8, 10, 4, torch.float64, device, gen)
+    q.requires_grad_(False)
+    pooled, attn = ops.attention_pool(f, q, True, reduce)
+    fo = f.detach().clone().requires_grad_()
+    ep, ea = oracles.attention(fo, q, True, reduce)
+    w = [randn(*t.shape, dtype=torch.float64, device=device, generator=gen) for t in (pooled, attn)]
+    (g,) = torch.autograd.grad((pooled * w[0]).sum() + (attn * w[1]).sum(), f)
+    (ge,) = torch.autograd.grad((ep * w[0]).sum() + (ea * w[1]).sum(), fo)
+    assert rel_err(g, ge) < 1e-10 and q.grad is None
+
+
 @pytest.mark.parametrize("backend,device", product(backends, devices))
 def test_invariants(backend, device, gen, use_backend):
     use_backend(backend, device)
