@@ -11,8 +11,10 @@ import time
 import pytest
 import torch
 
+import zslfast
 from tests.quick_runs import quick_run
 from zslfast.engine.resume import RESUME_FILE
+from zslfast.errors import ZSLError
 from zslfast.train import main as train_main
 
 # (name, extra arguments, stop points in the default tier): the default tier stops each configuration
@@ -96,6 +98,48 @@ def test_resume_refuses_another_configuration_and_finished_runs(tmp_path, monkey
     assert train_main(_args("cvc", [], out)[:-2] + ["--resume", str(out)]) == 0
     assert train_main(_args("cvc", [], out)[:-2] + ["--resume", str(out)]) == 2
     assert "the run had finished" in capsys.readouterr().err
+
+
+def test_states_are_restored_by_name_not_by_position():
+    """A snapshot of streams "a", "b" (twice) and a tracker restored into a run that creates them in
+    another order: each object gets its own state; a snapshot naming an object the run does not
+    have is refused."""
+    from zslfast.engine import RunContext
+    from zslfast.engine.resume import Checkpointer
+    from zslfast.engine.selection import BestTracker
+
+    rec = RunContext(seed=1)
+    a, b, b2 = rec.rng("a"), rec.rng("b"), rec.rng("b")
+    t = rec.register(BestTracker(), "best epochs")
+    for g, n in ((a, 3), (b, 5), (b2, 7)):
+        torch.rand(n, generator=g)
+    t.update(4, 0.5)
+    snap = Checkpointer("unused", {}).snapshot(rec, {}, None, [])
+    assert list(snap["registry"]) == ["stream a", "stream b", "stream b #2", "best epochs"]
+
+    run = RunContext(seed=1)
+    t2, nb, nb2, na = run.register(BestTracker(), "best epochs"), run.rng("b"), run.rng("b"), run.rng("a")
+    Checkpointer("unused", {}).restore(run, snap, {}, None)
+    for mine, theirs in ((na, a), (nb, b), (nb2, b2)):
+        assert torch.equal(mine.get_state(), theirs.get_state())
+    assert t2.candidate == 4 and t2.history == [[4, 0.5]]
+
+    short = RunContext(seed=1)
+    short.rng("a")
+    with pytest.raises(ZSLError, match="stream b"):
+        Checkpointer("unused", {}).restore(short, snap, {}, None)
+
+
+def test_a_checkpoint_of_another_zslfast_version_is_refused(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    monkeypatch.setenv("ZSLFAST_INTERRUPT_AFTER", "2")
+    assert train_main(_args("cvc", [], out)) == 3
+    monkeypatch.delenv("ZSLFAST_INTERRUPT_AFTER")
+    capsys.readouterr()
+    recorded = zslfast.__version__
+    monkeypatch.setattr(zslfast, "__version__", recorded + ".post1")
+    assert train_main(_args("cvc", [], out)[:-2] + ["--resume", str(out)]) == 2
+    assert f"zslfast_version {recorded!r} there, {recorded + '.post1'!r} now" in capsys.readouterr().err
 
 
 def test_resume_with_seeds_keeps_finished_seeds(tmp_path, monkeypatch):

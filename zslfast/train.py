@@ -247,7 +247,8 @@ def run(args):
     distributed.on_main(lambda: [check_writable(folder) for folder in outs])
     # --resume: each checkpoint is read and checked against this run before the data is loaded
     identities = {s: {"method": method.name, "dataset": dataset_key, "seed": s, "selection": selection,
-                      "data_seed": args.data_seed, "config_hash": config_hash(config)} for s in args.seeds or [args.seed]}
+                      "data_seed": args.data_seed, "config_hash": config_hash(config),
+                      "zslfast_version": zslfast.__version__} for s in args.seeds or [args.seed]}
 
     def read_resumes():
         found, finished = {}, {}

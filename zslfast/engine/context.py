@@ -81,9 +81,9 @@ class RunContext:
     save_features: bool = False
     artifacts: dict = field(default_factory=dict)
     checkpointer: object = None
-    # resume bookkeeping (zslfast.engine.resume): objects whose state carries across epochs, in
-    # creation order; the number of training stages started; evaluations in progress
-    registry: list = field(default_factory=list)
+    # resume bookkeeping (zslfast.engine.resume): objects whose state carries across epochs, by
+    # name; the number of training stages started; evaluations in progress
+    registry: dict = field(default_factory=dict)
     stages_started: int = 0
     evaluating: int = 0
     evaluation_keys: list = field(default_factory=list)
@@ -103,14 +103,20 @@ class RunContext:
             name = f"{name}@{self.evaluation_keys[-1]}"
         gen = torch.Generator(device=torch.device(device) if device is not None else "cpu")
         gen.manual_seed(stream_seed(self.seed, name))
-        return self.register(gen)
+        return self.register(gen, f"stream {name}")
 
-    def register(self, obj):
+    def register(self, obj, name):
         """Add ``obj`` (a generator, or anything with ``state_dict`` / ``load_state_dict``) to the
-        objects a checkpoint saves; returns it. Ignored inside an evaluation, whose objects live
-        only for that evaluation."""
+        objects a checkpoint saves, under ``name`` (``name #2``, ``#3``... for later objects of the
+        same name), so that a resumed run loads each state into the object of the same name, never
+        by position; returns ``obj``. Ignored inside an evaluation, whose objects live only for that
+        evaluation."""
         if not self.evaluating:
-            self.registry.append(obj)
+            key, n = name, 1
+            while key in self.registry:
+                n += 1
+                key = f"{name} #{n}"
+            self.registry[key] = obj
         return obj
 
     @contextlib.contextmanager

@@ -3,10 +3,11 @@
 How it works (one mechanism for every method, attached to :func:`zslfast.engine.loop.train_epochs`):
 
 - Every training stage (a ``train_epochs`` call that is not nested in an evaluation) gets a
-  sequential number. The run's *registry* (:meth:`RunContext.register`) lists, in creation order,
-  every object whose state carries from one epoch to the next outside the stage's modules: each
-  named random stream, the selector's best-so-far trackers, method state such as SC-EGG's adaptive
-  gradient-penalty weight. A *snapshot* is the stage's modules and optimisers, its LR scheduler,
+  sequential number. The run's *registry* (:meth:`RunContext.register`) names every object whose
+  state carries from one epoch to the next outside the stage's modules: each random stream
+  (``stream NAME``), the selector's best-so-far trackers (``best CHOICE``), method state such as
+  SC-EGG's adaptive gradient-penalty weight (in its stage's modules, by key). States are saved and
+  restored by name, never by position, and a checkpoint is of one zslfast version (its identity). A *snapshot* is the stage's modules and optimisers, its LR scheduler,
   every registry entry, the global RNG and the stage's history records.
 - A snapshot is kept (on the CPU) at the end of every stage, and the checkpoint file
   ``<out>/resume.pt`` is written atomically at every stage boundary, every ``checkpoint_every``
@@ -119,19 +120,21 @@ class Checkpointer:
     def snapshot(self, ctx, modules, scheduler, records):
         return {"modules": {k: _copy(_state(m)) for k, m in modules.items()},
                 "scheduler": _copy(scheduler.state_dict()) if scheduler is not None else None,
-                "registry": [_copy(_state(o)) for o in ctx.registry], "rng": _copy(rng_state()),
+                "registry": {k: _copy(_state(o)) for k, o in ctx.registry.items()}, "rng": _copy(rng_state()),
                 "records": [dict(r) for r in records]}
 
     def restore(self, ctx, snap, modules, scheduler):
-        if set(snap["modules"]) != set(modules) or len(snap["registry"]) > len(ctx.registry):
-            raise ZSLError("--resume: the run does not replay as it was recorded (different code or settings); "
-                           "start it again without --resume")
+        missing = set(snap["registry"]) - set(ctx.registry)
+        if set(snap["modules"]) != set(modules) or missing:
+            what = sorted(missing) or sorted(set(snap["modules"]) ^ set(modules))
+            raise ZSLError(f"--resume: the run does not replay as it was recorded ({', '.join(what)} differ: "
+                           "different code or settings); start it again without --resume")
         for k, m in modules.items():
             _load(m, snap["modules"][k])
         if scheduler is not None and snap["scheduler"] is not None:
             scheduler.load_state_dict(snap["scheduler"])
-        for obj, state in zip(ctx.registry, snap["registry"]):
-            _load(obj, state)
+        for name, state in snap["registry"].items():  # by name: a stream created in another order
+            _load(ctx.registry[name], state)        # still gets its own state
         set_rng_state(snap["rng"])
         return [dict(r) for r in snap["records"]]
 

@@ -137,8 +137,9 @@ class Selector:
                 used in ``validation`` mode, which refits one model for all metrics.
         """
         # registered: a checkpoint saves the best-so-far (zslfast.engine.resume)
-        tracker = self.ctx.register(BestTracker())
-        extra = {prefix: self.ctx.register(BestTracker()) for prefix in independent} if self.mode == "test" else {}
+        tracker = self.ctx.register(BestTracker(), f"best {name}")
+        extra = ({prefix: self.ctx.register(BestTracker(), f"best {name}[{prefix}]") for prefix in independent}
+                 if self.mode == "test" else {})
         if self.mode == "fixed":
             model = fit(self.data, epochs, None, eval_every, eval_start, "final")
             self.record(name, epochs)
