@@ -36,9 +36,9 @@ class SealedSplits(Mapping):
 
     def __getitem__(self, name):
         if name in TEST_SPLITS and not self.__open:
-            raise SealedTestSplitError(f"the test split '{name}' was read during {self.__reason} outside its final "
-                                  "scoring: training and model selection must use trainval (and its validation "
-                                  "view) only")
+            raise SealedTestSplitError(f"the test split '{name}' was read during {self.__reason} outside its "
+                                       "final scoring: training and model selection must use trainval (and its "
+                                       "validation view) only")
         return self.__splits[name]
 
     def __contains__(self, name):
@@ -58,12 +58,12 @@ class SealedSplits(Mapping):
         """A window in which the test splits can be read: one of the run's scorings, or with
         ``report`` (plots of the test data) only once every scoring was used."""
         if report and self.__left:
-            raise SealedTestSplitError(f"the test splits were read for a report during {self.__reason} before the "
-                                  "final scoring")
+            raise SealedTestSplitError(f"the test splits were read for a report during {self.__reason} before "
+                                       "the final scoring")
         if not report:
             if self.__left <= 0:
-                raise SealedTestSplitError(f"the test splits were scored more often than {self.__reason} reports: "
-                                      "something was chosen or trained on them")
+                raise SealedTestSplitError(f"the test splits were scored more often than {self.__reason} "
+                                           "reports: something was chosen or trained on them")
             self.__left -= 1
         self.__open = True
         try:
