@@ -29,7 +29,8 @@ def pytest_runtest_makereport(item, call):
     if (report.skipped and item.get_closest_marker("golden") is not None
             and os.environ.get("ZSLFAST_REQUIRE_GOLDEN") == "1"):
         report.outcome = "failed"
-        report.longrepr = f"ZSLFAST_REQUIRE_GOLDEN=1: a golden test must run here, but it was skipped: {report.longrepr}"
+        report.longrepr = ("ZSLFAST_REQUIRE_GOLDEN=1: a golden test must run here, but it was skipped: "
+                           f"{report.longrepr}")
 
 
 def pytest_report_header(config):

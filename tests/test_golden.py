@@ -42,8 +42,11 @@ def test_the_band_tells_a_moved_metric_from_rounding():
                 {"gzsl_h": 30.0}):
         assert golden.band_problems({"metrics": bad, "per_task": None}, want)
     tasks = {"metrics": {}, "per_task": [{"task": 1, "S": 50.0, "train_samples": 100}]}
-    assert golden.band_problems({"metrics": {}, "per_task": [{"task": 1, "S": 51.0, "train_samples": 100}]}, tasks) == []
-    assert golden.band_problems({"metrics": {}, "per_task": [{"task": 1, "S": 50.0, "train_samples": 99}]}, tasks)
+    def task(s, n):
+        return {"metrics": {}, "per_task": [{"task": 1, "S": s, "train_samples": n}]}
+
+    assert golden.band_problems(task(51.0, 100), tasks) == []
+    assert golden.band_problems(task(50.0, 99), tasks)
     assert golden.band_problems({"metrics": {}, "per_task": []}, tasks)
 
 

@@ -103,8 +103,8 @@ def test_tasks_plot_and_cli_errors(tmp_path, tmp_path_factory, capsys):
 
 def test_gsmflow_saves_features_for_tsne(tmp_path):
     out = tmp_path / "gsm"
-    assert train_main(["--method", "gsmflow", "--quick", "--set", "epochs=2", "--set", "eval_start=1", "--set", "eval_every=1", "--device",
-                       "cpu", "--no-progress", "--save-features", "--out", str(out)]) == 0
+    assert train_main(["--method", "gsmflow", "--quick", "--set", "epochs=2", "--set", "eval_start=1", "--set",
+                       "eval_every=1", "--device", "cpu", "--no-progress", "--save-features", "--out", str(out)]) == 0
     res, art = plot.load_run(str(out))
     assert plot.applicable(res, art) == ["curves", "tsne"]
     _, drawn = plot.plot("tsne", str(out))

@@ -49,7 +49,8 @@ def _stop_point(history, point):
     first epochs), half-way through the last epoch, or the last step of the one before it."""
     steps = sum(r["steps"] for records in history.values() for r in records)
     last_epoch = list(history.values())[-1][-1]["steps"]
-    return {"early": max(1, steps // 3), "late": steps - max(1, last_epoch // 2), "epoch end": steps - last_epoch}[point]
+    return {"early": max(1, steps // 3), "late": steps - max(1, last_epoch // 2),
+            "epoch end": steps - last_epoch}[point]
 
 
 def _params():

@@ -112,10 +112,11 @@ def band_problems(now, golden, band=BAND):
                 problems.append(f"{where}{k}: {got} vs {v}")
 
     compare("", now["metrics"], golden["metrics"])
-    if (now["per_task"] is None) != (golden["per_task"] is None) or len(now["per_task"] or []) != len(golden["per_task"] or []):
-        problems.append(f"per_task: {now['per_task']} vs {golden['per_task']}")
+    tasks_now, tasks_golden = now["per_task"], golden["per_task"]
+    if (tasks_now is None) != (tasks_golden is None) or len(tasks_now or []) != len(tasks_golden or []):
+        problems.append(f"per_task: {tasks_now} vs {tasks_golden}")
     else:
-        for i, (a, b) in enumerate(zip(now["per_task"] or [], golden["per_task"] or [])):
+        for i, (a, b) in enumerate(zip(tasks_now or [], tasks_golden or [])):
             compare(f"task {i + 1} ", a, b)
     return problems
 
