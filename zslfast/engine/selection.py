@@ -24,6 +24,7 @@ In ``validation`` mode ``metrics`` are validation numbers: what a configuration 
 
 Ties keep the first best candidate (the earliest epoch).
 """
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
@@ -181,7 +182,7 @@ class Selector:
         if self.mode == "fixed":
             raise ValueError("a grid choice needs a validation or test selection mode")
         tracker = BestTracker()
-        with self.data.sealed("validation-based selection") if self.mode == "validation" else _nothing():
+        with self.data.sealed("validation-based selection") if self.mode == "validation" else nullcontext():
             score = make_scorer(self.view())
             for cand in tqdm(candidates, desc=label or name, disable=not self.ctx.progress, leave=False):
                 tracker.update(cand, score(cand))
@@ -209,11 +210,3 @@ def best_epoch(name, fit, score):
     model = fit(on_eval)
     model.load_state_dict(tracker.state)
     return model, {name: {"value": tracker.candidate, "score": tracker.score, "history": tracker.history}}
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
