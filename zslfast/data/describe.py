@@ -26,6 +26,21 @@ from zslfast.errors import ZSLError, run_cli
 KINDS = ("seen", "val", "unseen")
 
 
+def read_image_list(list_path, images):
+    """(paths, 1-based labels) from a text file of ``relative/path label`` lines."""
+    paths, labels = [], []
+    with open(list_path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise ZSLError(f"{list_path}:{number}: expected 'relative/path label', got {line.strip()!r}")
+            paths.append(os.path.join(images, parts[0]))
+            labels.append(int(parts[1]))
+    return paths, np.array(labels, dtype=np.int64)
+
+
 def read_class_table(path):
     """(class names, attributes float64 [C, A], kinds) of a classes.csv (see the module docstring)."""
     try:
@@ -113,8 +128,6 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     def body():
-        from zslfast.data.extract import read_image_list
-
         _, labels = read_image_list(args.list, ".")
         path = write_described_att_splits(args.classes, labels, args.out, args.seed, args.test_seen_fraction)
         print(f"wrote {path}")

@@ -29,6 +29,7 @@ import warnings
 import numpy as np
 import torch
 
+from zslfast.data.describe import read_image_list, write_described_att_splits
 from zslfast.data.regions import LOCATIONS, region_file, require_h5py
 from zslfast.data.xlsa17 import mat_locations, read_mat
 from zslfast.errors import ZSLError, run_cli
@@ -66,21 +67,6 @@ def preprocess(path, size=448):
         raise ZSLError(f"{path}: cannot read as an image ({exc})") from None
     arr = (arr - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-def read_image_list(list_path, images):
-    """(paths, 1-based labels) from a text file of ``relative/path label`` lines."""
-    paths, labels = [], []
-    with open(list_path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise ZSLError(f"{list_path}:{number}: expected 'relative/path label', got {line.strip()!r}")
-            paths.append(os.path.join(images, parts[0]))
-            labels.append(int(parts[1]))
-    return paths, np.array(labels, dtype=np.int64)
 
 
 def read_res101_list(res101, images, strip):
@@ -239,7 +225,6 @@ def main(argv=None):
         out = region_file(args.out, name)
         att_splits = args.att_splits
         if args.classes:  # the user's own description: att_splits.mat written first, beside the features
-            from zslfast.data.describe import write_described_att_splits
 
             att_splits = write_described_att_splits(args.classes, labels, os.path.dirname(out), args.split_seed)
         extract(paths, labels, att_splits, args.weights, out, size=args.size, batch=args.batch,
