@@ -165,7 +165,6 @@ def test_a_per_dataset_budget_comes_after_the_common_one(tmp_path, monkeypatch):
     spec = yaml.safe_load(open(os.path.join(CONFIG_DIR, "scegg.yaml")))
     spec["like_budget"]["datasets"]["AWA2"]["gan"] = {"lrr": 1.0}
     (tmp_path / "scegg.yaml").write_text(yaml.safe_dump(spec))
-    (tmp_path / "_base.yaml").write_text(open(os.path.join(CONFIG_DIR, "_base.yaml")).read())
     monkeypatch.setattr("zslfast.config.CONFIG_DIR", str(tmp_path))
     with pytest.raises(ZSLError, match=r"like_budget.datasets.AWA2.*unknown setting 'gan.lrr'"):
         resolve_config("scegg", "synthetic", like="AWA2")
@@ -203,3 +202,57 @@ def test_bad_values_exit_2_with_one_line_before_any_data_is_loaded(args, message
 def test_every_method_declares_its_settings():
     for name in METHODS:
         assert isinstance(get_method(name).settings, Section), name
+
+
+def test_print_config_names_the_file_line_and_layer_of_every_value(tmp_path, monkeypatch, capsys):
+    """--print-config exits 0 before any data is loaded and prints every resolved value with the
+    layer that set it last; a YAML layer's line is the line of the key in that file."""
+    def no_data(*a, **k):
+        raise AssertionError("--print-config loaded data")
+
+    monkeypatch.setattr(train, "load_data", no_data)
+    user = tmp_path / "mine.yaml"
+    user.write_text("# my settings\ngan:\n  critic_iters: 3\n")
+    args = ["--method", "scegg", "--like", "AWA2", "--config", str(user), "--set", "gan.lr=2e-4", "--print-config"]
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    printed = yaml.safe_load(out)
+    assert printed == resolve_config("scegg", "synthetic", str(user), ["gan.lr=2e-4"], like="AWA2")
+    comments = {}
+    path = ()
+    for line in out.splitlines()[1:]:
+        depth = (len(line) - len(line.lstrip())) // 2
+        key = line.strip().split(":")[0]
+        path = path[:depth] + (key,)
+        if "  # " in line:
+            comments[".".join(path)] = line.split("  # ", 1)[1]
+    assert set(comments) == {k for k in _leaves(printed)}
+    yaml_lines = open(os.path.join(CONFIG_DIR, "scegg.yaml")).read().splitlines()
+
+    def at(key, layer):
+        """The key's line in scegg.yaml, read from the comment, holds the key, and the layer is named."""
+        where, _, named = comments[key].partition(" ")
+        file, line = where.rsplit(":", 1)
+        assert file == "zslfast/configs/scegg.yaml" and named == f"({layer})", comments[key]
+        assert key.split(".")[-1] + ":" in yaml_lines[int(line) - 1], (key, yaml_lines[int(line) - 1])
+
+    at("eval_every", "like_budget.datasets.AWA2")       # set in 3 layers; the last one wins
+    at("gan.hidden", "like_budget")
+    at("gan.gamma_d", "datasets.AWA2")
+    at("gan.beta1", "defaults")
+    assert comments["gan.lr"] == "--set gan.lr=2e-4"
+    assert comments["gan.critic_iters"] == f"{user}:3 (--config)"
+    assert comments["validation.seed"] == "shared block 'validation', zslfast/settings.py"
+    old_name = tmp_path / "old.yaml"  # an old name is reported under its shared name, at its own line
+    old_name.write_text("epochs: 30\nstep_size: 2\n")
+    sources = {}
+    assert resolve_config("gsmflow", config_file=str(old_name), sources=sources)["lr_step"] == 2
+    assert sources["lr_step"] == f"{old_name}:2 (--config)" and sources["epochs"] == f"{old_name}:1 (--config)"
+
+
+def _leaves(mapping, prefix=""):
+    for k, v in mapping.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield prefix + k

@@ -2,8 +2,8 @@
 
 Layers, later ones winning:
 
-0. the shared base (``configs/_base.yaml``): the values of the blocks the file ``extends``, one name
-   per shared concept (optimiser, schedule, epochs, evaluation cadence, validation split);
+0. the defaults of the shared blocks the method's settings extend (:data:`zslfast.settings.BLOCKS`),
+   one name per shared concept (optimiser, schedule, epochs, evaluation cadence, validation split);
 1. the file's ``defaults``;
 2. the dataset layer: ``datasets.<DATASET>`` for a real dataset or for the built-in synthetic data
    (``datasets.synthetic``). Synthetic data shaped like a real dataset (``--like NAME``) takes
@@ -15,11 +15,15 @@ Layers, later ones winning:
 4. a user ``--config`` file (a flat or nested mapping of the same keys);
 5. ``--set key=value`` overrides (dotted keys for nested values; values parsed as YAML).
 
-Names from before the shared base (``lr_step_epochs``, ``step_size``, ``gamma``,
-``eval_every_epochs``, ``eval_start_epoch``) are still accepted in layers 4 and 5 (the base's
-``aliases``). Unknown keys are refused, so a typo cannot silently do nothing, and the resolved configuration is
+Names from before the shared blocks (``lr_step_epochs``, ``step_size``, ``gamma``,
+``eval_every_epochs``, ``eval_start_epoch``) are still accepted in layers 4 and 5
+(:data:`zslfast.settings.ALIASES`). Unknown keys are refused, so a typo cannot silently do nothing, and the resolved configuration is
 checked against the method's declared settings (:mod:`zslfast.settings`): a wrong type or an
 out-of-range value is one clear error before any data is loaded.
+
+Every resolved value knows where it came from: ``resolve_config(..., sources={})`` fills the dict
+with ``{dotted key: "file:line (layer)"}``, which ``python -m zslfast.train ... --print-config``
+prints beside each value.
 """
 import copy
 import os
@@ -27,30 +31,37 @@ import os
 import yaml
 
 from zslfast.errors import ZSLError
+from zslfast.settings import ALIASES, BLOCKS
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
-def _load_yaml(path):
+SECTIONS = ("defaults", "datasets", "like_budget", "quick")  # the top-level keys of a method's file
+
+
+def _load_yaml(path, lines=None):
+    """The mapping in ``path``; with ``lines`` (a dict), also {key path tuple: 1-based line}."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            text = f.read()
+        data = yaml.safe_load(text) or {}
     except FileNotFoundError:
         raise ZSLError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
         raise ZSLError(f"{path}: invalid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise ZSLError(f"{path}: a config file must hold a mapping of settings")
+    if lines is not None:
+        _key_lines(yaml.compose(text), (), lines)
     return data
 
 
-def _base():
-    return _load_yaml(os.path.join(CONFIG_DIR, "_base.yaml"))
-
-
-def base_blocks():
-    """{block name: [the shared names it holds]} of ``configs/_base.yaml``."""
-    return {name: list(values) for name, values in _base()["blocks"].items()}
+def _key_lines(node, path, out):
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            here = path + (key.value,)
+            out[here] = key.start_mark.line + 1
+            _key_lines(value, here, out)
 
 
 def _aliased(update, aliases):
@@ -58,15 +69,49 @@ def _aliased(update, aliases):
     return {aliases.get(k, k): (_aliased(v, aliases) if isinstance(v, dict) else v) for k, v in update.items()}
 
 
-def _merge(base, update, where, path=()):
+class _Layer:
+    """Where one layer's values come from: a label, and the file and key path that locate its lines."""
+
+    def __init__(self, label, file=None, prefix=(), lines=None):
+        self.label, self.file, self.prefix, self.lines = label, file, prefix, lines or {}
+
+    def __str__(self):
+        return f"{self.file} ({self.label})" if self.file else self.label
+
+    def at(self, path):
+        line = self.lines.get(self.prefix + path)
+        if self.file is None:
+            return self.label
+        return f"{_shown_path(self.file)}:{line} ({self.label})" if line else f"{_shown_path(self.file)} ({self.label})"
+
+
+def _shown_path(path):
+    package = os.path.dirname(os.path.abspath(__file__))
+    full = os.path.abspath(path)
+    return os.path.relpath(full, os.path.dirname(package)) if full.startswith(package + os.sep) else path
+
+
+def _merge(base, update, layer, path=(), sources=None):
     for key, value in update.items():
+        here = path + (key,)
         if key not in base:
             known = ", ".join(sorted(base))
-            raise ZSLError(f"{where}: unknown setting '{'.'.join(path + (key,))}' (known: {known})")
+            raise ZSLError(f"{layer}: unknown setting '{'.'.join(here)}' (known: {known})")
         if isinstance(base[key], dict) and isinstance(value, dict):
-            _merge(base[key], value, where, path + (key,))
+            _merge(base[key], value, layer, here, sources)
         else:
             base[key] = value
+            if sources is not None:
+                _record(sources, here, value, layer)
+
+
+def _record(sources, path, value, layer):
+    """Mark ``path`` (and every leaf under it, when ``value`` is a mapping) as set by ``layer``."""
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _record(sources, path + (k,), v, layer)
+    else:
+        sources[".".join(path)] = layer.at(path)
 
 
 def parse_set(item):
@@ -101,27 +146,36 @@ def dataset_layers(spec, dataset, like_name=None):
 
 
 def resolve_config(method, dataset="synthetic", config_file=None, overrides=(), quick=False, like=None,
-                   validate=True):
+                   validate=True, sources=None):
     """The full configuration of ``method`` on ``dataset`` (see the module docstring).
 
     ``like`` is the ``--like`` argument of synthetic runs (a dataset name, or an att_splits.mat
     path whose folder is named after its dataset). With ``validate`` the result is checked against
-    the method's declared settings and returned normalised.
+    the method's declared settings and returned normalised. ``sources``, a dict, receives
+    ``{dotted key: where its value was set}`` for every leaf.
     """
+    from zslfast.engine.registry import method_class
+
+    schema = method_class(method).settings
     path = os.path.join(CONFIG_DIR, f"{method}.yaml")
-    spec = _load_yaml(path)
-    base = _base()
-    config = {}
-    for block in spec.get("extends", []):
-        if block not in base["blocks"]:
-            raise ZSLError(f"{path}: extends unknown block {block!r} (known: {', '.join(sorted(base['blocks']))})")
-        config.update(copy.deepcopy(base["blocks"][block]))
+    lines = {}
+    spec = _load_yaml(path, lines)
+    unknown = sorted(set(spec) - set(SECTIONS))
+    if unknown:
+        raise ZSLError(f"{path}: unknown top-level key {unknown[0]!r} (a method's file holds {', '.join(SECTIONS)})")
+    config = schema.block_defaults()
+    if sources is not None:
+        for block in schema.extends:
+            for name in BLOCKS[block]:
+                _record(sources, (name,), config[name], _Layer(f"shared block {block!r}, zslfast/settings.py"))
+    defaults = _Layer("defaults", path, ("defaults",), lines)
     for key, value in copy.deepcopy(spec.get("defaults", {})).items():  # the method's values and own keys
         if isinstance(value, dict) and isinstance(config.get(key), dict):
-            _merge(config[key], value, f"{path} (defaults)", (key,))
+            _merge(config[key], value, defaults, (key,), sources)
         else:
             config[key] = value
-    aliases = base.get("aliases", {})
+            if sources is not None:
+                _record(sources, (key,), value, defaults)
     like_name = None
     if like is not None and dataset == "synthetic":
         from zslfast.data.synthetic import like_dataset_name
@@ -129,15 +183,37 @@ def resolve_config(method, dataset="synthetic", config_file=None, overrides=(), 
         like_name = like_dataset_name(like)
     for label, section in dataset_layers(spec, dataset, like_name):
         if section:
-            _merge(config, copy.deepcopy(section), f"{path} ({label})")
+            _merge(config, copy.deepcopy(section), _Layer(label, path, tuple(label.split(".")), lines), sources=sources)
     if quick and spec.get("quick"):
-        _merge(config, copy.deepcopy(spec["quick"]), f"{path} (quick)")
+        _merge(config, copy.deepcopy(spec["quick"]), _Layer("quick", path, ("quick",), lines), sources=sources)
     if config_file:
-        _merge(config, _aliased(_load_yaml(config_file), aliases), config_file)
+        user_lines = {}
+        user = _load_yaml(config_file, user_lines)
+        aliased_lines = {tuple(ALIASES.get(k, k) for k in key): n for key, n in user_lines.items()}
+        _merge(config, _aliased(user, ALIASES), _Layer("--config", config_file, (), aliased_lines), sources=sources)
     for item in overrides:
-        _merge(config, _aliased(parse_set(item), aliases), f"--set {item}")
+        _merge(config, _aliased(parse_set(item), ALIASES), _Layer(f"--set {item}"), sources=sources)
     if validate:
-        from zslfast.engine.registry import method_class
-
-        config = method_class(method).settings.validate(config)
+        config = schema.validate(config)
     return config
+
+
+def annotated_yaml(config, sources, indent=0):
+    """``config`` as YAML text with each leaf's source (``sources[dotted key]``) as a trailing comment."""
+    out = []
+    _annotate(config, sources, (), indent, out)
+    return "\n".join(out) + "\n"
+
+
+def _annotate(mapping, sources, path, indent, out):
+    for key, value in mapping.items():
+        here = path + (key,)
+        pad = " " * indent
+        if isinstance(value, dict) and value:
+            out.append(f"{pad}{key}:")
+            _annotate(value, sources, here, indent + 2, out)
+        else:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+            text = text[:-3].strip() if text.endswith("...") else text
+            source = sources.get(".".join(here))
+            out.append(f"{pad}{key}: {text}" + (f"  # {source}" if source else ""))

@@ -12,6 +12,7 @@ nothing). Checking returns a normalised copy: integral floats become ints where 
 declared (``--set synth_per_class=1e3``), ints become floats where a number is declared.
 """
 import abc
+import copy
 import math
 import os
 
@@ -202,9 +203,22 @@ class Section:
     None``, run after every key has passed its own check.
     """
 
-    def __init__(self, checks=(), **fields):
-        self.fields = fields
+    def __init__(self, checks=(), extends=(), **fields):
+        """``extends``: names of shared blocks (:data:`BLOCKS`) whose settings this section holds
+        too, with the blocks' declarations and defaults; a field given here replaces a block's
+        declaration (e.g. GRW's ``batch_size`` of at least 2)."""
+        unknown = [b for b in extends if b not in BLOCKS]
+        if unknown:
+            raise ValueError(f"unknown shared blocks {unknown} (known: {', '.join(BLOCKS)})")
+        self.extends = tuple(extends)
+        shared = {name: decl for block in self.extends for name, (decl, _) in BLOCKS[block].items()}
+        self.fields = {**shared, **fields}
         self.checks = tuple(checks)
+
+    def block_defaults(self):
+        """{name: default} of the shared blocks this section extends (copies)."""
+        return {name: copy.deepcopy(default) for block in self.extends
+                for name, (_, default) in BLOCKS[block].items()}
 
     def check(self, value, key=""):
         where = f"setting {key}" if key else "the configuration"
@@ -242,39 +256,12 @@ def VALIDATION():
                    seen_test_fraction=Float(min=0, max=1, max_open=True))
 
 
-def _shared():
-    return {
-        "feature_norm": FEATURE_NORM(), "attributes": ATTRIBUTES(),
-        "lr": Float(min=0, min_open=True), "weight_decay": Float(min=0),
-        "lr_step": Int(min=1), "lr_gamma": Float(min=0, max=1, min_open=True),
-        "epochs": Int(min=1), "batch_size": Int(min=1),
-        "eval_every": Int(min=1), "eval_start": Int(min=1),
-        "validation": VALIDATION(),
-    }
-
-
-def shared(*blocks, **overrides):
-    """The declarations of the shared names in ``blocks`` of ``zslfast/configs/_base.yaml`` (the
-    blocks a method's config file ``extends``), for a method's Section; ``overrides`` replace a
-    declaration with a narrower one (e.g. GRW's ``batch_size`` of at least 2)."""
-    from zslfast.config import base_blocks
-
-    table, known = _shared(), base_blocks()
-    out = {}
-    for block in blocks:
-        for name in known[block]:
-            out[name] = table[name]
-    unknown = set(overrides) - set(out)
-    if unknown:
-        raise ValueError(f"overrides of names not in the blocks {blocks}: {sorted(unknown)}")
-    return {**out, **overrides}
-
-
 def schedule_settings():
-    """The optimiser, schedule, epoch and evaluation names, for a nested stage section (e.g. CVC's
-    ``transductive_training``), declared as the shared ones."""
-    t = _shared()
-    return {k: t[k] for k in ("lr", "weight_decay", "lr_step", "lr_gamma", "epochs", "eval_every")}
+    """The optimiser, schedule, epoch and evaluation declarations, shared by the blocks below and by
+    nested stage sections (e.g. CVC's ``transductive_training``)."""
+    return {"lr": Float(min=0, min_open=True), "weight_decay": Float(min=0),
+            "lr_step": Int(min=1), "lr_gamma": Float(min=0, max=1, min_open=True),
+            "epochs": Int(min=1), "eval_every": Int(min=1)}
 
 
 def FEATURE_NORM():
@@ -285,3 +272,30 @@ def FEATURE_NORM():
 def ATTRIBUTES():
     """Which class embedding a real xlsa17 dataset is read with (synthetic data has one)."""
     return Choice(*ATTRIBUTE_SOURCES)
+
+
+def _blocks():
+    d = schedule_settings()
+    return {  # block: {name: (declaration, default)}; a method's own defaults then set its values
+        "features": {"feature_norm": (FEATURE_NORM(), "none")},   # statistics from trainval only
+        "attributes": {"attributes": (ATTRIBUTES(), "att")},      # real data: att | original_att | sent
+        "optim": {"lr": (d["lr"], 1.0e-3), "weight_decay": (d["weight_decay"], 0.0)},
+        # StepLR: the learning rate × lr_gamma every lr_step epochs
+        "schedule": {"lr_step": (d["lr_step"], 1), "lr_gamma": (d["lr_gamma"], 1.0)},
+        "epochs": {"epochs": (d["epochs"], 1)},
+        "batches": {"batch_size": (Int(min=1), 64)},
+        # evaluated after epoch e >= eval_start with e % eval_every == 0, and after the last
+        "evaluation": {"eval_every": (d["eval_every"], 1), "eval_start": (Int(min=1), 1)},
+        # the class-disjoint validation split of trainval (model selection)
+        "validation": {"validation": (VALIDATION(), {"seed": 0, "unseen_fraction": 0.2, "seen_test_fraction": 0.2})},
+    }
+
+
+BLOCKS = _blocks()
+"""Shared configuration blocks: one name for each concept several methods use. A method's
+``Section(extends=(...))`` lists the blocks it holds; their defaults are the configuration's first
+layer (:func:`zslfast.config.resolve_config`), which the method's own YAML ``defaults`` then set."""
+
+ALIASES = {"lr_step_epochs": "lr_step", "step_size": "lr_step", "gamma": "lr_gamma",
+           "eval_every_epochs": "eval_every", "eval_start_epoch": "eval_start"}
+"""Names from before the shared blocks, still accepted by ``--config`` and ``--set``."""

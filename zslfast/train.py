@@ -26,7 +26,7 @@ import torch
 
 import zslfast
 from zslfast import ops
-from zslfast.config import resolve_config
+from zslfast.config import annotated_yaml, resolve_config
 from zslfast.data.xlsa17 import FOLDER_NAME
 from zslfast.errors import ZSLError, run_cli
 from zslfast.io import check_writable, save_checkpoint, write_json
@@ -85,6 +85,9 @@ def build_parser():
     p.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
                    help="write <out>/resume.pt every N epochs of a stage as well as at every stage boundary "
                         "(0: boundaries only; default 10); SIGINT/SIGTERM also write it, after the current step")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings, each with the file:line and layer that set it, and exit "
+                        "(nothing is loaded or trained)")
     p.add_argument("--log", choices=["none", "tensorboard"], default="none",
                    help="tensorboard: write every stage's per-epoch losses and scores to <out>/tensorboard "
                         "(needs the tensorboard package: pip install \"zslfast[tensorboard]\")")
@@ -217,7 +220,13 @@ def run(args):
     dataset_key = dataset_label(args, method)
     # Everything that can be refused is checked before the data is loaded: the settings (types and
     # ranges), the device, and that the output folder is writable.
-    config = resolve_config(args.method, args.dataset, args.config, args.set, args.quick, like=args.like)
+    sources = {}
+    config = resolve_config(args.method, args.dataset, args.config, args.set, args.quick, like=args.like,
+                            sources=sources)
+    if args.print_config:
+        print(f"# {args.method} on {dataset_key}: the resolved settings, each with where it was set (later layers win)")
+        print(annotated_yaml(config, sources), end="")
+        return None
     selection = "test" if args.select_on_test else method.default_selection
     if selection not in method.selection_modes:
         raise ZSLError(f"--select-on-test: {method.name} makes no model selection (selection: "

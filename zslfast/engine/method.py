@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from zslfast.engine.context import SELECTION_MODES
+from zslfast.settings import Section
 
 INPUTS = ("features", "regions")
 
@@ -81,8 +82,6 @@ class Method(ABC):
 
 def check_contract(cls, name=None):
     """Raise TypeError when ``cls`` does not fulfil the :class:`Method` contract."""
-    from zslfast.settings import Section
-
     problems = []
     if inspect.isabstract(cls):
         problems.append(f"abstract members left: {', '.join(sorted(cls.__abstractmethods__))}")

@@ -7,6 +7,7 @@ method is one row here plus its module and its ``zslfast/configs/<name>.yaml``.
 """
 import importlib
 
+from zslfast.engine.method import Method, check_contract
 from zslfast.errors import ZSLError
 
 METHODS = {
@@ -21,8 +22,6 @@ METHODS = {
 def method_class(name):
     """The class registered as ``name``, checked against the :class:`~zslfast.engine.method.Method`
     contract (a subclass with a matching ``name`` and no abstract member left)."""
-    from zslfast.engine.method import Method, check_contract
-
     if name not in METHODS:
         raise ZSLError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     module, cls_name = METHODS[name].split(":")

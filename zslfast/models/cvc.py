@@ -61,11 +61,11 @@ from zslfast.errors import ZSLError
 from zslfast.eval.metrics import zsl_gzsl_metrics
 from zslfast.nn import MLP, CosineScorer
 from zslfast.optim import adam
-from zslfast.settings import Bool, File, Float, Int, Section, schedule_settings, shared
+from zslfast.settings import Bool, File, Float, Int, Section, schedule_settings
 
 
 SETTINGS = Section(
-    **shared("attributes", "optim", "schedule", "epochs", "evaluation", "validation"),
+    extends=("attributes", "optim", "schedule", "epochs", "evaluation", "validation"),
     transductive=Bool(),
     inductive_checkpoint=File(nullable=True),
     hidden=Int(min=1),

@@ -14,10 +14,10 @@ import torch
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.selection import Selector
 from zslfast.eval.metrics import zsl_gzsl_metrics
-from zslfast.settings import Choice, Float, Int, Numbers, Section, shared
+from zslfast.settings import Choice, Float, Int, Numbers, Section
 
 SETTINGS = Section(
-    **shared("features", "attributes", "validation"),
+    extends=("features", "attributes", "validation"),
     gamma_exponents=Numbers(Int(min=-12, max=12)),   # γ = 10^k
     lambda_exponents=Numbers(Int(min=-12, max=12)),  # λ = 10^k
     select_metric=Choice("zsl_t1", "gzsl_h"),

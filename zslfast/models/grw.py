@@ -83,7 +83,7 @@ from zslfast.engine.selection import Selector
 from zslfast.errors import ZSLError
 from zslfast.nn import MLP, class_means, init_linear, scaled_cosine
 from zslfast.optim import adam
-from zslfast.settings import Bool, Choice, Float, Int, Numbers, Section, shared
+from zslfast.settings import Bool, Choice, Float, Int, Numbers, Section
 
 ATTRIBUTE_GENERATION = ("interpolation", "learnable")
 SCHEDULES = ("one_step", "two_step")
@@ -94,7 +94,7 @@ def _per_generation_method(spec):
 
 
 SETTINGS = Section(
-    **shared("optim", "epochs", "batches", batch_size=Int(min=2)),  # batches of one are skipped, as the original
+    extends=("optim", "epochs", "batches"), batch_size=Int(min=2),  # batches of one are skipped, as the original
     attribute_generation=Choice(*ATTRIBUTE_GENERATION),
     schedule=Choice(*SCHEDULES),
     g_prototypes=Choice("after_d_step", "before_d_step"),

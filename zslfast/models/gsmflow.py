@@ -51,10 +51,10 @@ from zslfast.eval.generative import ZSL_OUTPUTS, generative_evaluation, syntheti
 from zslfast.nn import ConditionalFlow, class_means
 from zslfast.ops.coupling import CLAMP_MODES
 from zslfast.optim import adam
-from zslfast.settings import Choice, Float, Int, Section, shared
+from zslfast.settings import Choice, Float, Int, Section
 
 SETTINGS = Section(
-    **shared("features", "attributes", "optim", "schedule", "epochs", "batches", "evaluation", "validation"),
+    extends=("features", "attributes", "optim", "schedule", "epochs", "batches", "evaluation", "validation"),
     data_format=Choice("xlsa17", "epgn"),
     flow=Section(blocks=Int(min=1), hidden=Int(min=1), cond_dim=Int(min=1), clamp=Float(min=0, min_open=True),
                  clamp_mode=Choice(*CLAMP_MODES), init_std=Float(min=0, min_open=True)),

@@ -111,7 +111,7 @@ from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead, dense_pass
 from zslfast.nn.vaegan import (AttributeDecoder, Critic, Encoder, Feedback, Generator, adapt_lambda,
                                gradient_penalty, vae_loss, weighted_l1)
 from zslfast.optim import adam
-from zslfast.settings import Bool, Choice, Float, Int, Names, Section, Text, shared
+from zslfast.settings import Bool, Choice, Float, Int, Names, Section, Text
 
 
 RMSPROP = dict(iterations=Int(min=1), lr=Float(min=0, min_open=True), weight_decay=Float(min=0),
@@ -126,7 +126,7 @@ def _known_keys(c, prefix=""):
 
 
 SETTINGS = Section(
-    **shared("epochs", "batches", "evaluation", "validation"),
+    extends=("epochs", "batches", "evaluation", "validation"),
     w2v=Text(),
     storage=Choice("auto", "memory", "stream"),
     attribute_norm=Choice("l2", "none"),
