@@ -57,7 +57,8 @@ def build(method, quick):
     g = torch.Generator().manual_seed(0)
     if method == "gsmflow":
         from zslfast.data import make_synthetic
-        from zslfast.models.gsmflow import build_model, flow_step
+        from zslfast.engine.recipe import Stage, stage_step
+        from zslfast.models.gsmflow import build_model, flow_loss
         from zslfast.nn import class_means
         from zslfast.optim import adam
 
@@ -70,7 +71,8 @@ def build(method, quick):
             model = build_model(data, cfg, "cpu")
         opt = adam(model.parameters(), "cpu", cfg["lr"], cfg["weight_decay"])
         target = class_means(x, y, data.num_classes)[0][seen]
-        step = flow_step(model, opt, x, y, data.attributes, seen, target, cfg, ctx.rng("batch_order"))
+        loss = flow_loss(model, x, y, data.attributes, seen, target, cfg, ctx.rng("batch_order"))
+        step = stage_step(Stage("gsmflow", {"model": model}, opt, None, loss=loss, epochs=1))
         batches = iter(ShuffledBatches(x.shape[0], cfg["batch_size"], g, "cpu", "drop").epoch())
         return lambda: step(next(batches))
     if method == "grw":
@@ -104,6 +106,7 @@ def build(method, quick):
         batches = iter(EpisodeBatches(EpisodeSampler(y, g), 16, 8, 4, 10 ** 6).epoch())
         return lambda: step(next(batches))
     if method in ("scegg1", "scegg3"):
+        from zslfast.engine.recipe import stage_step
         from zslfast.models import scegg
         from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead
 
@@ -134,8 +137,8 @@ def build(method, quick):
             return step1
         cache = torch.rand(n, c, generator=g)
         model = scegg.SCEGGModel(net, head, gan)
-        step = scegg.gan_step(model, scegg.gan_optimizers(gan, cfg["gan"]), cache, labels, att,
-                              torch.arange(s_cls, k), cfg, ctx.rng("gan_noise"), {"lambda": 10.0})
+        step = stage_step(scegg.gan_stage(model, cache, labels, att, torch.arange(s_cls, k), cfg,
+                                          ctx.rng("gan_noise"), {"lambda": 10.0}))
         return lambda: step((0, [sampler.sample() for _ in range(cfg["gan"]["critic_iters"] + 1)]))
     if method == "classifier":
         from zslfast.eval.classifier import SoftmaxClassifier

@@ -187,6 +187,7 @@ def scegg_steps(device, quick=False, pool=1024):
 
     from tests.oracles.scegg_original import RecomputedDense, original_stage2_loss
     from zslfast.config import resolve_config
+    from zslfast.engine.recipe import stage_step
     from zslfast.models import scegg
     from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead
 
@@ -223,12 +224,12 @@ def scegg_steps(device, quick=False, pool=1024):
     noise = torch.Generator(device=device).manual_seed(2)
     group = [batches.sample() for _ in range(cfg["gan"]["critic_iters"] + 1)]
 
-    def stage3(x_all):
+    def stage3(x_all, original):
         for p in head.parameters():
             p.requires_grad_(False)
         model = scegg.SCEGGModel(net, head, copy.deepcopy(gan))
-        step = scegg.gan_step(model, scegg.gan_optimizers(model.gan, cfg["gan"]), x_all, labels, att_d, unseen,
-                              cfg, noise, {"lambda": cfg["gan"]["lambda_gp"]})
+        step = stage_step(scegg.gan_stage(model, x_all, labels, att_d, unseen, cfg, noise,
+                                          {"lambda": cfg["gan"]["lambda_gp"]}))
         return lambda: step((0, group))
 
     def stage2(original):
@@ -246,7 +247,7 @@ def scegg_steps(device, quick=False, pool=1024):
         return step
 
     shape = f"B={b},C={c},R={r},A={a},K={k},S={s_cls},hidden={hidden},critic={cfg['gan']['critic_iters']},pool={pool}"
-    steps = {"stage-3 iteration (5 critic steps + generator step)": (stage3(recomputed), stage3(cache)),
+    steps = {"stage-3 iteration (5 critic steps + generator step)": (stage3(recomputed, True), stage3(cache, False)),
              "stage-2 iteration (distillation head MSE step)": (stage2(True), stage2(False))}
     return steps, shape, cfg, noise, (c, r, k, n_all)
 

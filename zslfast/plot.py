@@ -33,6 +33,36 @@ KINDS = ("tsne", "curves", "tasks", "attention")
 DPI = 80
 
 
+def attention_examples(net, data, images=4, attributes=3):
+    """What the attention plot shows (SC-EGG with ``--save-features``): the stage-1 net's attention maps of the
+    first test-unseen image of each of the first ``images`` unseen classes, for each image's
+    ``attributes`` strongest attributes (of those planted in it, for synthetic data), with the
+    planted footprints (region, neighbour; -1 where absent) when the data has them."""
+    with data.scoring(report=True):  # a plot of test images: only after the run's final scoring
+        tu = data.splits["test_unseen"].cpu()
+    labels = data.labels.cpu()[tu]
+    picks = [int(tu[torch.nonzero(labels == c).flatten()[0]]) for c in torch.unique(labels)[:images]]
+    idx = torch.tensor(picks)
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        _, _, attn = net(data.features.read(idx).to(device))  # [n, A, R]
+    att = data.attributes.cpu()[data.labels.cpu()[idx]]  # [n, A]
+    fp = data.footprints
+    if fp is not None:
+        att = torch.where(fp["region"][idx] >= 0, att, torch.full_like(att, -float("inf")))
+    chosen = att.topk(attributes, dim=1).indices  # [n, k]
+    maps = torch.stack([attn[i, chosen[i]].cpu() for i in range(len(picks))])  # [n, k, R]
+    r = maps.shape[-1]
+    side = int(round(r ** 0.5))
+    grid = data.info.get("synthetic", {}).get("grid") or ([side, side] if side * side == r else [1, r])
+    out = {"images": idx, "labels": data.labels.cpu()[idx].clone(), "attributes": chosen, "maps": maps.float(),
+           "grid": list(grid), "footprints": None}
+    if fp is not None:
+        out["footprints"] = {k: torch.stack([fp[k][i, chosen[j]] for j, i in enumerate(picks)]).long()
+                             for k in ("region", "neighbour")}
+    return out
+
+
 def require_plotting():
     """--plots: matplotlib and scikit-learn are importable (checked before training), else one error."""
     import importlib.util

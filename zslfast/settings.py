@@ -245,6 +245,41 @@ class Section:
         return self.check(config)
 
 
+def setting_keys(config, prefix=""):
+    """Every dotted key of a (nested) configuration, sections included (``gan``, ``gan.lr``, ...)."""
+    for k, v in config.items():
+        yield prefix + k
+        if isinstance(v, dict):
+            yield from setting_keys(v, prefix + k + ".")
+
+
+def setting_value(config, key):
+    """The value of dotted ``key`` in a nested configuration."""
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def names_settings(field, allow_all=False):
+    """A Section check: every entry of the ``field`` list names a setting (or is ``*`` with
+    ``allow_all``), e.g. the presets' ``not_released`` lists."""
+    def check(config):
+        known = set(setting_keys(config))
+        return next((f"{field} names {k!r}, which is not a setting" + (" (or '*': all of them)" if allow_all else "")
+                     for k in config[field] if not (allow_all and k == "*") and k not in known), None)
+
+    return check
+
+
+def expand_names(config, names, excluded=()):
+    """``names`` (dotted setting keys) with ``*`` expanded to every leaf setting of ``config`` outside
+    the ``excluded`` keys and sections."""
+    if "*" not in names:
+        return list(names)
+    return [k for k in setting_keys(config) if not isinstance(setting_value(config, k), dict)
+            and not any(k == e or k.startswith(e + ".") for e in excluded)]
+
+
 def spec_text(spec):
     return "a section" if isinstance(spec, Section) else spec.describe()
 

@@ -29,6 +29,7 @@ from zslfast import ops
 from zslfast.config import annotated_yaml, resolve_config
 from zslfast.data.xlsa17 import FOLDER_NAME
 from zslfast.errors import ZSLError, run_cli
+from zslfast.engine.export import model_record, save_model
 from zslfast.io import check_writable, save_checkpoint, write_json
 from zslfast.engine import METHODS, RunContext, distributed, get_method, method_class
 from zslfast.engine.curves import CurveRecorder, TensorBoardLogger, require_tensorboard
@@ -339,6 +340,7 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
     ckpt = os.path.join(out, "checkpoint.pt")
     save_checkpoint(ckpt, {"method": method.name, "config": config, "state": result.state,
                            "zslfast_version": zslfast.__version__})
+    model_path = save_model(out, model_record(method, config, data, result.model))
     results = {
         "method": method.name, "dataset": dataset_key, "setting": method.setting,
         "variant": variant_label(args), "embedding": method.embedding(config),
@@ -351,7 +353,7 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
         "processes": size,
         "versions": {"zslfast": zslfast.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
-        "data": data.summary(), "checkpoint": ckpt, "info": result.info,
+        "data": data.summary(), "checkpoint": ckpt, "model": model_path, "info": result.info,
     }
     if ctx.artifacts:
         save_checkpoint(os.path.join(out, "features.pt"), ctx.artifacts)

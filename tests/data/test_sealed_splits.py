@@ -11,12 +11,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+import zslfast.engine.generative as engine_generative
 import zslfast.eval.generative as generative
 from tests.quick_runs import quick_run
 from zslfast.data import make_synthetic
 from zslfast.data.dataset import SealedTestSplitError
 from zslfast.eval.metrics import zsl_gzsl_metrics
-from zslfast.models import gsmflow, scegg
+from zslfast.models import scegg
 
 BYPASSES = {
     "index": lambda s: s["test_seen"],
@@ -98,7 +99,7 @@ def test_final_classifier_trained_on_test_rows_fails(monkeypatch, tmp_path_facto
         x, y = data.subset("test_seen")  # what a leak would do before training the classifier
         return real(synthesize, data, *a, **k)
 
-    monkeypatch.setattr(gsmflow, "generative_evaluation", leaky)
+    monkeypatch.setattr(engine_generative, "generative_evaluation", leaky)
     with pytest.raises(SealedTestSplitError, match="test_seen"):
         quick_run(tmp_path_factory, "gsmflow", "--set", "epochs=2", "--set", "eval_start=1", "--set", "eval_every=1",
                   tag="leaky_rows")
@@ -108,8 +109,9 @@ def test_final_classifier_epochs_chosen_on_test_fails(monkeypatch, tmp_path_fact
     """The refitted model's evaluation choosing its classifier epochs on the data it reports (the
     test split) instead of taking the counts chosen on validation raises: every classifier epoch's
     score is one more scoring than the run reports."""
-    real = scegg.evaluate_scegg
-    monkeypatch.setattr(scegg, "evaluate_scegg", lambda model, cfg, ctx, classifier_epochs=None: real(model, cfg, ctx))
+    real = scegg.SCEGG.evaluate
+    monkeypatch.setattr(scegg.SCEGG, "evaluate",
+                        lambda self, model, data, cfg, ctx, classifier_epochs=None: real(self, model, data, cfg, ctx))
     with pytest.raises(SealedTestSplitError, match="scored more often"):
         quick_run(tmp_path_factory, "scegg", "--set", "epochs=1", "--set", "stage1.iterations=20",
                   "--set", "stage2.iterations=20", tag="leaky_epochs")

@@ -8,7 +8,7 @@ from zslfast.config import resolve_config
 from zslfast.data import make_synthetic
 from zslfast.engine import RunContext
 from zslfast.eval.generative import synthetic_budget as _budget
-from zslfast.models.gsmflow import GSMFlowModel, RelativePositioning, build_model, evaluate_flow, select_anchors
+from zslfast.models.gsmflow import GSMFlow, GSMFlowModel, RelativePositioning, build_model, select_anchors
 
 
 def synthetic_budget(data, cfg):
@@ -131,11 +131,11 @@ def test_checkpoint_reproduces_the_metrics_and_beats_the_untrained_flow(tmp_path
     ctx = RunContext(device=torch.device("cpu"), seed=res["seed"], progress=False)
     trained = _reload(res, ckpt, data)
     used = _classifier_epochs(res["selection"])
-    metrics, _ = evaluate_flow(trained, data, cfg, ctx, classifier_epochs=used)
+    metrics, _ = GSMFlow().evaluate(trained, data, cfg, ctx, classifier_epochs=used)
     assert metrics == pytest.approx(res["metrics"], abs=1e-9)
     with ctx.init_scope():
         untrained = build_model(data, cfg, torch.device("cpu")).eval()
-    m0, _ = evaluate_flow(untrained, data, cfg, ctx, classifier_epochs=used)
+    m0, _ = GSMFlow().evaluate(untrained, data, cfg, ctx, classifier_epochs=used)
     # margins about half of the quick run's gains (T1 39.7 vs 7.7, H 40.2 vs 0 untrained)
     assert metrics["zsl_t1"] > m0["zsl_t1"] + 15 and metrics["gzsl_h"] > m0["gzsl_h"] + 20, (metrics, m0)
     x, y = data.subset("trainval")
@@ -160,7 +160,7 @@ def test_select_on_test_keeps_the_best_test_epoch_and_its_weights(tmp_path_facto
     data = make_synthetic(seed=0).normalized(res["config"]["feature_norm"])
     ctx = RunContext(device=torch.device("cpu"), seed=res["seed"], progress=False)
     with ctx.evaluation(f"gsmflow/epoch {flow['value']}"):  # that evaluation's own synthesis stream
-        again, nested = evaluate_flow(_reload(res, ckpt, data), data, res["config"], ctx)
+        again, nested = GSMFlow().evaluate(_reload(res, ckpt, data), data, res["config"], ctx)
     assert again == pytest.approx(m, abs=1e-9)
     assert {k: c["value"] for k, c in nested.items()} == {f"{k}_classifier_epochs": v
                                                           for k, v in _classifier_epochs(sel).items()}
@@ -186,13 +186,13 @@ def test_select_on_test_keeps_the_best_evaluation_not_the_last(monkeypatch):
 
     script, seen = iter([10.0, 30.0, 20.0]), []
 
-    def scripted(model, data, cfg, ctx, classifier_epochs=None):
+    def scripted(self, model, data, cfg, ctx, classifier_epochs=None):
         h = next(script)
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return {"zsl_t1": h, "gzsl_s": h, "gzsl_u": h, "gzsl_h": h}, {
             f"{k}_classifier_epochs": {"value": len(seen), "score": h, "history": []} for k in ("gzsl", "zsl")}
 
-    monkeypatch.setattr(gsmflow, "evaluate_flow", scripted)
+    monkeypatch.setattr(gsmflow.GSMFlow, "evaluate", scripted)
     cfg = resolve_config("gsmflow", "synthetic", quick=True,
                          overrides=["epochs=3", "eval_start=1", "eval_every=1"])
     ctx = RunContext(device=torch.device("cpu"), selection="test", progress=False)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import zslfast.eval.generative as generative
 from zslfast.data.dataset import ZSLDataset
 from zslfast.engine import RunContext
+from zslfast.engine.recipe import stage_step
 from zslfast.models import scegg
 from zslfast.nn.dazle import DistillationHead
 
@@ -235,8 +236,7 @@ def test_two_stage3_iterations_equal_the_hand_written_oracle(loop, encoded_noise
     cfg = {"gan": q}
     state = {"lambda": q["lambda_gp"]}
     g_code, g_oracle = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
-    step = scegg.gan_step(model, scegg.gan_optimizers(gan, q), x_all, y_all, att, torch.tensor(UNSEEN), cfg,
-                          g_code, state)
+    step = stage_step(scegg.gan_stage(model, x_all, y_all, att, torch.tensor(UNSEEN), cfg, g_code, state))
     lambdas = []
     for it in range(2):
         got = {k: float(v) for k, v in step((loop, BATCHES)).items()}
@@ -266,8 +266,8 @@ def test_lambda_rises_after_large_penalties():
     oracle = Oracle(gan, hd, q)
     g_code, g_oracle = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     state = {"lambda": q["lambda_gp"]}
-    step = scegg.gan_step(scegg.SCEGGModel(None, hd, gan), scegg.gan_optimizers(gan, q), x_all, y_all, att,
-                          torch.tensor(UNSEEN), {"gan": q}, g_code, state)
+    step = stage_step(scegg.gan_stage(scegg.SCEGGModel(None, hd, gan), x_all, y_all, att, torch.tensor(UNSEEN),
+                                      {"gan": q}, g_code, state))
     step((0, BATCHES))
     oracle.iteration(0, x_all, y_all, att, g_oracle)
     assert oracle.gps[0] > 1.05 and math.isclose(state["lambda"], q["lambda_gp"] * 1.1)
@@ -284,7 +284,7 @@ def test_classifier_input_is_x_decoder_output_and_decoder_hidden_state():
 
 
 def test_final_classifiers_train_on_trainval_plus_synthetic_and_synthetic_only(monkeypatch):
-    """evaluate_scegg: the GZSL classifier trains on exactly [augmented real trainval rows;
+    """SCEGG.evaluate: the GZSL classifier trains on exactly [augmented real trainval rows;
     augmented synthetic unseen rows] with their class ids, the ZSL one on the same synthetic rows
     only (labels 0..U-1); both are (C + A + hidden)-wide; no test row reaches either."""
     q, gan, hd, _, _, att = _case()
@@ -312,7 +312,7 @@ def test_final_classifiers_train_on_trainval_plus_synthetic_and_synthetic_only(m
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # the whole evaluation in float64, as the tiny model is
     try:
-        scegg.evaluate_scegg(model, cfg, RunContext(progress=False), {"gzsl": 1, "zsl": 1})
+        scegg.SCEGG().evaluate(model, None, cfg, RunContext(progress=False), {"gzsl": 1, "zsl": 1})
     finally:
         torch.set_default_dtype(default)
     (gx_, gy, gk), (zx, zy, zk) = calls

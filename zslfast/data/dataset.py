@@ -78,6 +78,30 @@ class SealedSplits(Mapping):
 NORMALIZATIONS = ("none", "minmax", "l2")
 
 
+def fit_normalization(trainval_features, method="none"):
+    """The feature normalisation ``method`` fitted on trainval's features: ``{"kind": method}``, with
+    ``lo`` and ``scale`` per dimension for ``minmax`` (``scale`` is max − min, 1 for a constant
+    dimension). Apply it with :func:`apply_normalization`, to the dataset's features and to any new
+    ones."""
+    if method not in NORMALIZATIONS:
+        raise ZSLError(f"feature normalisation must be one of {', '.join(NORMALIZATIONS)}, got {method!r}")
+    stats = {"kind": method}
+    if method == "minmax":
+        lo, hi = trainval_features.min(0).values, trainval_features.max(0).values
+        stats.update(lo=lo, scale=torch.where(hi > lo, hi - lo, torch.ones_like(hi)))
+    return stats
+
+
+def apply_normalization(stats, features):
+    """``features`` normalised by fitted ``stats`` (:func:`fit_normalization`; None: unchanged)."""
+    kind = (stats or {}).get("kind", "none")
+    if kind == "minmax":
+        return (features - stats["lo"].to(features.device)) / stats["scale"].to(features.device)
+    if kind == "l2":
+        return torch.nn.functional.normalize(features, dim=1)
+    return features
+
+
 @dataclass
 class ZSLDataset:
     """Features, labels, class embeddings and splits of one dataset (all indices 0-based).
@@ -92,6 +116,8 @@ class ZSLDataset:
             has them, "train" and "val" (xlsa17's older class-disjoint split; see
             :meth:`validation_split`).
         source: where the data came from (a path, or a description of the generator).
+        normalization: the fitted feature normalisation of a :meth:`normalized` copy
+            (:func:`fit_normalization`), which new features must get too; None before.
     """
 
     name: str
@@ -102,6 +128,7 @@ class ZSLDataset:
     splits: dict
     source: str = ""
     info: dict = field(default_factory=dict)
+    normalization: dict = None
 
     def __post_init__(self):
         self.check()
@@ -249,16 +276,10 @@ class ZSLDataset:
         ``none``; ``minmax``: per dimension to [0, 1] by trainval's min and max (test values may
         fall outside, as in the methods' original code); ``l2``: each sample to unit length.
         """
-        if method not in NORMALIZATIONS:
-            raise ZSLError(f"feature normalisation must be one of {', '.join(NORMALIZATIONS)}, got {method!r}")
-        f = self.features
-        if method == "minmax":
-            tv = f[self.splits["trainval"]]
-            lo, hi = tv.min(0).values, tv.max(0).values
-            f = (f - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-        elif method == "l2":
-            f = torch.nn.functional.normalize(f, dim=1)
-        return replace(self, features=f.contiguous(), info={**self.info, "normalization": method})
+        trainval = self.features[self.splits["trainval"]] if method == "minmax" else None  # only min-max fits
+        stats = fit_normalization(trainval, method)
+        return replace(self, features=apply_normalization(stats, self.features).contiguous(),
+                       info={**self.info, "normalization": method}, normalization=stats)
 
     def validation_split(self, seed=0, unseen_fraction=0.2, seen_test_fraction=0.2):
         """A dataset for model selection built from trainval only: the test data is never touched.

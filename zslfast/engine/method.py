@@ -31,6 +31,9 @@ class MethodResult:
         per_task: per-task metrics (continual methods).
         timings: seconds per phase.
         info: method-specific facts about the run (e.g. a generative method's synthetic budget).
+        model: the exported model (``<out>/model.pt``, :mod:`zslfast.engine.export`): what
+            :meth:`Method.scorer` needs at test time (tensors, state dicts, plain values), and the
+            feature ``normalization`` the method trained with.
     """
 
     metrics: dict
@@ -39,6 +42,7 @@ class MethodResult:
     per_task: list = None
     timings: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    model: dict = None
 
 
 class Method(ABC):
@@ -74,6 +78,10 @@ class Method(ABC):
         sealed data opens (:meth:`zslfast.data.ZSLDataset.sealed`); one more read of the test
         splits raises."""
         return 1
+
+    @abstractmethod
+    def scorer(self, record, device="cpu"):
+        """A :class:`zslfast.engine.export.Scorer` from an exported model record (``model.pt``)."""
 
     @abstractmethod
     def run(self, data, config, ctx):

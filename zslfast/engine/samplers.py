@@ -154,3 +154,19 @@ class BalancedBatches:
     def epoch(self, skip=0, start_state=None):
         for _ in range(self.steps - skip):  # each draw is fresh: skipped ones are simply not drawn
             yield self.sample()
+
+
+class CriticGroups:
+    """One epoch of a GAN that trains its critic several times per generator step: ``loops`` passes
+    of ``iterations`` iterations, each item (pass index, [``group`` fresh batches from ``sampler``]),
+    e.g. SC-EGG's 5 critic batches and then the generator batch, twice per epoch (its feedback pass)."""
+
+    def __init__(self, sampler, loops, iterations, group):
+        self.sampler, self.loops, self.iterations, self.group = sampler, loops, iterations, group
+
+    def __len__(self):
+        return self.loops * self.iterations
+
+    def epoch(self, skip=0, start_state=None):
+        for i in range(skip, self.loops * self.iterations):  # --resume: the first ``skip`` items were trained
+            yield i // self.iterations, [self.sampler.sample() for _ in range(self.group)]

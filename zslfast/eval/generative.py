@@ -62,7 +62,7 @@ def feature_sample(groups, per_class=50):
 
 
 def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, select=False, epochs=None,
-                          calibration=0.0, inputs=None):
+                          calibration=0.0, inputs=None, keep=None):
     """Synthesize, train the final classifiers, evaluate (see the module docstring).
 
     Args:
@@ -74,6 +74,7 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
         select: choose each classifier's epoch on ``data``'s held-out splits.
         epochs: ``{"gzsl": n, "zsl": n}`` epoch counts when not selecting (default: ``classifier["epochs"]``).
         inputs: optional map applied to every classifier input.
+        keep: a dict that receives the two trained classifiers (``gzsl``, ``zsl``), e.g. to export them.
 
     Returns:
         (metrics in percent, nested choices ``{"gzsl_classifier_epochs": {...}, "zsl_classifier_epochs": {...}}``).
@@ -129,6 +130,8 @@ def generative_evaluation(synthesize, data, n_per_class, classifier, ctx, *, sel
     clf, nested = fit(torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y]), "gzsl",
                       lambda m: harmonic_mean(*gzsl(m, test_labels())), k)
     zclf, nested_z = fit(syn_x, zsl_y, "zsl", lambda m: zsl(m, test_labels()), zsl_k)
+    if keep is not None:
+        keep.update(gzsl=clf, zsl=zclf)
     labels = test_labels()  # the scoring of the two final classifiers
     s, u = gzsl(clf, labels)
     metrics = {"zsl_t1": 100 * zsl(zclf, labels), "gzsl_s": 100 * s, "gzsl_u": 100 * u,

@@ -52,6 +52,7 @@ from torch import nn
 from zslfast.engine.checkpoint import cpu_state as _state_dict
 from zslfast.engine.checkpoint import load_checkpoint
 from zslfast.engine.distributed import parallel, sharded
+from zslfast.engine.export import Scorer, masked
 from zslfast.engine.loop import train_epochs
 from zslfast.engine.resume import State
 from zslfast.engine.method import Method, MethodResult
@@ -334,8 +335,11 @@ class CVC(Method):
             inductive_metrics = fitted.metrics or evaluate(model, data)
         timings["inductive_s"] = time.perf_counter() - t0
         state["inductive"] = _state_dict(model)
+        exported = {"kind": "inductive", "state": state["inductive"], "embeddings": data.attributes,
+                    "feature_dim": data.feature_dim}
         if not config["transductive"]:
-            return MethodResult(metrics=inductive_metrics, state=state, selection=selector.to_dict(), timings=timings)
+            return MethodResult(metrics=inductive_metrics, state=state, selection=selector.to_dict(), timings=timings,
+                                model=exported)
 
         # Transductive: the validation run starts from the validation run's inductive model (one that
         # never saw the validation classes), the final run from the final inductive model. From a
@@ -359,4 +363,22 @@ class CVC(Method):
         timings["transductive_s"] = time.perf_counter() - t1
         state["transductive"] = _state_dict(st)
         metrics = {**metrics, **{f"inductive_{k}": v for k, v in inductive_metrics.items()}}
-        return MethodResult(metrics=metrics, state=state, selection=selector.to_dict(), timings=timings)
+        exported = {**exported, "kind": "transductive", "state": state["transductive"]}
+        return MethodResult(metrics=metrics, state=state, selection=selector.to_dict(), timings=timings, model=exported)
+
+    def scorer(self, record, device="cpu"):
+        """Cosine scores against the classifier rows: generated from the class embeddings
+        (inductive), or the learned rows of the seen classes with generated unseen rows
+        (transductive)."""
+        m, cfg = record["model"], record["config"]
+        emb = m["embeddings"].to(device)
+        unseen = record["classes"]["unseen"].to(device)
+        model = CVCModel(emb.shape[1], m["feature_dim"], cfg["hidden"], cfg["init_std"], cfg["scale_init"]).to(device)
+        obj = model if m["kind"] == "inductive" else TransductiveState(model, emb)
+        obj.load_state_dict(m["state"])
+        weights, net = classifier_matrix(obj.eval(), emb, unseen)
+
+        def gzsl(x):
+            return net.logits(x.to(device), weights)
+
+        return Scorer(torch.no_grad()(gzsl), torch.no_grad()(lambda x: masked(gzsl(x), unseen)))

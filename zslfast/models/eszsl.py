@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from zslfast.engine.export import Scorer, calibrated, masked
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.selection import Selector
 from zslfast.eval.metrics import zsl_gzsl_metrics
@@ -79,6 +80,16 @@ class ESZSL(Method):
         v = fit_eszsl(x, y.to(x.device), attributes, 10.0 ** ge, 10.0 ** le)
         t2 = time.perf_counter()
         metrics = evaluate(data, v)
-        return MethodResult(metrics=metrics, state={"V": v.cpu()}, selection=selector.to_dict(),
+        model = {"V": v, "embeddings": attributes, "calibration": config["calibration"],
+                 "normalization": data.normalization}
+        return MethodResult(metrics=metrics, state={"V": v.cpu()}, selection=selector.to_dict(), model=model,
                             info={"gamma": 10.0 ** ge, "lambda": 10.0 ** le},
                             timings={"select_s": t1 - t0, "fit_s": t2 - t1, "eval_s": time.perf_counter() - t2})
+
+    def scorer(self, record, device="cpu"):
+        """Bilinear scores x·V·Aᵀ against every class embedding."""
+        m = record["model"]
+        v, emb = m["V"].to(device), m["embeddings"].to(device)
+        seen, unseen = record["classes"]["seen"].to(device), record["classes"]["unseen"].to(device)
+        return Scorer(lambda x: calibrated(x.to(device) @ v @ emb.T, seen, m["calibration"]),
+                      lambda x: masked(x.to(device) @ v @ emb.T, unseen))

@@ -76,8 +76,10 @@ from torch import nn
 
 from zslfast import ops
 from zslfast.data.continual import CONTINUAL_SETTINGS, ContinualSplit, ReplayBuffer
+from zslfast.engine.checkpoint import cpu_state
 from zslfast.engine.continual import run_continual
 from zslfast.engine.distributed import parallel, sharded
+from zslfast.engine.export import Scorer, masked
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.selection import Selector
 from zslfast.errors import ZSLError
@@ -483,5 +485,27 @@ class GRW(Method):
         state = {"model": {k: v.cpu() for k, v in trainer.model.state_dict().items()}, "class_means": trainer.mu.cpu()}
         if trainer.dictionary is not None:
             state["dictionary"] = trainer.dictionary.weight.detach().cpu()
-        return MethodResult(metrics=summary, state=state, per_task=per_task, selection=selector.to_dict(),
+        last = split.task(split.trained_tasks[-1]) if split.trained_tasks else None
+        exported = {"embedder": cpu_state(trainer.model.embedder), "embeddings": trainer.att,
+                    "feature_dim": data.feature_dim,
+                    "unseen_after_training": last.unseen_classes if last is not None else torch.arange(data.num_classes)}
+        return MethodResult(metrics=summary, state=state, per_task=per_task, selection=selector.to_dict(), model=exported,
                             timings={"train_s": time.perf_counter() - t0})
+
+    def scorer(self, record, device="cpu"):
+        """The model after the last trained task: cosine similarity to the prototypes D(a_c) of every
+        class; GZSL predicts the nearest prototype (as the run's per-task evaluation), ZSL the nearest
+        among the classes still unseen after the last trained task."""
+        m = record["model"]
+        emb = m["embeddings"].to(device)
+        embedder = MLP([emb.shape[1], record["config"]["hidden"], m["feature_dim"]], init="xavier")
+        embedder.load_state_dict(m["embedder"])
+        with torch.no_grad():
+            protos = embedder.to(device).eval()(emb)
+        unseen = m["unseen_after_training"].to(device)
+
+        def gzsl(x):
+            return -ops.pairwise_distance(x.to(device), protos, "cosine")
+
+        return Scorer(torch.no_grad()(gzsl), torch.no_grad()(lambda x: masked(gzsl(x), unseen)),
+                      predict_gzsl=lambda x: ops.nearest_prototype(x.to(device), protos, "cosine"))

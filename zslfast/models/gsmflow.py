@@ -37,17 +37,13 @@ Efficiency the original lacks: each subnet's condition projection is computed on
 the batch (not per sample) and once per class when sampling; synthetic features never leave the
 device; sampling runs in whole batches per class; the coupling is one fused operator; Adam is fused.
 """
-import time
-
 import torch
 from torch import nn
 
-from zslfast.engine.distributed import parallel, sharded
-from zslfast.engine.loop import eval_mode, train_epochs
-from zslfast.engine.method import Method, MethodResult
+from zslfast.engine.generative import GenerativeMethod
+from zslfast.engine.recipe import Stage
 from zslfast.engine.samplers import ShuffledBatches
-from zslfast.engine.selection import Selector
-from zslfast.eval.generative import ZSL_OUTPUTS, generative_evaluation, synthetic_budget
+from zslfast.eval.generative import ZSL_OUTPUTS
 from zslfast.nn import ConditionalFlow, class_means
 from zslfast.ops.coupling import CLAMP_MODES
 from zslfast.optim import adam
@@ -161,92 +157,48 @@ def build_model(data, cfg, device):
     return GSMFlowModel(data.feature_dim, anchor_pool[select_anchors(anchor_pool)], cfg).to(device)
 
 
-def flow_step(model, opt, x_all, y_all, att, seen, proto_target, cfg, noise_rng):
-    """The training step of one batch of positions ``idx``: the flow's NLL on perturbed features
-    x + π·ε (ε optionally masked per dimension) plus λ·MSE(f⁻¹(0; sr(a_s)), μ_s) (§2e–f).
-
-    In a process group each rank runs the flow on its rows of the batch (the noise of every row is
-    drawn on every rank from the shared stream) and the NLL is taken over the gathered (z, log det);
-    the prototype term is computed by every rank alike (:mod:`zslfast.engine.distributed`)."""
+def flow_loss(model, x_all, y_all, att, seen, proto_target, cfg, noise_rng):
+    """The loss of one batch of positions ``idx``: the flow's NLL on perturbed features x + π·ε (ε
+    optionally masked per dimension) plus λ·MSE(f⁻¹(0; sr(a_s)), μ_s) (§2e–f). ``nets.model`` is the
+    flow as the engine trains it (in a process group: on each rank's rows, the NLL over the gathered
+    (z, log det)); the prototype term depends on no sample (every rank computes it alike)."""
     d = x_all.shape[1]
-    net = parallel(model)
 
-    def step(idx):
+    def loss(idx, nets):
         x, y = x_all[idx], y_all[idx]
         noise = torch.randn(idx.numel(), d, generator=noise_rng, device=noise_rng.device).to(x.device)
         if cfg["perturbation_dropout"] > 0:
             noise = noise * (torch.rand(d, generator=noise_rng, device=noise_rng.device).to(x.device)
                              > cfg["perturbation_dropout"])
-        loss = model.nll_of(*sharded(lambda xi, yi: net(xi, yi, att), x + cfg["perturbation"] * noise, y))
+        value = model.nll_of(*nets.model(x + cfg["perturbation"] * noise, y, attributes=att))
         if cfg["proto_weight"] > 0:
-            loss = loss + cfg["proto_weight"] * nn.functional.mse_loss(model.prototypes(att[seen]), proto_target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+            value = value + cfg["proto_weight"] * nn.functional.mse_loss(model.prototypes(att[seen]), proto_target)
+        return value
 
-    return step
+    return loss
 
 
-def train_flow(data, cfg, ctx, epochs, evaluate=None, eval_every=1, eval_start=1, desc="gsmflow"):
-    """A GSMFlowModel trained on ``data``'s trainval split for ``epochs`` epochs of full batches (the
-    remainder is dropped, §3); ``evaluate(model, epoch) -> float`` at the evaluation epochs."""
-    device = ctx.device
-    x_all, y_all = data.subset("trainval")
-    seen = data.seen_classes.to(device)
-    with ctx.init_scope():
-        model = build_model(data, cfg, device)
-    opt = adam(model.parameters(), device, cfg["lr"], cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["lr_step"], gamma=cfg["lr_gamma"])
-    proto_target = class_means(x_all, y_all, data.num_classes)[0][seen]  # the prototype targets (§2f)
-    g = ctx.rng("batch_order", device)  # batch order and perturbation noise share one stream
-    batches = ShuffledBatches(x_all.shape[0], cfg["batch_size"], g, device, last_batch="drop")
-    step = flow_step(model, opt, x_all, y_all, data.attributes, seen, proto_target, cfg, g)
-
-    model.train()
-    train_epochs(desc, epochs, batches, step, ctx, scheduler=sched, evaluate=eval_mode(model, evaluate, model),
-                 eval_every=eval_every, eval_start=eval_start, modules={"model": model, "optimizer": opt})
-    model.eval()
-    return model
-
-
-def evaluate_flow(model, data, cfg, ctx, classifier_epochs=None):
-    """The generative evaluation stage (:func:`zslfast.eval.generative_evaluation`) of a trained flow
-    on ``data``: ``synthetic_budget`` features per unseen class (the budget follows the data
-    evaluated: a validation view has fewer samples per class), then the final classifiers, each
-    trained for ``classifier_epochs[kind]`` epochs or, when None, for its best epoch on ``data``'s
-    held-out splits. Returns (metrics, nested classifier-epoch choices)."""
-    n = synthetic_budget(data, cfg["synth_per_class"], cfg["synth_ratio"])[0]
-    return generative_evaluation(lambda c, k, g: model.synthesize(data.attributes, c, k, g), data, n,
-                                 cfg["classifier"], ctx, select=classifier_epochs is None, epochs=classifier_epochs,
-                                 calibration=cfg["calibration"])
-
-
-class GSMFlow(Method):
+class GSMFlow(GenerativeMethod):
     name = "gsmflow"
-    setting = "zsl+gzsl"
     settings = SETTINGS
+    selected = "flow_epochs"
 
-    def run(self, data, config, ctx):
-        t0 = time.perf_counter()
-        data = data.normalized(config["feature_norm"]).to(ctx.device)
-        _, budget = synthetic_budget(data, config["synth_per_class"], config["synth_ratio"])
-        selector = Selector(data, ctx, "gzsl_h", config["validation"])
+    def recipe(self, data, config, ctx, epochs):
+        """One stage: the flow on ``data``'s trainval split for ``epochs`` epochs of full batches
+        (the remainder is dropped, §3), Adam with StepLR."""
+        device = ctx.device
+        x_all, y_all = data.subset("trainval")
+        seen = data.seen_classes.to(device)
+        with ctx.init_scope():
+            model = build_model(data, config, device)
+        opt = adam(model.parameters(), device, config["lr"], config["weight_decay"])
+        proto_target = class_means(x_all, y_all, data.num_classes)[0][seen]  # the prototype targets (§2f)
+        g = ctx.rng("batch_order", device)  # batch order and perturbation noise share one stream
+        yield Stage("gsmflow", modules={"model": model}, optimizer=opt, epochs=epochs, selected=True, evaluates=model,
+                    batches=ShuffledBatches(x_all.shape[0], config["batch_size"], g, device, last_batch="drop"),
+                    scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=config["lr_step"], gamma=config["lr_gamma"]),
+                    loss=flow_loss(model, x_all, y_all, data.attributes, seen, proto_target, config, g))
+        return model
 
-        def fit(view, epochs, on_eval, eval_every, eval_start, phase):
-            return train_flow(view, config, ctx, epochs, on_eval, eval_every, eval_start,
-                              desc="gsmflow (validation)" if phase == "select" else "gsmflow")
-
-        # The flow's epochs and, nested in each evaluation, each final classifier's epochs.
-        fitted = selector.epochs("flow_epochs", fit, lambda model, view: evaluate_flow(model, view, config, ctx), config["epochs"], config["eval_every"],
-                                 config["eval_start"])
-        for name, choice in fitted.nested.items():
-            selector.record(name, choice["value"], choice["score"], choice["history"])
-        t1 = time.perf_counter()
-        metrics = fitted.metrics
-        if metrics is None:  # validation: the refitted flow, classifiers trained for the chosen epochs
-            metrics, _ = evaluate_flow(fitted.model, data, config, ctx, {k: fitted.nested[f"{k}_classifier_epochs"]["value"]
-                                                      for k in ("gzsl", "zsl")})
-        state = {k: v.detach().cpu().clone() for k, v in fitted.model.state_dict().items()}
-        return MethodResult(metrics=metrics, state=state, selection=selector.to_dict(), info={"synthetic": budget},
-                            timings={"train_s": t1 - t0, "eval_s": time.perf_counter() - t1})
+    def generation(self, model, data, config):
+        return data, lambda c, k, g: model.synthesize(data.attributes, c, k, g), None

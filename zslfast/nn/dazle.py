@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zslfast import ops
+from zslfast.engine.distributed import sharded
 
 
 class MinMaxScaler(nn.Module):
@@ -110,8 +111,20 @@ def dense_pass(net, features, block=256):
     attention pass per block: g is the attribute mean of the same H the logits come from."""
     gs, logits = [], []
     for _, x in features.blocks(block):
-        x = x.to(net.V.device)
-        h, _ = ops.attention_pool(x, net.queries(), True, "none")
+        h = attribute_features(net, x.to(net.V.device))
         logits.append(((h * (net.V @ net.W1)).sum(-1)) @ net.class_att.T)
         gs.append(h.mean(1))
     return torch.cat(gs), torch.cat(logits)
+
+
+def attribute_features(net, maps):
+    """The attribute features H [B, A, C] of region maps [B, C, R] (attention pooling per attribute);
+    their mean over the attributes is SC-EGG's dense feature g, before scaling."""
+    return ops.attention_pool(maps, net.queries(), True, "none")[0]
+
+
+def attend_rows(net, maps, idx):
+    """(local, global) logits of the images ``idx`` of ``maps``, a per-row composite: in a process
+    group each rank reads and attends over its own rows' region maps and the logits are gathered
+    (``net``: the network as it runs on this rank's rows)."""
+    return sharded(lambda i: net(maps.read(i))[:2], idx)

@@ -144,3 +144,38 @@ def adapt_lambda(lam, gp, high=1.05, low=1.001, factor=1.1):
     if gp < low:
         return lam / factor
     return lam
+
+
+class VAEGAN(nn.Module):
+    """TF-VAEGAN's five networks in the dense space (latent = attribute dimension, §1.5)."""
+
+    def __init__(self, feature_dim, attribute_dim, hidden):
+        super().__init__()
+        self.E = Encoder(feature_dim, attribute_dim, attribute_dim, hidden)
+        self.G = Generator(feature_dim, attribute_dim, attribute_dim, hidden)
+        self.D = Critic(feature_dim, attribute_dim, hidden)
+        self.Dec = AttributeDecoder(feature_dim, attribute_dim, hidden)
+        self.Fb = Feedback(hidden)
+
+    def generate(self, z, a, weight=0.0, nets=None, source=None):
+        """G(z, a); with a non-zero feedback ``weight``, G's second pass through the feedback of
+        Dec's (detached) hidden state on ``source``, by default G's first pass. A zero weight skips
+        the feedback exactly. ``nets``: the (G, Fb) that train (DDP wrappers in a process group);
+        default: G and Fb."""
+        g, fb = nets or (self.G, self.Fb)
+        if weight == 0:
+            return g(z, a)
+        if source is None:
+            source = self.G(z, a)
+        hidden = self.Dec(source)[1].detach()  # no gradient reaches G or Dec through this pass
+        return g(z, a, fb(hidden), weight)
+
+    def augment(self, x):
+        """The final classifiers' input [x, Dec(x), Dec.hidden(x)] (§1.6)."""
+        return decoder_augment(self.Dec, x)
+
+
+def decoder_augment(dec, x):
+    """[x, Dec(x), Dec.hidden(x)]: the final classifiers' input (§1.6)."""
+    out, hidden = dec(x)
+    return torch.cat([x, out, hidden], 1)

@@ -1,0 +1,130 @@
+"""The exported model: ``<out>/model.pt``, everything needed to score new features, apart from the
+resume state.
+
+A run writes it beside ``results.json`` (atomically). It holds plain tensors, numbers and strings
+(readable with ``torch.load(..., weights_only=True)``):
+
+- ``format`` / ``format_version``, ``zslfast_version``, ``method``, the resolved ``config``;
+- ``classes``: the class names, the seen and unseen class ids, the class embeddings the method
+  scores with;
+- ``normalization``: the feature normalisation fitted on trainval (``kind``; ``lo`` and ``scale``
+  for min-max), which new features must get too;
+- ``model``: what the method needs at test time (:attr:`zslfast.engine.MethodResult.model`): the
+  networks used at test time and, for generative methods, the final classifiers; never the
+  training-only networks (critics, encoders, flows' training state) or optimiser state.
+
+:meth:`zslfast.engine.Method.scorer` turns the record back into a :class:`Scorer`, which scores
+features against every class. :func:`scorer_metrics` recomputes ZSL T1 and GZSL S/U/H from it:
+on the run's own test splits they are the run's reported metrics (tested for every method).
+"""
+import os
+
+import torch
+
+import zslfast
+from zslfast.errors import ZSLError
+from zslfast.eval.metrics import accuracy_from_counts, harmonic_mean, sharded_counts
+from zslfast.io import save_checkpoint
+
+MODEL_FILE = "model.pt"
+FORMAT = "zslfast-model"
+FORMAT_VERSION = 1
+
+
+def cpu_tensors(obj):
+    """``obj`` (nested dicts / lists of tensors and plain values) with every tensor a CPU copy."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: cpu_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_tensors(v) for v in obj)
+    return obj
+
+
+def model_record(method, config, data, model):
+    """The model.pt record of a finished run of ``method`` on ``data`` with the method's exported
+    ``model`` (its ``normalization`` entry, the fitted feature normalisation, becomes the record's)."""
+    model = dict(model)
+    normalization = model.pop("normalization", None) or {"kind": "none"}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "zslfast_version": zslfast.__version__,
+            "method": method.name, "config": config,
+            "classes": {"names": list(data.class_names), "seen": data.seen_classes.cpu().clone(),
+                        "unseen": data.unseen_classes.cpu().clone(), "embeddings": data.attributes.detach().cpu().clone()},
+            "normalization": cpu_tensors(normalization), "model": cpu_tensors(model)}
+
+
+def save_model(folder, record):
+    """Write ``folder/model.pt`` atomically; returns its path."""
+    path = os.path.join(folder, MODEL_FILE)
+    save_checkpoint(path, record)
+    return path
+
+
+def load_model(path):
+    """The record of a model.pt (a run folder or the file), checked, with one clear error for every
+    way it can be wrong."""
+    if os.path.isdir(path):
+        path = os.path.join(path, MODEL_FILE)
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ZSLError(f"{path}: no such file (a run folder holds model.pt when its run finished)") from None
+    except Exception as exc:  # a truncated or foreign file: one clear error, whatever torch raised
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ZSLError(f"{path}: cannot read it ({first})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ZSLError(f"{path}: not a zslfast model file")
+    if record.get("format_version") != FORMAT_VERSION:
+        raise ZSLError(f"{path}: model format version {record.get('format_version')}, this zslfast reads "
+                       f"{FORMAT_VERSION}")
+    return record
+
+
+class Scorer:
+    """Scores of features against every trained class (built by :meth:`Method.scorer`).
+
+    ``gzsl(x) -> [N, K]``: generalized scores (calibration applied), ``zsl(x) -> [N, K]``: ZSL scores
+    (``-inf`` for the classes a ZSL prediction cannot be, unless the method's ZSL classifier scores
+    all K, as GSMFlow's TMM code does). ``predict(x, setting)`` is their argmax (the lowest class id
+    on a tie), or the method's own prediction rule where it has one (``predict_gzsl``)."""
+
+    def __init__(self, gzsl, zsl, predict_gzsl=None):
+        self.gzsl, self.zsl, self._predict_gzsl = gzsl, zsl, predict_gzsl
+
+    @torch.no_grad()
+    def predict(self, x, setting="gzsl"):
+        if setting == "gzsl":
+            return self._predict_gzsl(x) if self._predict_gzsl is not None else self.gzsl(x).argmax(1)
+        if setting == "zsl":
+            return self.zsl(x).argmax(1)
+        raise ValueError(f"setting must be gzsl or zsl, got {setting!r}")
+
+
+def masked(scores, classes):
+    """``scores`` [N, K] with every column outside ``classes`` set to -inf."""
+    out = torch.full_like(scores, -float("inf"))
+    out[:, classes] = scores[:, classes]
+    return out
+
+
+def calibrated(scores, seen, calibration):
+    """Calibrated stacking: ``calibration`` subtracted from the seen classes' scores."""
+    if not calibration:
+        return scores
+    scores = scores.clone()
+    scores[:, seen] -= calibration
+    return scores
+
+
+def scorer_metrics(scorer, data, batch_size=8192):
+    """ZSL T1 and GZSL S/U/H (percent) of a :class:`Scorer` on ``data``'s test splits."""
+    k = data.num_classes
+    with data.scoring():
+        x_u, y_u = data.subset("test_unseen")
+        x_s, y_s = data.subset("test_seen")
+    x_u, x_s = (x.read() if hasattr(x, "read") else x for x in (x_u, x_s))  # region maps: one tensor each
+    t1, u = sharded_counts(lambda x: (scorer.predict(x, "zsl"), scorer.predict(x, "gzsl")), x_u, y_u, k, 2, batch_size)
+    (s,) = sharded_counts(lambda x: (scorer.predict(x, "gzsl"),), x_s, y_s, k, 1, batch_size)
+    t1, u, s = (accuracy_from_counts(*c) for c in (t1, u, s))
+    return {"zsl_t1": 100 * t1, "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
