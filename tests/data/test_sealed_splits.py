@@ -111,7 +111,8 @@ def test_final_classifier_epochs_chosen_on_test_fails(monkeypatch, tmp_path_fact
     score is one more scoring than the run reports."""
     real = scegg.SCEGG.evaluate
     monkeypatch.setattr(scegg.SCEGG, "evaluate",
-                        lambda self, model, data, cfg, ctx, classifier_epochs=None: real(self, model, data, cfg, ctx))
+                        lambda self, model, data, cfg, ctx, classifier_epochs=None, keep=None:
+                        real(self, model, data, cfg, ctx, keep=keep))
     with pytest.raises(SealedTestSplitError, match="scored more often"):
         quick_run(tmp_path_factory, "scegg", "--set", "epochs=1", "--set", "stage1.iterations=20",
                   "--set", "stage2.iterations=20", tag="leaky_epochs")

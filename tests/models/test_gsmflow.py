@@ -184,9 +184,9 @@ def test_select_on_test_keeps_the_best_evaluation_not_the_last(monkeypatch):
     the middle evaluation's metrics and checkpoints the flow as it was at that evaluation."""
     from zslfast.models import gsmflow
 
-    script, seen = iter([10.0, 30.0, 20.0]), []
+    script, seen = iter([10.0, 30.0, 20.0, 30.0]), []  # the 4th: the export's replay of the chosen one
 
-    def scripted(self, model, data, cfg, ctx, classifier_epochs=None):
+    def scripted(self, model, data, cfg, ctx, classifier_epochs=None, keep=None):
         h = next(script)
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return {"zsl_t1": h, "gzsl_s": h, "gzsl_u": h, "gzsl_h": h}, {
@@ -201,3 +201,4 @@ def test_select_on_test_keeps_the_best_evaluation_not_the_last(monkeypatch):
     assert _classifier_epochs(result.selection) == {"gzsl": 2, "zsl": 2}
     assert all(torch.equal(result.state[k], seen[1][k]) for k in seen[1])
     assert any(not torch.equal(seen[2][k], seen[1][k]) for k in seen[1])  # the last epoch's flow differs
+    assert len(seen) == 4 and all(torch.equal(seen[3][k], seen[1][k]) for k in seen[1])  # replayed: the kept flow
