@@ -181,7 +181,11 @@ def bench_grw(args):
 
 def scegg_steps(device, quick=False, pool=1024):
     """SC-EGG at SUN's shapes (``quick``: C=512, R=49, 256-wide networks): the stage-3 and stage-2
-    iteration of the original formulation and of the cached pipeline, from the same weights.
+    iteration of the original formulation (dense features recomputed from the region maps, the
+    gradient penalty by autograd's double backward) and of zslfast's (the cache, the critic's
+    closed-form input gradient), from the same weights; both share the rest of zslfast's step
+    (fused Adam, one critic pass over real and fake rows), so the original side is faster than the
+    released code.
     Returns ({what: (original step, cached step)}, shape string, config, noise generator)."""
     import copy
 
@@ -228,6 +232,8 @@ def scegg_steps(device, quick=False, pool=1024):
         for p in head.parameters():
             p.requires_grad_(False)
         model = scegg.SCEGGModel(net, head, copy.deepcopy(gan))
+        if original:  # the released penalty: autograd's gradient with a graph, then its double backward
+            model.gan.D.input_gradient = None
         step = stage_step(scegg.gan_stage(model, x_all, labels, att_d, unseen, cfg, noise,
                                           {"lambda": cfg["gan"]["lambda_gp"]}))
         return lambda: step((0, group))

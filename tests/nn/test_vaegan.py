@@ -67,6 +67,44 @@ def test_gradient_penalty_of_a_real_critic_interpolates_per_row():
     assert gp.item() == pytest.approx(float(total / 4), rel=1e-10)
 
 
+class AutogradOnly(torch.nn.Module):
+    """A :class:`vaegan.Critic` seen only through its forward (no ``input_gradient``)."""
+
+    def __init__(self, critic):
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, x, a):
+        return self.critic(x, a)
+
+
+def test_the_critic_input_gradient_in_closed_form_equals_autograd():
+    """float64, pre-activations of both signs: the closed-form ∂D/∂x equals autograd's, and the
+    penalty built on it has autograd's double-backward value and weight gradients (all of D's
+    parameters, including the zero ones of b1 and of W1's attribute columns)."""
+    torch.manual_seed(1)
+    critic = vaegan.Critic(6, 3, hidden=32).double()
+    torch.nn.init.normal_(critic.fc1.weight, 0, 0.5)
+    torch.nn.init.normal_(critic.fc1.bias, 0, 0.5)
+    x, a = torch.randn(9, 6, dtype=torch.float64), torch.rand(9, 3, dtype=torch.float64)
+    pre = critic.fc1(torch.cat([x, a], 1))
+    assert (pre > 0).any() and (pre < 0).any()
+    xg = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(critic(xg, a).sum(), xg)
+    assert torch.allclose(critic.input_gradient(x, a), want, rtol=1e-12, atol=1e-14)
+    real, fake = torch.rand(9, 6, dtype=torch.float64), torch.rand(9, 6, dtype=torch.float64)
+    grads = []
+    for c in (critic, AutogradOnly(critic)):
+        gp = vaegan.gradient_penalty(c, real, fake, a, generator=torch.Generator().manual_seed(4))
+        grads.append((gp.detach(), torch.autograd.grad(gp, list(critic.parameters()), allow_unused=True)))
+    (gp1, g1), (gp2, g2) = grads
+    assert gp1.item() == pytest.approx(gp2.item(), rel=1e-12)
+    for p, d1, d2 in zip(critic.parameters(), g1, g2):  # None: no gradient reaches it (the same as zeros)
+        d1, d2 = (torch.zeros_like(p) if d is None else d for d in (d1, d2))
+        assert torch.allclose(d1, d2, rtol=1e-10, atol=1e-13)
+    assert g1[0][:, 6:].abs().max() == 0 and g1[0][:, :6].abs().max() > 0  # W1's attribute columns: 0
+
+
 @pytest.mark.parametrize("gp,expected", [(1.2, 11.0), (1.05, 10.0), (1.02, 10.0), (1.001, 10.0), (0.5, 10 / 1.1)])
 def test_adaptive_lambda(gp, expected):
     assert vaegan.adapt_lambda(10.0, gp) == pytest.approx(expected)
