@@ -7,7 +7,19 @@ from zslfast.errors import ZSLError
 
 def cpu_state(module):
     """A CPU copy of ``module``'s state dict (a copy: on the CPU ``.cpu()`` would alias the live weights)."""
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return cpu_copy(module.state_dict())
+
+
+def cpu_copy(value):
+    """A CPU deep copy of a state (nested dicts / lists / tuples of tensors and plain values, every
+    tensor cloned): safe against later in-place training, and free of device memory."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(cpu_copy(v) for v in value)
+    return value
 
 
 def load_checkpoint(path, setting, method=None, part=None):

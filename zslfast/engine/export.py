@@ -22,6 +22,7 @@ import os
 import torch
 
 import zslfast
+from zslfast.engine.checkpoint import cpu_copy
 from zslfast.errors import ZSLError
 from zslfast.eval.metrics import accuracy_from_counts, harmonic_mean, sharded_counts
 from zslfast.io import save_checkpoint
@@ -29,17 +30,6 @@ from zslfast.io import save_checkpoint
 MODEL_FILE = "model.pt"
 FORMAT = "zslfast-model"
 FORMAT_VERSION = 1
-
-
-def cpu_tensors(obj):
-    """``obj`` (nested dicts / lists of tensors and plain values) with every tensor a CPU copy."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: cpu_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(cpu_tensors(v) for v in obj)
-    return obj
 
 
 def model_record(method, config, data, model):
@@ -51,7 +41,7 @@ def model_record(method, config, data, model):
             "method": method.name, "config": config,
             "classes": {"names": list(data.class_names), "seen": data.seen_classes.cpu().clone(),
                         "unseen": data.unseen_classes.cpu().clone(), "embeddings": data.attributes.detach().cpu().clone()},
-            "normalization": cpu_tensors(normalization), "model": cpu_tensors(model)}
+            "normalization": cpu_copy(normalization), "model": cpu_copy(model)}
 
 
 def save_model(folder, record):

@@ -29,6 +29,7 @@ import os
 
 import torch
 
+from zslfast.engine.checkpoint import cpu_copy
 from zslfast.engine.distributed import any_rank, is_main, world
 from zslfast.errors import ZSLError
 from zslfast.io import save_checkpoint
@@ -69,17 +70,6 @@ def _load(obj, state):
         obj.load_state_dict(state)
 
 
-def _copy(value):
-    """A CPU deep copy of a state (tensors cloned), safe against later in-place training."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_copy(v) for v in value)
-    return value
-
-
 def rng_state():
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -118,9 +108,9 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, ctx, modules, scheduler, records):
-        return {"modules": {k: _copy(_state(m)) for k, m in modules.items()},
-                "scheduler": _copy(scheduler.state_dict()) if scheduler is not None else None,
-                "registry": {k: _copy(_state(o)) for k, o in ctx.registry.items()}, "rng": _copy(rng_state()),
+        return {"modules": {k: cpu_copy(_state(m)) for k, m in modules.items()},
+                "scheduler": cpu_copy(scheduler.state_dict()) if scheduler is not None else None,
+                "registry": {k: cpu_copy(_state(o)) for k, o in ctx.registry.items()}, "rng": cpu_copy(rng_state()),
                 "records": [dict(r) for r in records]}
 
     def restore(self, ctx, snap, modules, scheduler):
@@ -172,8 +162,8 @@ class Checkpointer:
         the epoch's trained batches, loss sums and the sampler's epoch-start state), then
         :class:`Interrupted`."""
         current = self.snapshot(ctx, modules, scheduler, records)
-        current["partial"] = {"epoch": epoch, "batches": partial["batches"], "sums": _copy(partial["sums"]),
-                              "sampler": _copy(partial["sampler"])}
+        current["partial"] = {"epoch": epoch, "batches": partial["batches"], "sums": cpu_copy(partial["sums"]),
+                              "sampler": cpu_copy(partial["sampler"])}
         self.write(current)
         raise Interrupted(self.path, stage, epoch, partial["batches"])
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from zslfast.engine.checkpoint import cpu_state
+
 
 class BestTracker:
     """The best (highest) score seen so far, with its candidate, an optional copy of a module's
@@ -53,7 +55,7 @@ class BestTracker:
             self.candidate, self.score, self.payload = candidate, score, payload
             if module is not None:
                 # a copy: on the CPU .cpu() would alias the weights still being trained
-                self.state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                self.state = cpu_state(module)
             return True
         return False
 

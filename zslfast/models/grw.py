@@ -482,7 +482,7 @@ class GRW(Method):
             min_batch=2, modules=trainer.modules)  # the original skips batches of one sample
         selector = Selector(data, ctx)
         selector.record("epochs_per_task", config["epochs"])
-        state = {"model": {k: v.cpu() for k, v in trainer.model.state_dict().items()}, "class_means": trainer.mu.cpu()}
+        state = {"model": cpu_state(trainer.model), "class_means": trainer.mu.cpu()}
         if trainer.dictionary is not None:
             state["dictionary"] = trainer.dictionary.weight.detach().cpu()
         last = split.task(split.trained_tasks[-1]) if split.trained_tasks else None
