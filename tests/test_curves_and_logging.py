@@ -5,6 +5,7 @@ import json
 import pytest
 
 from tests.quick_runs import quick_run
+from zslfast.engine import METHODS, method_class
 from zslfast.engine.curves import CurveRecorder
 from zslfast.engine.loop import EpochEvent
 from zslfast.train import main as train_main
@@ -20,7 +21,15 @@ def test_recorder_keeps_repeated_stages_apart_and_skips_nested_ones():
     assert [r["epoch"] for r in h["flow"]] == [1, 2] and [r["epoch"] for r in h["flow #2"]] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("method", ["gsmflow", "cvc", "grw", "scegg"])
+# every registered method that trains for epochs (ESZSL is closed form), by being registered
+ITERATIVE = sorted(m for m in METHODS if "epochs" in method_class(m).settings.fields)
+
+
+def test_the_iterative_methods_are_found_in_the_registry():
+    assert ITERATIVE == ["cvc", "grw", "gsmflow", "scegg"]
+
+
+@pytest.mark.parametrize("method", ITERATIVE)
 def test_every_iterative_method_records_its_curves(method, tmp_path_factory):
     res, _ = quick_run(tmp_path_factory, method)
     assert res["history"], "no training curves recorded"

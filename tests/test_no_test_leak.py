@@ -9,7 +9,6 @@ separately: permuted labels must leave its pseudo-labels and its whole state unc
 features must leave its validation selection unchanged.
 """
 from dataclasses import replace
-from unittest import mock
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from tests.quick_runs import quick_run
 from zslfast.data import ContinualSplit, make_synthetic
 from zslfast.data.regions import RegionDataset, RegionFeatures
 from zslfast.data.synthetic_regions import make_synthetic_regions
-from zslfast.engine import method_class
+from zslfast.engine import METHODS, method_class
 from zslfast.models import cvc
 from zslfast.config import resolve_config
 from zslfast.models.grw import continual_setting
@@ -27,8 +26,8 @@ from zslfast.models.grw import continual_setting
 def only_for_testing(data, method):
     """The samples a method may only evaluate on: the test splits' (outside trainval); for GRW,
     the continual split's per-image test set."""
-    if method == "grw":
-        cfg = resolve_config("grw", "synthetic", quick=True)
+    if method_class(method).setting.startswith("continual"):
+        cfg = resolve_config(method, "synthetic", quick=True)
         s, t = continual_setting(data, cfg)
         test = ContinualSplit(data.labels, data.num_classes, s, t, **cfg["split"]).test_idx
         # permuted within each of the dataset's own splits, which keeps its seen/unseen checks true
@@ -71,7 +70,7 @@ def assert_identical(a, b, path="state"):
         assert a == b, path
 
 
-@pytest.mark.parametrize("method", ["eszsl", "gsmflow", "grw", "cvc", "scegg"])
+@pytest.mark.parametrize("method", sorted(METHODS))  # every registered method, by being registered
 def test_tampered_test_samples_change_nothing_but_the_test_metrics(method, tmp_path_factory):
     data = make_synthetic_regions(seed=0) if method_class(method).inputs == "regions" else make_synthetic(seed=0)
     clean_res, clean_ckpt = quick_run(tmp_path_factory, method)

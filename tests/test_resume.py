@@ -29,6 +29,15 @@ CASES = [("gsmflow", [], "epoch end"), ("grw", [], "early"),
 POINTS = ("early", "late", "epoch end")
 
 
+def test_every_registered_method_that_trains_has_a_resume_case():
+    """A newly registered method that trains for epochs fails here until CASES has it (ESZSL is
+    closed form: nothing to resume)."""
+    from zslfast.engine import METHODS, method_class
+
+    trains = {m for m in METHODS if "epochs" in method_class(m).settings.fields}
+    assert trains <= {name.split("_")[0] for name, _, _ in CASES}, trains
+
+
 def _args(name, extra, out):
     method = name.split("_")[0]
     return ["--method", method, *extra, "--quick", "--device", "cpu", "--no-progress", "--checkpoint-every", "1",
