@@ -23,6 +23,18 @@ def test_registered_class_fulfils_the_contract(name):
     assert set(cls.selection_modes) <= set(SELECTION_MODES)
 
 
+def test_a_generative_method_without_its_recipe_or_generation_breaks_the_contract():
+    from zslfast.engine.generative import GenerativeMethod
+    from zslfast.settings import Section
+
+    class HalfDone(GenerativeMethod):
+        name = "half_done"
+        settings = Section()
+
+    with pytest.raises(TypeError, match="abstract members left: generation, recipe"):
+        check_contract(HalfDone, "half_done")
+
+
 def test_contract_check_names_what_is_missing():
     class Incomplete(Method):
         name = "incomplete"

@@ -20,6 +20,7 @@ evaluation; evaluate the final model with those classifier epochs (validation mo
 state and timings.
 """
 import time
+from abc import abstractmethod
 
 import torch
 
@@ -44,13 +45,13 @@ class GenerativeMethod(Method):
         """The data as the method trains on it (default: normalised features on the device)."""
         return data.normalized(config["feature_norm"]).to(ctx.device)
 
+    @abstractmethod
     def recipe(self, data, config, ctx, epochs):
         """The stages (a generator of Stage / Transform items, see :mod:`zslfast.engine.recipe`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def generation(self, model, data, config):
         """(the dataset evaluated, ``synthesize(classes, n, generator)``, classifier-input map or None)."""
-        raise NotImplementedError
 
     def finish(self, model, data, config, ctx):
         """After the final evaluation: method facts for results.json's ``info`` beside the synthetic
