@@ -93,7 +93,8 @@ def build(method, quick):
         return grw_step
     if method == "cvc":
         from zslfast.data import make_synthetic
-        from zslfast.models.cvc import CVCModel, _schedule, inductive_step
+        from zslfast.engine.recipe import Stage, stage_step
+        from zslfast.models.cvc import CVCModel, _schedule, inductive_loss
 
         data = make_synthetic(like="CUB", seed=0)
         cfg = resolve_config("cvc", "synthetic", like="CUB")
@@ -102,7 +103,8 @@ def build(method, quick):
         with ctx.init_scope():
             model = CVCModel(data.attribute_dim, data.feature_dim, cfg["hidden"], cfg["init_std"], cfg["scale_init"])
         opt, _ = _schedule(model.parameters(), cfg, "cpu")
-        step = inductive_step(model, opt, x, data.attributes, cfg)
+        step = stage_step(Stage("cvc", {"model": model}, opt, None, loss=inductive_loss(x, data.attributes, cfg),
+                                epochs=1, grad_clip=cfg["grad_clip"]))
         batches = iter(EpisodeBatches(EpisodeSampler(y, g), 16, 8, 4, 10 ** 6).epoch())
         return lambda: step(next(batches))
     if method in ("scegg1", "scegg3"):

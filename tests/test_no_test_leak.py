@@ -20,7 +20,7 @@ from zslfast.data.synthetic_regions import make_synthetic_regions
 from zslfast.engine import METHODS, method_class
 from zslfast.models import cvc
 from zslfast.config import resolve_config
-from zslfast.models.grw import continual_setting
+from zslfast.engine.continual import task_setting
 
 
 def only_for_testing(data, method):
@@ -28,7 +28,7 @@ def only_for_testing(data, method):
     the continual split's per-image test set."""
     if method_class(method).setting.startswith("continual"):
         cfg = resolve_config(method, "synthetic", quick=True)
-        s, t = continual_setting(data, cfg)
+        s, t = task_setting(data, cfg)
         test = ContinualSplit(data.labels, data.num_classes, s, t, **cfg["split"]).test_idx
         # permuted within each of the dataset's own splits, which keeps its seen/unseen checks true
         return [test[torch.isin(test, data.splits[k])] for k in ("trainval", "test_seen", "test_unseen")]

@@ -323,6 +323,12 @@ def _blocks():
         "evaluation": {"eval_every": (d["eval_every"], 1), "eval_start": (Int(min=1), 1)},
         # the class-disjoint validation split of trainval (model selection)
         "validation": {"validation": (VALIDATION(), {"seed": 0, "unseen_fraction": 0.2, "seen_test_fraction": 0.2})},
+        # continual tasks (zslfast.engine.continual): null: the original's for the dataset
+        "continual": {"classes_per_task": (Int(min=1, nullable=True), None),
+                      "num_tasks": (Int(min=2, nullable=True), None),
+                      "split": (Section(test_size=Float(min=0, max=1, min_open=True, max_open=True), seed=Int(min=0)),
+                                {"test_size": 0.2, "seed": 42}),
+                      "buffer_size": (Int(min=0), 5000)},
     }
 
 

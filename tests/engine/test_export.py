@@ -18,7 +18,7 @@ from zslfast.engine import method_class
 from zslfast.engine.export import MODEL_FILE, load_model, scorer_metrics
 from zslfast.errors import ZSLError
 from zslfast.eval.metrics import continual_task_metrics
-from zslfast.models.grw import continual_setting
+from zslfast.engine.continual import task_setting
 
 RUNS = golden.RUNS + [("gsmflow_select_on_test", ["--method", "gsmflow", "--select-on-test", "--set", "eval_every=2"])]
 
@@ -47,7 +47,7 @@ def test_the_exported_model_scores_the_reported_metrics(name, args, tmp_path_fac
     scorer = method_class(args[1])().scorer(record)
     data = _test_data(args[1], record)
     if res["setting"].startswith("continual"):  # the model after the last trained task: its S and U
-        s, t = continual_setting(data, res["config"])
+        s, t = task_setting(data, res["config"])
         split = ContinualSplit(data.labels, data.num_classes, s, t, **res["config"]["split"])
         task = split.task(split.trained_tasks[-1])
         got = continual_task_metrics(lambda x: scorer.predict(x, "gzsl"), data.features, data.labels,

@@ -1,4 +1,3 @@
-import json
 import math
 
 import pytest
@@ -209,12 +208,12 @@ def test_continual_run_replays_its_buffer_and_reports_every_trained_task(monkeyp
     data = make_synthetic(seed=0)
     split = ContinualSplit(data.labels, data.num_classes, 10, 5, **cfg["split"])
     buffers, trained_labels = [], []
-    update, step, start = ReplayBuffer.update, grw.GRWTrainer.step, grw.GRWTrainer.start_task
+    update, step, start = ReplayBuffer.update, grw.GRWTrainer.train_step, grw.GRWTrainer.start_task
     monkeypatch.setattr(ReplayBuffer, "update", lambda self, task, labels: buffers.append(
         update(self, task, labels).clone()) or buffers[-1])
     monkeypatch.setattr(grw.GRWTrainer, "start_task", lambda self, *a: trained_labels.append([]) or start(self, *a))
-    monkeypatch.setattr(grw.GRWTrainer, "step", lambda self, x, y: trained_labels[-1].append(y.clone())
-                        or step(self, x, y))
+    monkeypatch.setattr(grw.GRWTrainer, "train_step", lambda self, x, y, *a: trained_labels[-1].append(y.clone())
+                        or step(self, x, y, *a))
     result = grw.GRW().run(data, cfg, RunContext(device=torch.device("cpu"), progress=False))
 
     tasks = result.per_task
@@ -265,11 +264,12 @@ def test_checkpoint_reproduces_the_last_task_and_beats_the_untrained_model(tmp_p
     on every task has a much lower mUA and mSA, so the unseen accuracy comes from training."""
     from tests.quick_runs import quick_run
     from zslfast.data import ContinualSplit
-    from zslfast.models.grw import GRWModel, continual_setting
+    from zslfast.engine.continual import task_setting
+    from zslfast.models.grw import GRWModel
 
     res, ckpt = quick_run(tmp_path_factory, "grw")
     cfg, data = res["config"], make_synthetic(seed=0)
-    s, t = continual_setting(data, cfg)
+    s, t = task_setting(data, cfg)
     split = ContinualSplit(data.labels, data.num_classes, s, t, **cfg["split"])
     model = GRWModel(data.attribute_dim, data.feature_dim, cfg["hidden"])
     model.load_state_dict(ckpt["state"]["model"])

@@ -47,10 +47,20 @@ from zslfast.engine.loop import detached, train_epochs, train_iterations
 
 class RowParallel(nn.Module):
     """A module as a stage trains it. In a single process a call is the module's own. In a process
-    group, positional tensor arguments are row-aligned (this rank runs its share of the rows, the
-    outputs are gathered back to all rows, differentiably) and keyword arguments are passed whole;
-    the call goes through the module's DDP wrapper when gradients flow into its parameters, and to
-    the module itself otherwise (a frozen critic, a no-grad synthesis), so a method never chooses."""
+    group:
+
+    - positional tensor arguments are row-aligned: this rank runs its share of the rows and the
+      outputs are gathered back to all rows, differentiably;
+    - keyword arguments are passed whole; a call with keyword arguments only runs whole on every rank
+      (e.g. CVC's classifiers generated from all class attributes, or a lookup that renormalises the
+      rows it reads, which must change the same rows on every rank);
+    - the call goes through the module's DDP wrapper when gradients flow into its parameters, and to
+      the module itself otherwise (a frozen critic, a no-grad synthesis), so a method never chooses;
+    - the methods the module names in ``row_methods`` (e.g. ``row_methods = ("logits",)``) are
+      row-parallel too. They run on the module itself; their parameters' gradients are averaged by
+      the module's DDP wrapper, so a step that calls one also calls the module (CVC: generate the
+      classifiers, then score features against them).
+    """
 
     def __init__(self, module):
         super().__init__()
@@ -69,13 +79,19 @@ class RowParallel(nn.Module):
         if world()[1] == 1:
             return self.module(*rows, **shared)
         target = self.local
+        if not rows:
+            return target(**shared)
         return sharded(lambda *r: target(*r, **shared), *rows)
 
     def __getattr__(self, name):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self.__dict__["_modules"]["module"], name)
+            module = self.__dict__["_modules"]["module"]
+            if name in getattr(module, "row_methods", ()):
+                method = getattr(module, name)
+                return lambda *rows, **shared: sharded(lambda *r: method(*r, **shared), *rows)
+            return getattr(module, name)
 
 
 class Nets:
@@ -104,11 +120,14 @@ class Optimizers:
     def __getitem__(self, name):
         return self._opts[name]
 
-    def step(self, loss, *names):
+    def step(self, loss, *names, zero=True):
         """Zero every optimiser's gradients, back-propagate ``loss``, step the optimisers ``names``
-        (default: all). A module whose optimiser is not named keeps its weights."""
-        for opt in self._opts.values():
-            opt.zero_grad(set_to_none=True)
+        (default: all). A module whose optimiser is not named keeps its weights. ``zero=False``
+        keeps the gradients already accumulated (GRW's two-step schedule applies its first loss's
+        gradients twice)."""
+        if zero:
+            for opt in self._opts.values():
+                opt.zero_grad(set_to_none=True)
         loss.backward()
         chosen = [self._opts[n] for n in (names or self._opts)]
         if self.grad_clip is not None:
@@ -153,7 +172,8 @@ class Stage:
         selected: the stage whose epochs the run's selection chooses: the run's evaluation is
             attached to it and scores ``evaluates`` (the model being built).
         grad_clip: clip the gradient norm of each stepped optimiser's parameters.
-        on_epoch_start: ``f(epoch)`` before each epoch's first batch.
+        on_epoch_start: ``f(epoch, nets)`` before each epoch's first batch (e.g. a pseudo-label
+            refresh that scores data with the stage's modules).
     """
 
     name: str
@@ -179,6 +199,9 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: give exactly one of loss= and step=")
         if (self.epochs is None) == (self.iterations is None):
             raise ValueError(f"stage {self.name!r}: give exactly one of epochs= and iterations=")
+        reserved = [n for n in {**self.modules, **self.uses} if n == "state" or n.startswith("optimizer")]
+        if reserved:  # a checkpoint saves the stage's optimisers and state under these names
+            raise ValueError(f"stage {self.name!r}: module names {reserved} are reserved (state, optimizer*)")
         if self.then not in ("eval", "freeze"):
             raise ValueError(f"stage {self.name!r}: then must be 'eval' or 'freeze', got {self.then!r}")
 
@@ -226,10 +249,10 @@ class Fit:
     selected: str = None  # the name (with its phase suffix) of the selected stage
 
 
-def stage_step(stage):
-    """The per-batch step function the engine runs for ``stage`` (its modules wrapped for rows; for a
-    ``loss`` stage the optimiser step included), e.g. for a benchmark of one step."""
-    nets = Nets({**stage.uses, **stage.modules})
+def stage_step(stage, nets=None):
+    """The per-batch step function the engine runs for ``stage`` (its modules wrapped for rows, or
+    ``nets``; for a ``loss`` stage the optimiser step included), e.g. for a benchmark of one step."""
+    nets = nets or Nets({**stage.uses, **stage.modules})
     if stage.step is not None:
         opts = stage.optimizer if isinstance(stage.optimizer, dict) else {"optimizer": stage.optimizer}
         optimizers = Optimizers(opts, stage.modules, stage.grad_clip)
@@ -252,7 +275,9 @@ def stage_step(stage):
 
 def run_stage(stage, ctx, evaluation=None, suffix=""):
     """Train one :class:`Stage` (see the module docstring); returns its History."""
-    step = stage_step(stage)
+    nets = Nets({**stage.uses, **stage.modules})
+    step = stage_step(stage, nets)
+    on_epoch_start = None if stage.on_epoch_start is None else (lambda epoch: stage.on_epoch_start(epoch, nets))
     opts = stage.optimizer if isinstance(stage.optimizer, dict) else {"optimizer": stage.optimizer}
     saved = {**stage.modules, **({"optimizer": opts["optimizer"]} if "optimizer" in opts and len(opts) == 1
                                  else {f"optimizer_{k}": o for k, o in opts.items()})}
@@ -278,7 +303,7 @@ def run_stage(stage, ctx, evaluation=None, suffix=""):
         scored = evaluation is not None and evaluation.evaluate is not None
         history = train_epochs(name, stage.epochs, stage.batches, step, ctx, scheduler=stage.scheduler,
                                evaluate=evaluate if scored else None, eval_every=every, eval_start=start,
-                               on_epoch_start=stage.on_epoch_start, modules=saved)
+                               on_epoch_start=on_epoch_start, modules=saved)
     for m in modules:
         m.eval()
         if stage.then == "freeze":

@@ -6,7 +6,7 @@ between keep their order).
   (each method declares the one its original used).
 - :class:`EpisodeBatches`: ``steps`` episodes (classes × samples) per epoch from an
   :class:`EpisodeSampler` (CVC).
-- Continual tasks: :func:`zslfast.engine.continual.run_continual` builds a
+- Continual tasks: :class:`zslfast.engine.continual.ContinualMethod` builds a
   :class:`ShuffledBatches` per task over the task's samples plus the replay buffer.
 """
 import torch

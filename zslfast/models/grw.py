@@ -49,15 +49,15 @@ Conscious choices (§7), each a config key:
   the last one, as in the original, so no test data influences training (selection mode ``fixed``;
   ``--select-on-test`` has nothing to select and is refused before the data is loaded).
 
-Distributed (``torchrun``, :mod:`zslfast.engine.distributed`): nearly every GRW loss is a
-batch-level quantity (random walks over all generated points, class means, the log of a batch-mean
-cosine), so no loss is split. D's step runs on every rank alike (its network sees only the K class
-attribute rows; the per-sample terms are cosines), its fake features generated in shards. Every
-generator forward (the batch's seen features, the hallucinated ones, the four per-class sample
-sets of the walks) runs on each rank's rows, the outputs are gathered, and every G loss, walks
-included, is computed on the gathered tensors by every rank: the walks' O(steps·K·M²) cost is
-therefore not divided, the generator's is. The learnable dictionary is a DDP module like G and D.
-Task splits and the replay buffer are the same on every rank; the task evaluation is sharded.
+Distributed (``torchrun``; the engine's row-parallel modules, :mod:`zslfast.engine.recipe`): nearly
+every GRW loss is a batch-level quantity (random walks over all generated points, class means, the
+log of a batch-mean cosine), so no loss is split. Every network forward (D on the K class attribute
+rows; G on the batch's seen features, the hallucinated ones and the four per-class sample sets of
+the walks) runs on each rank's rows, the outputs are gathered, and every loss, walks included, is
+computed on the gathered tensors by every rank: the walks' O(steps·K·M²) cost is therefore not
+divided, the networks' is. The learnable dictionary is looked up whole on every rank (its max-norm
+renormalisation changes the rows it reads, in place, alike everywhere). Task splits and the replay
+buffer are the same on every rank; the task evaluation is sharded.
 
 Efficiency the original lacks (§8): walks propagate Q_{t+1} = Q_t·P_xx through the fused
 ``random_walk_landing`` operator instead of forming P_xx^t; the seen-class prototypes D(A_seen) are
@@ -68,20 +68,16 @@ formulation of those pieces is a test oracle and the benchmark baseline outside 
 (``tests/oracles/grw_original.py``, ``benchmarks/bench_train.py --method grw``).
 """
 import copy
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zslfast import ops
-from zslfast.data.continual import CONTINUAL_SETTINGS, ContinualSplit, ReplayBuffer
 from zslfast.engine.checkpoint import cpu_state
-from zslfast.engine.continual import run_continual
-from zslfast.engine.distributed import parallel, sharded
+from zslfast.engine.continual import ContinualMethod
 from zslfast.engine.export import Scorer, masked
-from zslfast.engine.method import Method, MethodResult
-from zslfast.engine.selection import Selector
+from zslfast.engine.recipe import Stage, stage_step
 from zslfast.errors import ZSLError
 from zslfast.nn import MLP, class_means, init_linear, scaled_cosine
 from zslfast.optim import adam
@@ -96,15 +92,11 @@ def _per_generation_method(spec):
 
 
 SETTINGS = Section(
-    extends=("optim", "epochs", "batches"), batch_size=Int(min=2),  # batches of one are skipped, as the original
+    extends=("continual", "optim", "epochs", "batches"), batch_size=Int(min=2),  # batches of one are skipped
     attribute_generation=Choice(*ATTRIBUTE_GENERATION),
     schedule=Choice(*SCHEDULES),
     g_prototypes=Choice("after_d_step", "before_d_step"),
     d_real_alignment=Choice("all_pairs", "matched"),
-    classes_per_task=Int(min=1, nullable=True),
-    num_tasks=Int(min=2, nullable=True),
-    split=Section(test_size=Float(min=0, max=1, min_open=True, max_open=True), seed=Int(min=0)),
-    buffer_size=Int(min=0),
     hidden=Int(min=1),
     dic_lr=Float(min=0, min_open=True),
     scale=Float(min=0, min_open=True),
@@ -126,8 +118,9 @@ SETTINGS = Section(
 class Generator(nn.Module):
     """G(z, a) = Sigmoid(W2 · ReLU(W1 · [z, a] + b1) + b2), z of the attribute's size (§2).
 
-    ``forward(z, a, index)`` takes per-class attributes ``a`` [n_cls, d_a] and the class row of each
-    sample ``index`` [n]: the attribute half of the first layer is then computed once per class.
+    ``forward(z, a)`` takes one attribute row per sample; ``forward(z, index, classes=att)`` takes
+    per-class attributes [n_cls, d_a] and the class row of each sample ``index`` [n]: the attribute
+    half of the first layer is then computed once per class.
     """
 
     def __init__(self, attribute_dim, feature_dim, hidden=1024):
@@ -137,8 +130,11 @@ class Generator(nn.Module):
         self.fc2 = nn.Linear(hidden, feature_dim)
         init_linear(self, "xavier")
 
-    def forward(self, z, a, index=None):
+    def forward(self, z, a, classes=None):
         d = self.attribute_dim
+        index = None
+        if classes is not None:
+            a, index = classes, a
         cond = torch.addmm(self.fc1.bias, a, self.fc1.weight[:, d:].T)  # per attribute row
         if index is not None:
             # index_select: its backward sums repeated rows in a fixed order on the CPU (indexing's
@@ -157,13 +153,13 @@ class GRWModel(nn.Module):
         # D(a) = ReLU(W2 · ReLU(W1 · a + b1) + b2): class attributes to visual prototypes (§2)
         self.embedder = MLP([attribute_dim, hidden, feature_dim], init="xavier")
 
-    def generate_per_class(self, att, n, generator, net=None):
-        """n samples for every row of ``att`` [K, d_a], class-major ([K·n, D]), by ``net`` (default:
-        the generator; in a process group its DDP wrapper, each rank generating its rows)."""
-        k = att.shape[0]
-        z = torch.randn(k * n, att.shape[1], generator=generator, device=att.device, dtype=att.dtype)
-        index = torch.arange(k, device=att.device).repeat_interleave(n)
-        return sharded(lambda zi, ii: (net or self.generator)(zi, att, ii), z, index)
+
+def generate_per_class(generator, att, n, noise):
+    """n samples of ``generator`` (a module or the stage's row-parallel one) for every row of
+    ``att`` [K, d_a], class-major ([K·n, D])."""
+    k = att.shape[0]
+    z = torch.randn(k * n, att.shape[1], generator=noise, device=att.device, dtype=att.dtype)
+    return generator(z, torch.arange(k, device=att.device).repeat_interleave(n), classes=att)
 
 
 # ------------------------------------------------------------------------------------------- losses
@@ -256,7 +252,8 @@ class Formulation:
 
 # ------------------------------------------------------------------------------------------ trainer
 class GRWTrainer:
-    """One continual GRW run: the networks, the per-task optimisers, the class means and the step.
+    """One continual GRW run (the continual family's learner, :mod:`zslfast.engine.continual`): the
+    networks, the per-task optimisers, the class means and the step.
 
     Args:
         data: a :class:`zslfast.data.ZSLDataset` already on the training device.
@@ -275,23 +272,29 @@ class GRWTrainer:
         with ctx.init_scope():
             self.model = GRWModel(data.attribute_dim, data.feature_dim, cfg["hidden"])
         self.model.to(device)
-        # In a process group: D's loss is computed by every rank alike (it runs on K class rows), G's
-        # forward passes are sharded by rows and its losses taken on the gathered batch.
-        self.embedder, self.generator = parallel(self.model.embedder), parallel(self.model.generator)
         self.att = data.attributes.to(device)
         self.mu = torch.zeros(data.num_classes, data.feature_dim, device=device)  # real class means
         self.gen = ctx.rng("noise", device)
         self.dictionary = None
         self.num_seen = 0
+        self._batch_step = None
 
     # --------------------------------------------------------------------------- per task
-    def modules(self):
-        """What a task's training changes (saved by checkpoints): the model, the optimisers of the
-        current task and, for learnable attributes, the dictionary and its optimiser."""
-        out = {"model": self.model, "optimizer_d": self.opt_d, "optimizer_g": self.opt_g}
+    def task_stage(self, name, task, batches, epochs):
+        """Start ``task`` (:meth:`start_task` on its training samples) and declare its training."""
+        new = task.train.to(self.device)
+        self.start_task(task.seen_classes.numel(), task.new_classes, self.data.features[new], self.data.labels[new])
+        return self.stage(name, batches, epochs, lambda idx: (self.data.features[idx], self.data.labels[idx]))
+
+    def stage(self, name, batches, epochs, read):
+        """The current task's training stage: D, G and (learnable attributes) the dictionary with
+        their own optimisers; its manual step (:meth:`train_step`) reads a batch with ``read``."""
+        modules = {"embedder": self.model.embedder, "generator": self.model.generator}
+        optimizers = {"d": self.opt_d, "g": self.opt_g}
         if self.dictionary is not None:
-            out.update({"dictionary": self.dictionary, "optimizer_dict": self.opt_dict})
-        return out
+            modules["dictionary"], optimizers["dict"] = self.dictionary, self.opt_dict
+        return Stage(name, modules, optimizers, batches, epochs=epochs,
+                     step=lambda batch, nets, opts: self.train_step(*read(batch), nets, opts))
 
     def start_task(self, seen, new_classes, new_x, new_y):
         """Prepare task training: K = ``seen`` classes, real means of the new classes from their
@@ -299,6 +302,7 @@ class GRWTrainer:
         and, for the learnable method, a freshly initialised dictionary."""
         cfg = self.cfg
         self.num_seen = seen
+        self._batch_step = None
         means, counts = class_means(new_x, new_y, self.data.num_classes)
         new = new_classes.to(self.device)
         if (counts[new] == 0).any():
@@ -317,15 +321,17 @@ class GRWTrainer:
             self.dictionary = nn.Embedding(c, d_a, max_norm=float(self.att.norm(dim=1).max())).to(self.att)
             with torch.no_grad():
                 self.dictionary.weight.copy_(alpha * self.att[i] + (1 - alpha) * self.att[j])
-            self.lookup = parallel(self.dictionary)
             self.opt_dict = adam(self.dictionary.parameters(), self.device, cfg["dic_lr"], cfg["weight_decay"])
 
-    def hallucinate(self, y):
+    def hallucinate(self, y, dictionary=None):
         """One hallucinated attribute per batch element (§2): an interpolation of two batch
-        attributes with α ~ U[lo, hi], or a uniformly drawn dictionary row."""
+        attributes with α ~ U[lo, hi], or a uniformly drawn row of ``dictionary`` (default: the
+        learnable dictionary itself)."""
         b = y.shape[0]
         if self.method == "learnable":
-            return self.lookup(torch.randint(self.att.shape[0], (b,), generator=self.gen, device=self.device))
+            rows = torch.randint(self.att.shape[0], (b,), generator=self.gen, device=self.device)
+            # keyword-only: every rank looks up (and max-norm renormalises, in place) the same rows
+            return (dictionary or self.dictionary)(input=rows)
         lo, hi = self.cfg["interpolation_range"]
         a = self.att[y]
         p1 = torch.randperm(b, generator=self.gen, device=self.device)
@@ -360,14 +366,15 @@ class GRWTrainer:
             loss = loss + self.f.euclidean_loss(x_gen, y, self.mu[:k])
         return loss
 
-    def g_creative_loss(self, x, y, protos, embedder):
+    def g_creative_loss(self, x, y, protos, embedder, nets):
         """The creativity loss (§3.3) against the prototypes ``protos`` (computed by ``embedder``),
-        and the four random-walk losses (§3.4). Returns (total, the weighted terms, detached)."""
+        and the four random-walk losses (§3.4), with the stage's row-parallel ``nets``. Returns
+        (total, the weighted terms, detached)."""
         cfg, k, rw = self.cfg, self.num_seen, self.cfg["rw"]
         scale, n = cfg["scale"], rw["samples_per_class"]
-        att_h = self.hallucinate(y)
+        att_h = self.hallucinate(y, getattr(nets, "dictionary", None))
         z = torch.randn(y.shape[0], att_h.shape[1], generator=self.gen, device=self.device, dtype=att_h.dtype)
-        x_h = F.normalize(sharded(self.generator, z, att_h), dim=1)
+        x_h = F.normalize(nets.generator(z, att_h), dim=1)
         scores_h = self.f.seen_scores(embedder, self.att[:k], protos, x_h, scale)
         creativity = (-cfg["creative_weight"][self.method] * F.log_softmax(scores_h, dim=1).mean() / k
                       - scale * F.cosine_similarity(self.model.embedder(att_h), x_h, dim=1).mean())
@@ -377,7 +384,7 @@ class GRWTrainer:
                                     rw["temperature"])
 
         def fresh_prototypes():
-            samples = self.model.generate_per_class(self.att[:k], n, self.gen, self.generator)
+            samples = generate_per_class(nets.generator, self.att[:k], n, self.gen)
             return samples, samples.view(k, n, -1).mean(1)
 
         w = rw["weights"]
@@ -393,52 +400,53 @@ class GRWTrainer:
         return sum(terms.values()), {key: v.detach() for key, v in terms.items()}
 
     # --------------------------------------------------------------------------- one batch
-    def step(self, x, y):
-        """One training batch: a D step, then the G step(s) of the configured schedule. Returns the
-        loss values, detached tensors (synchronised only when the caller reads them): ``d``,
-        ``g_seen``, ``g_creative`` and the weighted terms of the latter (``creativity`` and the four
-        ``rw_*`` walks)."""
+    def train_step(self, x, y, nets, opts):
+        """One training batch, the stage's manual step: a D step, then the G step(s) of the
+        configured schedule. Returns the loss values, detached tensors (synchronised only when the
+        caller reads them): ``d``, ``g_seen``, ``g_creative`` and the weighted terms of the latter
+        (``creativity`` and the four ``rw_*`` walks).
+
+        Distributed (the engine's row-parallel ``nets``): nearly every GRW loss is a batch-level
+        quantity, so every loss is computed on gathered tensors by every rank; the networks run on
+        each rank's rows."""
         m, k = self.model, self.num_seen
+        att = self.att[:k]
         z = torch.randn(y.shape[0], self.att.shape[1], generator=self.gen, device=self.device, dtype=self.att.dtype)
         with torch.no_grad():
-            x_fake = sharded(lambda zi, yi: m.generator(zi, self.att[:k], yi), z, y)
-        protos_d = self.embedder(self.att[:k])
+            x_fake = nets.generator(z, y, classes=att)
+        protos_d = nets.embedder(att)
         before = self.cfg["g_prototypes"] == "before_d_step"
         # The original formulation runs D itself on repeated rows, so it needs D's pre-update weights.
-        embedder_g = copy.deepcopy(m.embedder) if before and self.f.runs_embedder else m.embedder
+        embedder_g = (copy.deepcopy(m.embedder).requires_grad_(False) if before and self.f.runs_embedder
+                      else m.embedder)
         loss_d = self.d_loss(x, y, x_fake, protos_d)
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        opts.step(loss_d, "d")
 
         # G step(s): D is fixed, and D(A_seen) is a constant for G (it depends on no G output).
-        m.embedder.requires_grad_(False)
-        embedder_g.requires_grad_(False)
-        try:
+        g_opts = ("g", "dict") if self.dictionary is not None else ("g",)
+        with opts.frozen("embedder"):
             if before:
                 protos = protos_d.detach()
             else:
                 with torch.no_grad():
-                    protos = m.embedder(self.att[:k])
-            self.opt_g.zero_grad(set_to_none=True)
-            if self.dictionary is not None:
-                self.opt_dict.zero_grad(set_to_none=True)
-            x_gen = sharded(lambda zi, yi: self.generator(zi, self.att[:k], yi), z, y)
+                    protos = m.embedder(att)
+            x_gen = nets.generator(z, y, classes=att)
             loss_seen = self.g_seen_loss(x_gen, y, protos, embedder_g)
             if self.cfg["schedule"] == "two_step":
-                loss_seen.backward()
-                self.opt_g.step()  # the seen gradients stay and are applied again below (§3.5)
-                loss_cr, terms = self.g_creative_loss(x, y, protos, embedder_g)
-                loss_cr.backward()
+                opts.step(loss_seen, "g")  # the seen gradients stay and are applied again below (§3.5)
+                loss_cr, terms = self.g_creative_loss(x, y, protos, embedder_g, nets)
+                opts.step(loss_cr, *g_opts, zero=False)
             else:
-                loss_cr, terms = self.g_creative_loss(x, y, protos, embedder_g)
-                (loss_seen + loss_cr).backward()
-            self.opt_g.step()
-            if self.dictionary is not None:
-                self.opt_dict.step()
-        finally:
-            m.embedder.requires_grad_(True)
+                loss_cr, terms = self.g_creative_loss(x, y, protos, embedder_g, nets)
+                opts.step(loss_seen + loss_cr, *g_opts)
         return {"d": loss_d.detach(), "g_seen": loss_seen.detach(), "g_creative": loss_cr.detach(), **terms}
+
+    def step(self, x, y):
+        """One training batch (x, y) of the current task outside a run (tests, benchmarks): the
+        task stage's step, as the engine runs it."""
+        if self._batch_step is None:
+            self._batch_step = stage_step(self.stage("step", None, 1, lambda batch: batch))
+        return self._batch_step((x, y))
 
     # --------------------------------------------------------------------------- evaluation
     def predictor(self):
@@ -448,49 +456,26 @@ class GRWTrainer:
             protos = self.model.embedder(self.att)
         return lambda x: ops.nearest_prototype(x, protos, "cosine")
 
-
-def continual_setting(data, cfg):
-    """(classes per task, number of tasks): the config's, else the original's for the dataset name,
-    else five tasks."""
-    s, t = cfg["classes_per_task"], cfg["num_tasks"]
-    if s is None or t is None:
-        ds, dt = CONTINUAL_SETTINGS.get(data.name, (max(1, data.num_classes // 5), 5))
-        s, t = s or ds, t or dt
-    return int(s), int(t)
-
-
-class GRW(Method):
-    name = "grw"
-    setting = "continual gzsl"
-    settings = SETTINGS
-    selection_modes = ("fixed",)  # a fixed number of epochs per task, as the original
-
-    def run(self, data, config, ctx):
-        t0 = time.perf_counter()
-        s, t = continual_setting(data, config)
-        split = ContinualSplit(data.labels, data.num_classes, s, t, **config["split"])
-        data = data.to(ctx.device)
-        trainer = GRWTrainer(data, config, ctx)
-
-        def start_task(task):
-            new = task.train.to(ctx.device)
-            trainer.start_task(task.seen_classes.numel(), task.new_classes, data.features[new], data.labels[new])
-
-        summary, per_task = run_continual(
-            data, split, ReplayBuffer(config["buffer_size"]), ctx, epochs=config["epochs"],
-            batch_size=config["batch_size"], start_task=start_task, step=trainer.step, predictor=trainer.predictor,
-            min_batch=2, modules=trainer.modules)  # the original skips batches of one sample
-        selector = Selector(data, ctx)
-        selector.record("epochs_per_task", config["epochs"])
-        state = {"model": cpu_state(trainer.model), "class_means": trainer.mu.cpu()}
-        if trainer.dictionary is not None:
-            state["dictionary"] = trainer.dictionary.weight.detach().cpu()
+    def export(self, split):
+        """(checkpointed state, exported model): the embedder after the last trained task, the class
+        embeddings and the classes still unseen then."""
+        state = {"model": cpu_state(self.model), "class_means": self.mu.cpu()}
+        if self.dictionary is not None:
+            state["dictionary"] = self.dictionary.weight.detach().cpu()
         last = split.task(split.trained_tasks[-1]) if split.trained_tasks else None
-        exported = {"embedder": cpu_state(trainer.model.embedder), "embeddings": trainer.att,
-                    "feature_dim": data.feature_dim,
-                    "unseen_after_training": last.unseen_classes if last is not None else torch.arange(data.num_classes)}
-        return MethodResult(metrics=summary, state=state, per_task=per_task, selection=selector.to_dict(), model=exported,
-                            timings={"train_s": time.perf_counter() - t0})
+        model = {"embedder": cpu_state(self.model.embedder), "embeddings": self.att,
+                 "feature_dim": self.data.feature_dim,
+                 "unseen_after_training": last.unseen_classes if last is not None else torch.arange(self.data.num_classes)}
+        return state, model
+
+
+class GRW(ContinualMethod):
+    name = "grw"
+    settings = SETTINGS
+    min_batch = 2  # the original skips batches of one sample
+
+    def learner(self, data, config, ctx):
+        return GRWTrainer(data, config, ctx)
 
     def scorer(self, record, device="cpu"):
         """The model after the last trained task: cosine similarity to the prototypes D(a_c) of every
