@@ -104,3 +104,26 @@ def test_the_package_has_no_import_cycle_lazy_imports_included():
     edges = import_graph(modules())
     assert "zslfast.engine.registry" in edges["zslfast.config"]  # the reader sees function-level imports
     assert cycles(edges) == []
+
+
+def test_methods_leave_training_and_distribution_to_the_engine():
+    """No file under zslfast/models imports the distributed helpers or calls ``zero_grad``,
+    ``backward`` or an optimiser's ``step``: the engine steps the optimisers of a loss stage, and a
+    manual step (a GAN's, GRW's) steps through the ``Optimizers`` it is handed (``opt.step(loss,
+    *names)``, the one ``.step`` call allowed, on the step's ``opt``/``opts`` argument)."""
+    problems = []
+    for name, path in sorted(modules().items()):
+        if not name.startswith("zslfast.models."):
+            continue
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                named = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                problems += [f"{name}:{node.lineno} imports {n}" for n in named if n.startswith("zslfast.engine.distributed")]
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                attr, owner = node.func.attr, node.func.value
+                if attr in ("zero_grad", "backward") or (
+                        attr == "step" and not (isinstance(owner, ast.Name) and owner.id in ("opt", "opts"))):
+                    problems.append(f"{name}:{node.lineno} calls .{attr}()")
+    assert not problems, problems
