@@ -35,7 +35,7 @@ scoring. Adam traffic: 7 float32 words per parameter per step (read parameter, g
 moments, write parameter and moments).
 
 **One GAN epoch**: 2 feedback passes × ⌈10,320 / 64⌉ = 162 iterations of
-:func:`zslfast.models.scegg.gan_step` (cached dense features) and of the original formulation
+:func:`zslfast.nn.vaegan.train_step` (cached dense features) and of the original formulation
 (dense features recomputed from region maps per batch), the median iteration of ``--repeats``
 timed ones × 324; floor: FLOPs of one iteration counted by PyTorch's profiler + the fused Adam's
 traffic of its optimiser steps.

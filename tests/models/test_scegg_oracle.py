@@ -4,7 +4,7 @@ matrix products of the model's starting weights, the critic's input gradient in 
 double backward), every loss term spelled out, λ's update, and Adam's update by hand.
 
 A tiny float64 case (4 features, 3 attributes, hidden width 5, 3 seen + 2 unseen classes, 3 rows
-per batch, 2 critic steps) runs two iterations of ``scegg.gan_step`` with scripted batches and a
+per batch, 2 critic steps) runs two iterations of ``zslfast.nn.vaegan.train_step`` with scripted batches and a
 seeded generator whose draws the oracle replays in the specified order. The weights are drawn wide
 (std 0.3 instead of 0.02) and every loss weight is set apart from the others, so a wrong sign,
 weight, attribute row, missing term or un-carried λ moves the losses and the weights after the
@@ -27,6 +27,7 @@ from zslfast.data.dataset import ZSLDataset
 from zslfast.engine import RunContext
 from zslfast.engine.recipe import stage_step
 from zslfast.models import scegg
+from zslfast.nn import vaegan
 from zslfast.nn.dazle import DistillationHead
 
 C, A, HIDDEN, K = 4, 3, 5, 5
@@ -225,13 +226,13 @@ def test_two_stage3_iterations_equal_the_hand_written_oracle(loop, encoded_noise
     q, gan, hd, x_all, y_all, att = _case(encoded_noise=encoded_noise, freeze_dec=freeze_dec)
     oracle = Oracle(gan, hd, q)
     lambda_calls = []
-    adapt = scegg.adapt_lambda
+    adapt = vaegan.adapt_lambda
 
     def recording(lam, gp, *a, **k):
         lambda_calls.append((lam, gp))
         return adapt(lam, gp, *a, **k)
 
-    monkeypatch.setattr(scegg, "adapt_lambda", recording)
+    monkeypatch.setattr(vaegan, "adapt_lambda", recording)
     model = scegg.SCEGGModel(None, hd, gan)
     cfg = {"gan": q}
     state = {"lambda": q["lambda_gp"]}

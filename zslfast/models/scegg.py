@@ -7,8 +7,9 @@ is AGPL-3.0 and none of it is used here. The recipe, on region features F [N, C,
 2. the dense pass (§1.3): every image's scaled dense feature and the frozen net's local class
    logits, computed once; nothing after it reads region maps;
 3. stage 2 (§1.4): the distillation head fitted by MSE to the cached logits over all K classes;
-4. stage 3 (§1.5): TF-VAEGAN in the dense space (:func:`gan_step`: ``critic_iters`` critic steps
-   on fresh balanced batches, then a generator step on another), ``feedback_loops`` passes per epoch;
+4. stage 3 (§1.5): TF-VAEGAN in the dense space (:func:`zslfast.nn.vaegan.train_step`:
+   ``critic_iters`` critic steps on fresh balanced batches, then a generator step on another),
+   ``feedback_loops`` passes per epoch;
 5. the engine's generative evaluation (§1.6) on [x, Dec(x), Dec.hidden(x)] with TF-VAEGAN's
    classifier, a U-way ZSL classifier as released.
 
@@ -23,16 +24,13 @@ from torch import nn
 
 from zslfast.data.dataset import ZSLDataset
 from zslfast.engine.generative import GenerativeMethod
-from zslfast.engine.loop import detached
 from zslfast.engine.recipe import Stage, Transform
 from zslfast.engine.resume import State
 from zslfast.engine.samplers import BalancedBatches, CriticGroups
 from zslfast.eval.classifier import CLASSIFIER_INITS
 from zslfast.eval.generative import ZSL_OUTPUTS
 from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead, attend_rows, attribute_features, dense_pass
-from zslfast.nn.vaegan import (VAEGAN, AttributeDecoder, adapt_lambda, decoder_augment, gradient_penalty, vae_loss,
-                               weighted_l1)
-from zslfast.optim import adam
+from zslfast.nn.vaegan import VAEGAN, AttributeDecoder, decoder_augment, train_step, vaegan_optimizers
 from zslfast.settings import Bool, Choice, Float, Int, Names, Section, Text, expand_names, names_settings
 
 
@@ -167,96 +165,13 @@ class SCEGGModel(nn.Module):
         self.dense, self.timings, self.gp_lambda = None, {}, None
 
 
-def gan_optimizers(gan, q):
-    """{E, G, D, Dec, Fb} Adam optimisers with the released learning rates and betas (§1.5), fused
-    where PyTorch has the kernel (:func:`zslfast.optim.adam`): seven optimiser steps per iteration
-    over 4096-wide networks made the default Adam a third of a CPU iteration."""
-    device = next(gan.parameters()).device
-    betas = (q["beta1"], 0.999)
-    return {"E": adam(gan.E.parameters(), device, q["lr"]),  # E: PyTorch's default betas, as released
-            "G": adam(gan.G.parameters(), device, q["lr"], betas=betas),
-            "D": adam(gan.D.parameters(), device, q["lr"], betas=betas),
-            "Dec": adam(gan.Dec.parameters(), device, q["dec_lr"], betas=betas),
-            "Fb": adam(gan.Fb.parameters(), device, q["feed_lr"], betas=betas)}
-
-
-def gan_step(gan, x_all, y_all, att, unseen, cfg, g, state):
-    """One stage-3 iteration (§1.5) as a manual step of (pass, batches); ``state["lambda"]`` is the
-    adaptive gradient-penalty weight, updated after the critic steps from their mean penalty.
-
-    The networks run through ``nets`` (the engine's row-parallel wrappers: in a process group on each
-    rank's rows, every loss over the gathered batch); the gradient penalty is a per-row composite
-    of the critic itself (:func:`zslfast.nn.vaegan.gradient_penalty`)."""
-    q = cfg["gan"]
-
-    def noise(n):
-        return torch.randn(n, att.shape[1], generator=g, device=g.device, dtype=att.dtype)
-
-    def step(item, nets, opt):
-        loop, batches = item
-        weight = q["a1"] if loop == 1 else 0.0
-        generate = (nets.G, nets.Fb)
-        gp_sum = 0.0
-        for idx in batches[:-1]:
-            x, a = x_all[idx], att[y_all[idx]]
-            if q["recons_weight"] > 0:
-                opt.step(q["recons_weight"] * weighted_l1(nets.Dec(x)[0], a), "Dec")
-            with torch.no_grad():
-                z = noise(x.shape[0])
-                if q["encoded_noise"]:
-                    mu, logvar = nets.E(x, a)
-                    z = mu + torch.exp(0.5 * logvar) * z
-                fake = gan.generate(z, a, weight, generate)
-            gp = gradient_penalty(gan.D, x, fake, a, generator=g)
-            # D on the fake and the real rows in one pass: one weight-gradient product instead of
-            # two and their sum (each writes all of D's 8.8 M weights at SUN's size)
-            scores = nets.D(torch.cat([fake, x]), torch.cat([a, a]))
-            n = x.shape[0]
-            loss_d = q["gamma_d"] * (scores[:n].mean() - scores[n:].mean() + state["lambda"] * gp)
-            opt.step(loss_d, "D")
-            gp_sum = gp_sum + gp.detach()
-        state["lambda"] = adapt_lambda(state["lambda"], float(gp_sum) / (len(batches) - 1))
-
-        with opt.frozen(*(("D", "Dec") if q["freeze_dec"] else ("D",))):
-            idx = batches[-1]
-            x, y = x_all[idx], y_all[idx]
-            a = att[y]
-            mu, logvar = nets.E(x, a)
-            recon = gan.generate(mu + torch.exp(0.5 * logvar) * noise(x.shape[0]), a, weight, generate)
-            vae = vae_loss(recon, x, mu, logvar)
-            losses = {"vae": vae}
-            terms = []  # the weighted guidance terms, summed after the adversarial one as before
-            if q["seen_cls_weight"] > 0:
-                losses["cls_seen"] = F.cross_entropy(nets.head(recon), y)
-                terms.append(q["seen_cls_weight"] * losses["cls_seen"])
-            if q["unseen_cls_weight"] > 0:
-                u = unseen[torch.randint(unseen.numel(), (x.shape[0],), generator=g, device=g.device).to(unseen.device)]
-                losses["cls_unseen"] = F.cross_entropy(nets.head(nets.G(noise(x.shape[0]), att[u])), u)
-                terms.append(q["unseen_cls_weight"] * losses["cls_unseen"])
-            if q["encoded_noise"]:  # the adversarial fake is the VAE reconstruction (released)
-                fake = recon
-            else:  # a separate G(ε, a) for D and Dec, drawn after the unseen-class noise as the original
-                # does; its feedback (loop 1) comes from Dec(recon), not Dec(G(ε, a)), as released
-                fake = gan.generate(noise(x.shape[0]), a, weight, generate, source=recon)
-            loss = vae - q["gamma_g"] * nets.D(fake, a).mean()
-            for term in terms:
-                loss = loss + term
-            if q["recons_weight"] > 0:
-                loss = loss + q["recons_weight"] * weighted_l1(nets.Dec(fake)[0], a)
-            opt.step(loss, "E", "G", *(["Fb"] if weight != 0 else []),
-                     *(["Dec"] if q["recons_weight"] > 0 and not q["freeze_dec"] else []))
-        return {"critic": detached(loss_d), "generator": detached(loss), **{k: detached(v) for k, v in losses.items()}}
-
-    return step
-
-
 def gan_stage(model, x_all, y_all, att, unseen, cfg, g, state, batches=None, epochs=1, name="stage 3"):
-    """Stage 3 as the engine runs it: the five networks (D and, with ``freeze_dec``, Dec frozen in
-    the generator step), their optimisers, :func:`gan_step`, the frozen head used by the guidance."""
+    """Stage 3 (§1.5) as the engine runs it: TF-VAEGAN's iteration (:func:`zslfast.nn.vaegan.train_step`)
+    in the dense space, guided by the frozen distillation head (seen and unseen classes)."""
     gan = model.gan
     return Stage(name, modules={"E": gan.E, "G": gan.G, "D": gan.D, "Dec": gan.Dec, "Fb": gan.Fb},
-                 uses={"head": model.head}, optimizer=gan_optimizers(gan, cfg["gan"]), batches=batches,
-                 step=gan_step(gan, x_all, y_all, att, unseen, cfg, g, state), epochs=epochs, state=state)
+                 uses={"head": model.head}, optimizer=vaegan_optimizers(gan, cfg["gan"]), batches=batches,
+                 step=train_step(gan, x_all, y_all, att, unseen, cfg["gan"], g, state), epochs=epochs, state=state)
 
 
 class SCEGG(GenerativeMethod):

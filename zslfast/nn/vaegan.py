@@ -1,4 +1,5 @@
-"""TF-VAEGAN's networks and losses (Narayan et al., ECCV 2020), the generative stage of SC-EGG.
+"""TF-VAEGAN's networks, losses and training iteration (Narayan et al., ECCV 2020), the generative
+stage of SC-EGG.
 
 Written from ``../shared/reference/sc_egg_spec.md`` §1.5 (TF-VAEGAN is MIT-licensed; SC-EGG reuses
 it): every Linear layer starts N(0, 0.02) with zero bias, LeakyReLU(0.2) throughout.
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zslfast.engine.distributed import sharded
+from zslfast.optim import adam
 
 NORM_EPS = 1e-12
 LEAK = 0.2
@@ -193,3 +195,92 @@ def decoder_augment(dec, x):
     """[x, Dec(x), Dec.hidden(x)]: the final classifiers' input (§1.6)."""
     out, hidden = dec(x)
     return torch.cat([x, out, hidden], 1)
+
+
+# ------------------------------------------------------------------------------ training iteration
+def vaegan_optimizers(gan, q):
+    """{E, G, D, Dec, Fb} Adam optimisers with the released learning rates and betas (§1.5), fused
+    where PyTorch has the kernel (:func:`zslfast.optim.adam`): seven optimiser steps per iteration
+    over 4096-wide networks made the default Adam a third of a CPU iteration."""
+    device = next(gan.parameters()).device
+    betas = (q["beta1"], 0.999)
+    return {"E": adam(gan.E.parameters(), device, q["lr"]),  # E: PyTorch's default betas, as released
+            "G": adam(gan.G.parameters(), device, q["lr"], betas=betas),
+            "D": adam(gan.D.parameters(), device, q["lr"], betas=betas),
+            "Dec": adam(gan.Dec.parameters(), device, q["dec_lr"], betas=betas),
+            "Fb": adam(gan.Fb.parameters(), device, q["feed_lr"], betas=betas)}
+
+
+def train_step(gan, x_all, y_all, att, unseen, q, g, state):
+    """One TF-VAEGAN iteration (spec §1.5) as a stage's manual step of (pass, batches) items
+    (:class:`zslfast.engine.samplers.CriticGroups`): a critic step (and a decoder step) on each
+    batch but the last, then the E/G (Fb, Dec) step on the last. ``q``: the ``gan`` settings;
+    ``x_all``/``y_all``: the training features and labels the batches index; ``att``: class
+    attributes [K, A]; ``unseen``: the unseen class ids of the unseen guidance term; ``g``: the noise
+    stream; ``state["lambda"]``: the adaptive gradient-penalty weight, updated after the critic
+    steps from their mean penalty. The step's ``nets`` hold E, G, D, Dec, Fb and the frozen
+    guidance classifier ``head`` (scores over all K classes).
+
+    The networks run through ``nets`` (the engine's row-parallel wrappers: in a process group on each
+    rank's rows, every loss over the gathered batch); the gradient penalty is a per-row composite
+    of the critic itself (:func:`gradient_penalty`)."""
+
+    def noise(n):
+        return torch.randn(n, att.shape[1], generator=g, device=g.device, dtype=att.dtype)
+
+    def step(item, nets, opt):
+        loop, batches = item
+        weight = q["a1"] if loop == 1 else 0.0
+        generate = (nets.G, nets.Fb)
+        gp_sum = 0.0
+        for idx in batches[:-1]:
+            x, a = x_all[idx], att[y_all[idx]]
+            if q["recons_weight"] > 0:
+                opt.step(q["recons_weight"] * weighted_l1(nets.Dec(x)[0], a), "Dec")
+            with torch.no_grad():
+                z = noise(x.shape[0])
+                if q["encoded_noise"]:
+                    mu, logvar = nets.E(x, a)
+                    z = mu + torch.exp(0.5 * logvar) * z
+                fake = gan.generate(z, a, weight, generate)
+            gp = gradient_penalty(gan.D, x, fake, a, generator=g)
+            # D on the fake and the real rows in one pass: one weight-gradient product instead of
+            # two and their sum (each writes all of D's 8.8 M weights at SUN's size)
+            scores = nets.D(torch.cat([fake, x]), torch.cat([a, a]))
+            n = x.shape[0]
+            loss_d = q["gamma_d"] * (scores[:n].mean() - scores[n:].mean() + state["lambda"] * gp)
+            opt.step(loss_d, "D")
+            gp_sum = gp_sum + gp.detach()
+        state["lambda"] = adapt_lambda(state["lambda"], float(gp_sum) / (len(batches) - 1))
+
+        with opt.frozen(*(("D", "Dec") if q["freeze_dec"] else ("D",))):
+            idx = batches[-1]
+            x, y = x_all[idx], y_all[idx]
+            a = att[y]
+            mu, logvar = nets.E(x, a)
+            recon = gan.generate(mu + torch.exp(0.5 * logvar) * noise(x.shape[0]), a, weight, generate)
+            vae = vae_loss(recon, x, mu, logvar)
+            losses = {"vae": vae}
+            terms = []  # the weighted guidance terms, summed after the adversarial one as before
+            if q["seen_cls_weight"] > 0:
+                losses["cls_seen"] = F.cross_entropy(nets.head(recon), y)
+                terms.append(q["seen_cls_weight"] * losses["cls_seen"])
+            if q["unseen_cls_weight"] > 0:
+                u = unseen[torch.randint(unseen.numel(), (x.shape[0],), generator=g, device=g.device).to(unseen.device)]
+                losses["cls_unseen"] = F.cross_entropy(nets.head(nets.G(noise(x.shape[0]), att[u])), u)
+                terms.append(q["unseen_cls_weight"] * losses["cls_unseen"])
+            if q["encoded_noise"]:  # the adversarial fake is the VAE reconstruction (released)
+                fake = recon
+            else:  # a separate G(ε, a) for D and Dec, drawn after the unseen-class noise as the original
+                # does; its feedback (loop 1) comes from Dec(recon), not Dec(G(ε, a)), as released
+                fake = gan.generate(noise(x.shape[0]), a, weight, generate, source=recon)
+            loss = vae - q["gamma_g"] * nets.D(fake, a).mean()
+            for term in terms:
+                loss = loss + term
+            if q["recons_weight"] > 0:
+                loss = loss + q["recons_weight"] * weighted_l1(nets.Dec(fake)[0], a)
+            opt.step(loss, "E", "G", *(["Fb"] if weight != 0 else []),
+                     *(["Dec"] if q["recons_weight"] > 0 and not q["freeze_dec"] else []))
+        return {"critic": loss_d.detach(), "generator": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
+
+    return step
