@@ -170,20 +170,21 @@ def test_sigterm_stops_after_the_current_step_and_resume_completes_it(tmp_path, 
     from zslfast.engine.resume import Checkpointer
 
     full = _summary(quick_run(tmp_path_factory, "cvc")[0])
-    original = Checkpointer.step_end
+    original = Checkpointer.on_step_end
     calls = []
 
-    def signalling(self):
-        calls.append(1)
-        if len(calls) == 5:
-            signal.raise_signal(signal.SIGTERM)
-        return original(self)
+    def signalling(self, run, *args):
+        if not run.nested:
+            calls.append(1)
+            if len(calls) == 5:
+                signal.raise_signal(signal.SIGTERM)
+        return original(self, run, *args)
 
-    monkeypatch.setattr(Checkpointer, "step_end", signalling)
+    monkeypatch.setattr(Checkpointer, "on_step_end", signalling)
     out = tmp_path / "cut"
     assert train_main(_args("cvc", [], out)) == 3
     assert "SIGTERM: finishing the current training step" in capsys.readouterr().err
-    monkeypatch.setattr(Checkpointer, "step_end", original)
+    monkeypatch.setattr(Checkpointer, "on_step_end", original)
     assert not (out / "results.json").exists()
     assert train_main(_args("cvc", [], out)[:-2] + ["--resume", str(out)]) == 0
     assert _outcome(out) == full

@@ -313,11 +313,10 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
                                 int(interrupt_after) if interrupt_after else None, config)
     checkpointer.recorder = curves
     main_rank = rank == 0
-    hooks = [curves] + ([TensorBoardLogger(os.path.join(out, "tensorboard"))]
-                        if args.log == "tensorboard" and main_rank else [])
+    loggers = [TensorBoardLogger(os.path.join(out, "tensorboard"))] if args.log == "tensorboard" and main_rank else []
     ctx = RunContext(device=device, seed=seed, quick=args.quick, selection=selection,
-                     progress=not args.no_progress and main_rank, hooks=hooks,
-                     save_features=args.save_features or args.plots, checkpointer=checkpointer)
+                     progress=not args.no_progress and main_rank, callbacks=[curves, *loggers, checkpointer],
+                     save_features=args.save_features or args.plots)
     t0 = time.perf_counter()
     try:
         # validation selection: the test splits are sealed for the whole run, every copy of the data
@@ -327,8 +326,8 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
         with stop_on_signals(checkpointer), seal:
             result = method.run(data, config, ctx)
     finally:
-        for hook in hooks[1:]:
-            hook.close()
+        for logger in loggers:
+            logger.close()
     run_s = time.perf_counter() - t0
     fail_rank = os.environ.get("ZSLFAST_FAIL_RANK")  # test hook: this rank fails after training
     if fail_rank is not None and int(fail_rank) == rank:

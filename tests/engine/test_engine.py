@@ -7,7 +7,7 @@ import torch
 from zslfast.data import make_synthetic
 from zslfast.engine import RunContext
 from zslfast.engine.context import stream_seed
-from zslfast.engine.loop import train_epochs
+from zslfast.engine.loop import Callback, train_epochs
 from zslfast.engine.samplers import EpisodeBatches, EpisodeSampler, ShuffledBatches
 from zslfast.engine.selection import BestTracker, Selector, best_epoch
 
@@ -64,18 +64,28 @@ def test_episode_batches_are_lazy_and_distinct():
             assert len(set(cls[e].tolist())) == 3 and (labels[pos[e]] == cls[e][:, None]).all()
 
 
-def test_loop_schedule_cadence_history_and_hooks():
+def test_loop_schedule_cadence_history_and_callbacks():
     """7 epochs of 3 batches: StepLR(step 2, γ 0.5) stepped after every epoch gives epoch e the rate
     0.5^⌊(e−1)/2⌋; evaluation after epochs 3, 6 (every 3 from 2) and the last; the history holds each
-    epoch's mean loss; the hook sees every epoch; on_epoch_start runs before the epoch's batches."""
+    epoch's mean loss; a callback sees the stage start, every step, every epoch and the stage end;
+    on_epoch_start runs before the epoch's batches."""
     w = torch.nn.Parameter(torch.zeros(()))
     opt = torch.optim.SGD([w], lr=1.0)
     sched = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5)
     lrs, events, order = [], [], []
 
-    class Hook:
+    class Hook(Callback):
+        def on_stage_start(self, run):
+            events.append(("start", run.stage, run.index, run.epochs))
+
+        def on_step_end(self, run, epoch, steps, sums):
+            events.append(("step", epoch, steps, float(sums["loss"])))
+
         def on_epoch_end(self, event):
             events.append((event.stage, event.epoch, event.epochs))
+
+        def on_stage_end(self, run):
+            events.append(("end", len(run.records)))
 
     class Batches:
         def epoch(self):
@@ -88,14 +98,16 @@ def test_loop_schedule_cadence_history_and_hooks():
         opt.step()
         return {"loss": torch.tensor(float(i)), "other": torch.tensor(2.0)}
 
-    ctx = RunContext(progress=False, hooks=[Hook()])
+    ctx = RunContext(progress=False, callbacks=[Hook()])
     history = train_epochs("s", 7, Batches(), step, ctx, scheduler=sched, evaluate=lambda e: 10.0 * e,
                            eval_every=3, eval_start=2, on_epoch_start=lambda e: order.append(f"start{e}"))
     assert lrs == [0.5 ** ((e - 1) // 2) for e in range(1, 8) for _ in range(3)]
     assert history.scores() == [(3, 30.0), (6, 60.0), (7, 70.0)]
     assert [r["loss"] for r in history.records] == [{"loss": 1.0, "other": 2.0}] * 7
     assert [r["steps"] for r in history.records] == [3] * 7
-    assert events == [("s", e, 7) for e in range(1, 8)]
+    # the loss sums after each step: 0, 0 + 1, 0 + 1 + 2 (batches 0, 1, 2)
+    assert events == [("start", "s", 0, 7), *[x for e in range(1, 8) for x in (
+        ("step", e, 1, 0.0), ("step", e, 2, 1.0), ("step", e, 3, 3.0), ("s", e, 7))], ("end", 7)]
     assert order[:5] == ["start1", "batch", "batch", "batch", "start2"]
 
 

@@ -3,7 +3,7 @@ random streams, the training loop, the samplers, model selection and the continu
 
 A method file (``zslfast/models/<name>.py``) holds networks, losses, step functions and a short
 recipe; everything about *when* things happen (epochs, batches, schedules, evaluation cadence,
-selection, seeds, hooks) lives here. See DESIGN.md "The engine".
+selection, seeds, callbacks) lives here. See DESIGN.md "The engine".
 """
 from zslfast.engine.context import RunContext
 from zslfast.engine.method import Method, MethodResult

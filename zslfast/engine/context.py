@@ -1,4 +1,4 @@
-"""The run context: device, seed, selection protocol, progress, named random streams, hooks.
+"""The run context: device, seed, selection protocol, progress, named random streams, callbacks.
 
 Every random draw of a run comes from a *named stream* of its context, never from the global torch
 RNG and never from a generator a method seeds itself:
@@ -61,15 +61,12 @@ class RunContext:
             validation split, refit on trainval), ``test`` (the original papers' protocol, asked for
             with ``--select-on-test``) or ``fixed`` (no selection).
         progress: show progress bars.
-        hooks: objects with an ``on_epoch_end(event)`` method, called by the training loop after
-            every epoch (see :class:`zslfast.engine.loop.EpochEvent`); checkpointing, resume and
-            distributed training attach here.
+        callbacks: what attaches to the training loop (:class:`zslfast.engine.loop.Callback`):
+            training curves, TensorBoard, checkpoints and ``--resume`` (the checkpointer last).
         save_features: keep what the plots need in ``artifacts`` (``--save-features``, ``--plots``):
             the generative evaluation's synthetic features and a subsample of the real ones, SC-EGG's
             attention maps of a few images. Nothing a run computes depends on it.
         artifacts: filled when ``save_features`` is set; written to ``<out>/features.pt``.
-        checkpointer: a :class:`zslfast.engine.resume.Checkpointer` (checkpoints and ``--resume``),
-            or None.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -77,10 +74,9 @@ class RunContext:
     quick: bool = False
     selection: str = "validation"
     progress: bool = True
-    hooks: list = field(default_factory=list)
+    callbacks: list = field(default_factory=list)
     save_features: bool = False
     artifacts: dict = field(default_factory=dict)
-    checkpointer: object = None
     # resume bookkeeping (zslfast.engine.resume): objects whose state carries across epochs, by
     # name; the number of training stages started; evaluations in progress
     registry: dict = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""Training curves: epoch-end hooks that see every training stage of every method in one place.
+"""Training curves: loop callbacks that see every training stage of every method in one place.
 
 - :class:`CurveRecorder` (always on) keeps each stage's per-epoch records (steps, mean losses, the
   evaluation score) for ``results.json["history"]`` and the training-curve plots. A stage name seen
@@ -10,10 +10,11 @@ Stages nested in an evaluation (the final classifiers trained to score a model) 
 curves and are skipped by both. Neither hook changes anything a run computes: they only read the
 records the loop already made.
 """
+from zslfast.engine.loop import Callback
 from zslfast.errors import ZSLError
 
 
-class CurveRecorder:
+class CurveRecorder(Callback):
     """Collects ``{stage: [record, ...]}`` from the training loop's epoch-end events."""
 
     def __init__(self):

@@ -12,22 +12,56 @@ function and owns everything around it, with one convention each:
 - a progress bar showing the epoch's mean losses;
 - a per-epoch history record: the epoch, its step count, the mean of every loss the step returned
   (synchronised once per epoch, never per step) and the evaluation score where one was taken;
-- an epoch-end hook: every ``ctx.hooks`` entry's ``on_epoch_end(EpochEvent)``, where checkpointing,
-  resume and distributed training attach.
+- callbacks (``ctx.callbacks``, :class:`Callback`): what attaches to the loop (training curves,
+  TensorBoard, checkpoints and ``--resume``) sees the stage start (and may answer where it resumes),
+  every step's end and every epoch's end.
 """
 import warnings
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
 
 
 @dataclass
+class StageRun:
+    """A stage as the loop runs it, as callbacks see it: its name, its sequence number among the
+    run's training stages (None for a stage nested in an evaluation: a final classifier trained to
+    score a model, not part of the run's training or its checkpoints), its epochs, the modules /
+    optimisers / state the method registered for it, its scheduler and sampler, its history records
+    and the run context."""
+
+    stage: str
+    index: Optional[int]
+    epochs: int
+    modules: dict
+    scheduler: object
+    batches: object
+    records: list
+    ctx: object
+
+    @property
+    def nested(self):
+        return self.index is None
+
+
+@dataclass
+class Resume:
+    """A callback's answer to :meth:`Callback.on_stage_start` (``--resume``): the stage's restored
+    history records; ``done``: it had finished (it is not trained again); ``partial``: it stopped
+    inside the next epoch (that epoch's trained batches, loss sums and sampler state)."""
+
+    records: list
+    done: bool
+    partial: Optional[dict] = None
+
+
+@dataclass
 class EpochEvent:
-    """What an epoch-end hook sees: the stage name, the epoch (1-based) of ``epochs``, the epoch's
-    history record, the modules / optimisers the method registered for the stage, and whether the
-    stage is ``nested`` in an evaluation (a final classifier trained to score a model: not part of
-    the run's training curves)."""
+    """What an epoch-end callback sees: the stage name, the epoch (1-based) of ``epochs``, the
+    epoch's history record, the modules / optimisers the method registered for the stage, whether the
+    stage is ``nested`` in an evaluation (see :class:`StageRun`), and the :class:`StageRun`."""
 
     stage: str
     epoch: int
@@ -35,6 +69,24 @@ class EpochEvent:
     record: dict
     modules: dict = field(default_factory=dict)
     nested: bool = False
+    run: Optional[StageRun] = None
+
+
+class Callback:
+    """Something that attaches to the training loop; every method is optional (a no-op here)."""
+
+    def on_stage_start(self, run):
+        """Before the stage's first epoch; a :class:`Resume` continues the stage from a checkpoint."""
+        return None
+
+    def on_step_end(self, run, epoch, steps, sums):
+        """After each training step: ``steps`` steps of ``epoch`` done, ``sums`` their loss sums."""
+
+    def on_epoch_end(self, event):
+        """After each epoch (its evaluation included): an :class:`EpochEvent`."""
+
+    def on_stage_end(self, run):
+        """After the stage's last epoch."""
 
 
 class History:
@@ -65,33 +117,34 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
     """Train ``epochs`` epochs; returns the stage's :class:`History`.
 
     Args:
-        stage: the stage's name (history, hooks, progress bar).
+        stage: the stage's name (history, callbacks, progress bar).
         batches: a sampler (``epoch()`` yields the epoch's batches).
         step: ``step(batch) -> loss tensor | {name: loss tensor} | None``, one optimiser step; losses
             detached.
         scheduler: an LR scheduler stepped after every epoch.
         evaluate: ``evaluate(epoch) -> float`` at the evaluation epochs (see the module docstring).
         on_epoch_start: ``f(epoch)`` before the epoch's first batch (e.g. a pseudo-label refresh).
-        modules: what the epoch-end hooks may save ({name: module or optimiser}).
+        modules: what callbacks may save ({name: module, optimiser or state}).
         nested: the stage is part of an evaluation (see :class:`EpochEvent`).
     """
     history = History(stage)
     nested = nested or ctx.evaluating > 0
-    ckpt = None if nested else ctx.checkpointer
-    modules = modules or {}
-    first, partial = 1, None
+    index = None
     if not nested:
         index = ctx.stages_started
         ctx.stages_started += 1
-    replay = ckpt.replay(index) if ckpt is not None else None
-    if replay is not None:  # --resume: a finished stage is loaded, the interrupted one continues
-        kind, snap = replay
-        history.records = ckpt.restore(ctx, snap, modules, scheduler)
-        ckpt.resumed_through(index)
-        if kind == "done":
+    run = StageRun(stage, index, epochs, modules or {}, scheduler, batches, history.records, ctx)
+    callbacks = ctx.callbacks
+    first, partial = 1, None
+    for callback in callbacks:
+        resume = callback.on_stage_start(run)
+        if resume is None:
+            continue
+        history.records[:] = resume.records  # --resume: a finished stage is loaded, the interrupted one continues
+        if resume.done:
             return history
         first = len(history.records) + 1
-        partial = snap.get("partial")  # stopped inside epoch ``first``: its trained batches and loss sums
+        partial = resume.partial  # stopped inside epoch ``first``: its trained batches and loss sums
         if hasattr(batches, "skip_epochs"):
             batches.skip_epochs(first - 1)
     bar = tqdm(range(first, epochs + 1), desc=desc or stage, disable=not ctx.progress, leave=leave,
@@ -113,9 +166,8 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
             for key, value in _as_losses(step(batch)).items():
                 sums[key] = sums[key] + value if key in sums else value
             steps += 1
-            if ckpt is not None and ckpt.step_end():  # a stop request is honoured after the current step
-                ckpt.interrupt(ctx, stage, epoch, modules, scheduler, history.records,
-                               {"batches": steps, "sums": sums, "sampler": getattr(batches, "epoch_start", None)})
+            for callback in callbacks:
+                callback.on_step_end(run, epoch, steps, sums)
         if scheduler is not None:
             with warnings.catch_warnings():
                 if not stepped:  # --resume after the epoch's last step: its optimiser steps were taken
@@ -130,13 +182,11 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
             with ctx.evaluation(f"{stage}/epoch {epoch}"):  # keyed: fresh draws per evaluation
                 record["score"] = float(evaluate(epoch))
         history.records.append(record)
-        event = EpochEvent(stage, epoch, epochs, record, modules, nested)
-        for hook in ctx.hooks:
-            hook.on_epoch_end(event)
-        if ckpt is not None:
-            ckpt.epoch_end(ctx, index, stage, epoch, epochs, modules, scheduler, history.records)
-    if ckpt is not None and epochs == 0:  # an empty stage still counts as a finished one
-        ckpt.completed.append(ckpt.snapshot(ctx, modules, scheduler, history.records))
+        event = EpochEvent(stage, epoch, epochs, record, run.modules, nested, run)
+        for callback in callbacks:
+            callback.on_epoch_end(event)
+    for callback in callbacks:
+        callback.on_stage_end(run)
     return history
 
 
@@ -163,7 +213,7 @@ def train_iterations(stage, iterations, sampler, step, ctx, *, chunk=100, module
 
     ``sampler.sample()`` draws one batch. The budget runs through :func:`train_epochs` as
     ⌈iterations / chunk⌉ "epochs" of ``chunk`` steps (the last one shorter), so progress, the
-    per-chunk loss history and the epoch-end hooks work as for any stage. Returns the History.
+    per-chunk loss history and the callbacks work as for any stage. Returns the History.
     """
     chunks = _Chunk(sampler, iterations, chunk)
     return train_epochs(stage, -(-iterations // chunk), chunks, step, ctx, modules=modules, desc=desc)

@@ -1,6 +1,6 @@
 """Checkpoints inside a run, and resuming an interrupted run with exactly the uninterrupted result.
 
-How it works (one mechanism for every method, attached to :func:`zslfast.engine.loop.train_epochs`):
+How it works (one mechanism for every method, a callback of :func:`zslfast.engine.loop.train_epochs`):
 
 - Every training stage (a ``train_epochs`` call that is not nested in an evaluation) gets a
   sequential number. The run's *registry* (:meth:`RunContext.register`) names every object whose
@@ -31,6 +31,7 @@ import torch
 
 from zslfast.engine.checkpoint import cpu_copy
 from zslfast.engine.distributed import any_rank, is_main, world
+from zslfast.engine.loop import Callback, Resume
 from zslfast.errors import ZSLError
 from zslfast.io import save_checkpoint
 
@@ -83,8 +84,9 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class Checkpointer:
-    """The run's checkpoint bookkeeping (see the module docstring).
+class Checkpointer(Callback):
+    """The run's checkpoint bookkeeping (see the module docstring), a callback of the training loop
+    (the run's last, so that it saves what the other callbacks recorded).
 
     Args:
         path: the checkpoint file (``<out>/resume.pt``).
@@ -128,53 +130,60 @@ class Checkpointer:
         set_rng_state(snap["rng"])
         return [dict(r) for r in snap["records"]]
 
-    # ------------------------------------------------------------------ stage protocol
-    def replay(self, index):
-        """What train_epochs does with stage ``index`` on resume: ("done", snapshot) for a finished
-        stage, ("continue", snapshot) for the interrupted one, None for a stage not reached."""
-        if self.resume is None:
+    # ------------------------------------------------------------------ the loop's callback
+    def on_stage_start(self, run):
+        """On ``--resume``: a stage that had finished is loaded (``Resume(done=True)``), the one that
+        was interrupted is restored and continues; later stages run as in a fresh run."""
+        if run.nested or self.resume is None:
             return None
-        if index < len(self.resume["completed"]):
-            return "done", self.resume["completed"][index]
-        current = self.resume.get("current")
-        if current is not None and index == len(self.resume["completed"]):
-            return "continue", current
-        return None
-
-    def resumed_through(self, index):
-        """After the interrupted stage has been restored, the run proceeds as a fresh one."""
-        if self.resume is not None and index >= len(self.resume["completed"]):
+        index, completed = run.index, self.resume["completed"]
+        if index < len(completed):
+            kind, snap = "done", completed[index]
+        elif index == len(completed) and self.resume.get("current") is not None:
+            kind, snap = "continue", self.resume["current"]
+        else:
+            return None
+        records = self.restore(run.ctx, snap, run.modules, run.scheduler)
+        if index >= len(completed):  # restored the interrupted stage: from here on, a fresh run
             self.resume = None
+        return Resume(records, kind == "done", snap.get("partial"))
 
-    def step_end(self):
-        """After every training step: whether a stop request is pending (the test hook counts steps).
-        In a distributed run the ranks agree (a request on any rank stops all of them after the same
-        step), at the cost of one one-integer all-reduce per step."""
+    def on_step_end(self, run, epoch, steps, sums):
+        """A stop request (SIGINT / SIGTERM, or the test hook counting steps) is honoured after the
+        step: a checkpoint with the epoch's position in it (its trained batches, loss sums and the
+        sampler's epoch-start state), then :class:`Interrupted`. In a distributed run the ranks agree
+        (a request on any rank stops all of them after the same step), at the cost of one
+        one-integer all-reduce per step."""
+        if run.nested:
+            return
         self._steps += 1
         if self.interrupt_after is not None and self._steps >= self.interrupt_after:
             self.stop_requested = True
         if world()[1] > 1:
             self.stop_requested = any_rank(self.stop_requested)
-        return self.stop_requested
-
-    def interrupt(self, ctx, stage, epoch, modules, scheduler, records, partial):
-        """Honour a stop request inside an epoch: a checkpoint with the position in it (``partial``:
-        the epoch's trained batches, loss sums and the sampler's epoch-start state), then
-        :class:`Interrupted`."""
-        current = self.snapshot(ctx, modules, scheduler, records)
-        current["partial"] = {"epoch": epoch, "batches": partial["batches"], "sums": cpu_copy(partial["sums"]),
-                              "sampler": cpu_copy(partial["sampler"])}
+        if not self.stop_requested:
+            return
+        current = self.snapshot(run.ctx, run.modules, run.scheduler, run.records)
+        current["partial"] = {"epoch": epoch, "batches": steps, "sums": cpu_copy(sums),
+                              "sampler": cpu_copy(getattr(run.batches, "epoch_start", None))}
         self.write(current)
-        raise Interrupted(self.path, stage, epoch, partial["batches"])
+        raise Interrupted(self.path, run.stage, epoch, steps)
 
-    def epoch_end(self, ctx, index, stage, epoch, epochs, modules, scheduler, records):
-        """After every epoch of a stage: write a checkpoint when due (the stage's end, every
-        ``every`` epochs)."""
-        last = epoch == epochs
+    def on_epoch_end(self, event):
+        """Write a checkpoint when due: at the stage's end (its snapshot kept), every ``every`` epochs."""
+        run = event.run
+        if run.nested:
+            return
+        last = event.epoch == event.epochs
         if last:
-            self.completed.append(self.snapshot(ctx, modules, scheduler, records))
-        if last or (self.every and epoch % self.every == 0):
-            self.write(None if last else self.snapshot(ctx, modules, scheduler, records))
+            self.completed.append(self.snapshot(run.ctx, run.modules, run.scheduler, run.records))
+        if last or (self.every and event.epoch % self.every == 0):
+            self.write(None if last else self.snapshot(run.ctx, run.modules, run.scheduler, run.records))
+
+    def on_stage_end(self, run):
+        """An empty stage (no epochs) still counts as a finished one."""
+        if not run.nested and run.epochs == 0:
+            self.completed.append(self.snapshot(run.ctx, run.modules, run.scheduler, run.records))
 
     def write(self, current):
         """Write the checkpoint file (rank 0 of a distributed run; every rank holds the same state)."""

@@ -52,7 +52,7 @@ def train_softmax_classifier(features, labels, num_classes, epochs=25, lr=1e-3, 
         select_fn: ``f(classifier) -> float`` evaluated after each epoch; the weights of the best
             epoch are returned. None: the last epoch.
         generator: the stream of the initial weights and the batch order, on the features' device.
-        ctx: the run context (progress, hooks); default: a silent one.
+        ctx: the run context (progress, callbacks); default: a silent one.
         init: the initial weights, ``xavier`` or ``normal`` (:class:`SoftmaxClassifier`).
 
     Returns:
