@@ -145,8 +145,9 @@ def test_scegg_not_released_lists_every_guessed_value():
 
 
 def test_a_per_dataset_budget_comes_after_the_common_one(tmp_path, monkeypatch):
-    """like_budget.datasets.NAME is applied after like_budget, for --like NAME only: SC-EGG's
-    AWA2-like runs keep AWA2's own GAN values, CUB-like runs take SUN's released ones."""
+    """cpu_budget.datasets.NAME is applied after cpu_budget, for --like NAME only (and
+    cpu_budget.datasets.synthetic for the built-in data only): SC-EGG's AWA2-like runs keep AWA2's own
+    GAN values, CUB-like runs take SUN's released ones."""
     awa2, cub, sun = (resolve_config("scegg", "synthetic", like=n) for n in ("AWA2", "CUB", "SUN"))
     own = resolve_config("scegg", "AWA2")["gan"]
     for key in ("lr", "gamma_d", "gamma_g", "recons_weight", "freeze_dec"):
@@ -161,12 +162,16 @@ def test_a_per_dataset_budget_comes_after_the_common_one(tmp_path, monkeypatch):
     assert awa2["stage1"] == cub["stage1"] != resolve_config("scegg", "SUN")["stage1"]
     assert awa2["gan"]["unseen_cls_weight"] == 1.0 != cub["gan"]["unseen_cls_weight"] == sun["gan"]["unseen_cls_weight"] == 0.001
     assert own["unseen_cls_weight"] == 0.001  # the full AWA2 preset keeps SUN's released weight
+    # the built-in data: the common budget, then its own entry (a CPU-sized stage 2, 20 GAN epochs)
+    builtin = resolve_config("scegg", "synthetic")
+    assert (builtin["epochs"], builtin["stage2"]["iterations"], builtin["gan"]["hidden"]) == (20, 600, 1024)
+    assert builtin["stage1"] == awa2["stage1"] and awa2["epochs"] == 10
     # a typo inside a per-dataset budget is refused like any other unknown key
     spec = yaml.safe_load(open(os.path.join(CONFIG_DIR, "scegg.yaml")))
-    spec["like_budget"]["datasets"]["AWA2"]["gan"] = {"lrr": 1.0}
+    spec["cpu_budget"]["datasets"]["AWA2"]["gan"] = {"lrr": 1.0}
     (tmp_path / "scegg.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.setattr("zslfast.config.CONFIG_DIR", str(tmp_path))
-    with pytest.raises(ZSLError, match=r"like_budget.datasets.AWA2.*unknown setting 'gan.lrr'"):
+    with pytest.raises(ZSLError, match=r"cpu_budget.datasets.AWA2.*unknown setting 'gan.lrr'"):
         resolve_config("scegg", "synthetic", like="AWA2")
 
 
@@ -236,8 +241,8 @@ def test_print_config_names_the_file_line_and_layer_of_every_value(tmp_path, mon
         assert file == "zslfast/configs/scegg.yaml" and named == f"({layer})", comments[key]
         assert key.split(".")[-1] + ":" in yaml_lines[int(line) - 1], (key, yaml_lines[int(line) - 1])
 
-    at("eval_every", "like_budget.datasets.AWA2")       # set in 3 layers; the last one wins
-    at("gan.hidden", "like_budget")
+    at("eval_every", "cpu_budget.datasets.AWA2")        # set in 3 layers; the last one wins
+    at("gan.hidden", "cpu_budget")
     at("gan.gamma_d", "datasets.AWA2")
     at("gan.beta1", "defaults")
     assert comments["gan.lr"] == "--set gan.lr=2e-4"

@@ -5,12 +5,13 @@ Layers, later ones winning:
 0. the defaults of the shared blocks the method's settings extend (:data:`zslfast.settings.BLOCKS`),
    one name per shared concept (optimiser, schedule, epochs, evaluation cadence, validation split);
 1. the file's ``defaults``;
-2. the dataset layer: ``datasets.<DATASET>`` for a real dataset or for the built-in synthetic data
-   (``datasets.synthetic``). Synthetic data shaped like a real dataset (``--like NAME``) takes
-   NAME's own section ``datasets.NAME`` (its hyper-parameters) followed by the file's
-   ``like_budget`` section, which scales the budget (epochs, widths, sample counts) to a CPU, and
-   then by ``like_budget.datasets.NAME`` where the file has one: the budget of one dataset, for
-   values that must differ from the common budget on that data (each says why in the YAML);
+2. the dataset layer: ``datasets.<DATASET>`` for a real dataset (the papers' per-dataset values).
+   Synthetic data, built in or shaped like a real dataset (``--like NAME``), runs on a CPU budget:
+   NAME's own section ``datasets.NAME`` first (its hyper-parameters; none for the built-in data),
+   then the file's one ``cpu_budget`` section, which scales the budget (epochs, widths, sample
+   counts) to a CPU, then ``cpu_budget.datasets.NAME`` (``cpu_budget.datasets.synthetic`` for the
+   built-in data) where the file has one: values that must differ from the common budget on that
+   data (each says why in the YAML);
 3. the ``quick`` section (with ``--quick``);
 4. a user ``--config`` file (a flat or nested mapping of the same keys);
 5. ``--set key=value`` overrides (dotted keys for nested values; values parsed as YAML).
@@ -36,7 +37,7 @@ from zslfast.settings import ALIASES, BLOCKS
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
-SECTIONS = ("defaults", "datasets", "like_budget", "quick")  # the top-level keys of a method's file
+SECTIONS = ("defaults", "datasets", "cpu_budget", "quick")  # the top-level keys of a method's file
 
 
 def _load_yaml(path, lines=None):
@@ -137,12 +138,13 @@ def parse_set(item):
 def dataset_layers(spec, dataset, like_name=None):
     """The dataset layer's sections as (label, mapping) pairs (see the module docstring)."""
     datasets = spec.get("datasets") or {}
-    if dataset == "synthetic" and like_name is not None:
-        budget = dict(spec.get("like_budget") or {})
-        per_dataset = budget.pop("datasets", None) or {}
-        return [(f"datasets.{like_name}", datasets.get(like_name) or {}), ("like_budget", budget),
-                (f"like_budget.datasets.{like_name}", per_dataset.get(like_name) or {})]
-    return [(f"datasets.{dataset}", datasets.get(dataset) or {})]
+    if dataset != "synthetic":
+        return [(f"datasets.{dataset}", datasets.get(dataset) or {})]
+    budget = dict(spec.get("cpu_budget") or {})
+    per_dataset = budget.pop("datasets", None) or {}
+    name = like_name or "synthetic"
+    own = [(f"datasets.{like_name}", datasets.get(like_name) or {})] if like_name else []
+    return own + [("cpu_budget", budget), (f"cpu_budget.datasets.{name}", per_dataset.get(name) or {})]
 
 
 def resolve_config(method, dataset="synthetic", config_file=None, overrides=(), quick=False, like=None,
