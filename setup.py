@@ -135,7 +135,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["zslfast", "zslfast.*"]),
-    package_data={"zslfast": ["configs/*.yaml", "golden/*.json", "data/like/*.npz", "data/like/*.npy"]},
+    package_data={"zslfast": ["config/methods/*.yaml", "golden/*.json", "data/like/*.npz", "data/like/*.npy"]},
     python_requires=">=3.9",
     # torch is a run-time requirement only; a range any recent torch satisfies, so pip never
     # replaces the torch the extension was compiled against.

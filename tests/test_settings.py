@@ -10,7 +10,7 @@ from zslfast.config import CONFIG_DIR, resolve_config
 from zslfast.data.xlsa17 import DATASETS
 from zslfast.errors import ZSLError
 from zslfast.engine import METHODS, get_method
-from zslfast.settings import Bool, Choice, File, Float, Int, Numbers, Section
+from zslfast.config.settings import Bool, Choice, File, Float, Int, Numbers, Section
 
 
 def _error(spec, value):
@@ -238,7 +238,7 @@ def test_print_config_names_the_file_line_and_layer_of_every_value(tmp_path, mon
         """The key's line in scegg.yaml, read from the comment, holds the key, and the layer is named."""
         where, _, named = comments[key].partition(" ")
         file, line = where.rsplit(":", 1)
-        assert file == "zslfast/configs/scegg.yaml" and named == f"({layer})", comments[key]
+        assert file == "zslfast/config/methods/scegg.yaml" and named == f"({layer})", comments[key]
         assert key.split(".")[-1] + ":" in yaml_lines[int(line) - 1], (key, yaml_lines[int(line) - 1])
 
     at("eval_every", "cpu_budget.datasets.AWA2")        # set in 3 layers; the last one wins
@@ -247,7 +247,7 @@ def test_print_config_names_the_file_line_and_layer_of_every_value(tmp_path, mon
     at("gan.beta1", "defaults")
     assert comments["gan.lr"] == "--set gan.lr=2e-4"
     assert comments["gan.critic_iters"] == f"{user}:3 (--config)"
-    assert comments["validation.seed"] == "shared block 'validation', zslfast/settings.py"
+    assert comments["validation.seed"] == "shared block 'validation', zslfast/config/settings.py"
     old_name = tmp_path / "old.yaml"  # an old name is reported under its shared name, at its own line
     old_name.write_text("epochs: 30\nstep_size: 2\n")
     sources = {}

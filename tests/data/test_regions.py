@@ -109,7 +109,7 @@ def test_non_finite_maps_are_caught_on_read(small, tmp_path):
 
 def test_cross_image_chunks_refused_for_streaming_and_repack_fixes_them(small, tmp_path):
     path = _write(small, str(tmp_path / "gz.hdf5"), chunks=(16, 4, 6), compression="gzip")
-    with pytest.raises(ZSLError, match="chunked across images .*python -m zslfast.data.regions repack"):
+    with pytest.raises(ZSLError, match="chunked across images .*python -m zslfast.data regions repack"):
         read_region_hdf5(path, storage="stream")
     mem = read_region_hdf5(path, storage="memory")  # whole-file, chunk-aligned reads are fine
     assert torch.equal(mem.features.read(), small.features.read())

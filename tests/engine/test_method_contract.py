@@ -25,7 +25,7 @@ def test_registered_class_fulfils_the_contract(name):
 
 def test_a_generative_method_without_its_recipe_or_generation_breaks_the_contract():
     from zslfast.engine.generative import GenerativeMethod
-    from zslfast.settings import Section
+    from zslfast.config.settings import Section
 
     class HalfDone(GenerativeMethod):
         name = "half_done"

@@ -1,6 +1,6 @@
 """A dataset's ``att_splits.mat`` from a simple description: one CSV row per class and the images' labels.
 
-    python -m zslfast.data.describe --classes classes.csv --list images.txt --out DIR/NAME [--seed 0]
+    python -m zslfast.data describe --classes classes.csv --list images.txt --out DIR/NAME [--seed 0]
                                     [--test-seen-fraction 0.2]
 
 ``classes.csv`` has a header ``class,split,<attribute>,<attribute>,...`` and one row per class, in
@@ -10,12 +10,11 @@ extractor's list, ``relative/path label`` per line with 1-based labels. The prop
 of xlsa17 is followed: every image of an unseen class is test_unseen; of each seen class a seeded
 ``test_seen_fraction`` (at least one image when the class has two or more) is test_seen, the rest
 trainval; ``train`` / ``val`` are the trainval images of the seen / val classes. The file is written
-atomically; ``python -m zslfast.data.extract --classes classes.csv ...`` calls the same writer.
+atomically; ``python -m zslfast.data extract --classes classes.csv ...`` calls the same writer.
 """
 import argparse
 import csv
 import os
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -118,7 +117,7 @@ def write_described_att_splits(classes_csv, labels, folder, seed=0, test_seen_fr
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m zslfast.data.describe", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m zslfast.data describe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", required=True, help="classes.csv: class,split,<attributes...>")
     p.add_argument("--list", required=True, help="images.txt: 'relative/path label' lines, labels 1-based")
@@ -133,7 +132,3 @@ def main(argv=None):
         print(f"wrote {path}")
 
     return run_cli(body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Region features from images: a ResNet-101 feature map per image, written in SC-EGG's HDF5 layout,
 plus the globally pooled features as an xlsa17-style ``res101.mat``.
 
-    python -m zslfast.data.extract --images DIR (--list FILE | --res101 res101.mat)
+    python -m zslfast.data extract --images DIR (--list FILE | --res101 res101.mat)
         (--att-splits att_splits.mat | --classes classes.csv --name NAME)
         --weights resnet101-63fe2227.pth --out ROOT [--name NAME] [--size 448] [--batch 32]
         [--dtype float32|float16] [--device cpu|cuda] [--w2v PATH.npy] [--strip-components K]
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import warnings
 
 import numpy as np
@@ -181,14 +180,14 @@ def _write_pooled(path, pooled, labels, paths):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m zslfast.data.extract", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m zslfast.data extract", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", help="folder the image paths are relative to")
     p.add_argument("--list", help="text file of 'relative/path label' lines (labels 1-based, xlsa17 order)")
     p.add_argument("--res101", help="xlsa17 res101.mat whose image_files and labels give the list")
     p.add_argument("--strip-components", type=int, help="leading path components to drop from res101 paths")
     p.add_argument("--att-splits", help="xlsa17 att_splits.mat (attributes and split locations)")
     p.add_argument("--classes", help="instead of --att-splits: a classes.csv (class,split,<attributes>...; see "
-                                     "python -m zslfast.data.describe) from which att_splits.mat is written")
+                                     "python -m zslfast.data describe) from which att_splits.mat is written")
     p.add_argument("--split-seed", type=int, default=0, help="with --classes: seed of the test_seen draw")
     p.add_argument("--weights", help="local torchvision resnet101 .pth file (nothing is downloaded)")
     p.add_argument("--out", help="output root: writes OUT/NAME/feature_map_ResNet_101_NAME.hdf5 and res101.mat")
@@ -236,7 +235,3 @@ def main(argv=None):
         print(f"wrote {out} and {os.path.join(os.path.dirname(out), 'res101.mat')}")
 
     return run_cli(body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,7 @@ Two storage modes (:class:`RegionFeatures`):
 A ``feature_map`` compressed with chunks spanning many images (what SC-EGG's ``--compression``
 writes: h5py guesses chunks of ~900 images × 128 channels) cannot be read per image: every image
 would decompress ~900 images' worth of data. Streaming such a file is refused with a pointer to
-``python -m zslfast.data.regions repack IN OUT [--dtype float16]``, which rewrites it with one image
+``python -m zslfast.data regions repack IN OUT [--dtype float16]``, which rewrites it with one image
 per chunk. Finiteness of the maps is checked on the fly (per batch), not by an extra full read.
 
 h5py is an optional dependency (``pip install "zslfast[regions]"``); everything else in zslfast
@@ -30,7 +30,6 @@ works without it.
 """
 import argparse
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 
@@ -284,7 +283,7 @@ def _choose_storage(storage, nbytes, ds, path):
         storage = "memory" if avail is None or nbytes < MEMORY_FRACTION * avail else "stream"
     if storage == "stream" and chunked_across_images(ds):
         _fail(path, f"'feature_map' is chunked across images (chunks {ds.chunks}), so it cannot be read per "
-                    f"batch; rewrite it with one image per chunk: python -m zslfast.data.regions repack {path} "
+                    f"batch; rewrite it with one image per chunk: python -m zslfast.data regions repack {path} "
                     "OUT.hdf5 [--dtype float16]")
     return storage
 
@@ -488,7 +487,7 @@ def repack(src, dst, dtype=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m zslfast.data.regions",
+    p = argparse.ArgumentParser(prog="python -m zslfast.data regions",
                                 description="Region-feature HDF5 files (SC-EGG layout).")
     sub = p.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("repack", help="rewrite a file with one image per chunk (streamable)")
@@ -508,6 +507,3 @@ def main(argv=None):
             print(read_region_hdf5(args.path, storage=args.storage).summary())
 
     return run_cli(body)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,14 +7,13 @@ ReLU so that they are non-negative and sparse like ResNet features. So zero-shot
 predictable). With ``like=NAME`` the real class embeddings, class count and split sizes of
 ``NAME``'s ``att_splits.mat`` are used; only the features and labels are made up.
 
-    python -m zslfast.data.synthetic [--like CUB|path/to/att_splits.mat] --out DIR [--seed N]
+    python -m zslfast.data synthetic [--like CUB|path/to/att_splits.mat] --out DIR [--seed N]
 
 writes ``DIR/<NAME>/res101.mat`` and ``att_splits.mat`` (``NAME``: ``--name``, else see
 :func:`folder_name`), loadable with ``python -m zslfast.train --dataset NAME --data-root DIR``.
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 import scipy.io
@@ -278,7 +277,7 @@ def synthetic_parser(prog, description):
 
 
 def main(argv=None):
-    p = synthetic_parser("python -m zslfast.data.synthetic", "Write a synthetic dataset in xlsa17 format.")
+    p = synthetic_parser("python -m zslfast.data synthetic", "Write a synthetic dataset in xlsa17 format.")
     p.add_argument("--feature-dim", type=int, default=None)
     args = p.parse_args(argv)
 
@@ -290,7 +289,3 @@ def main(argv=None):
         print(f"train on it: python -m zslfast.train --dataset {os.path.basename(folder)} --data-root {args.out}")
 
     return run_cli(body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

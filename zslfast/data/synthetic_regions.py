@@ -22,14 +22,13 @@ recovers it. The planted footprints are kept (``dataset.footprints``: region and
 and attribute, −1 where absent). Every image is generated from ``np.random.default_rng([seed, n])``,
 so image n is the same whatever else is generated (:meth:`SyntheticRegions.image`).
 
-    python -m zslfast.data.synthetic_regions [--like SUN|CUB|AWA2|...] --out DIR [--seed N]
+    python -m zslfast.data synthetic-regions [--like SUN|CUB|AWA2|...] --out DIR [--seed N]
 
 writes ``DIR/<NAME>/feature_map_ResNet_101_<NAME>.hdf5`` and ``att_splits.mat`` (``NAME`` as for
 :func:`zslfast.data.synthetic.folder_name`, or ``--name``), loadable with ``python -m zslfast.train --method scegg
 --dataset NAME --data-root DIR``.
 """
 import os
-import sys
 
 import numpy as np
 import torch
@@ -158,7 +157,7 @@ def make_synthetic_regions(like=None, seed=0, num_classes=50, num_unseen=10, att
 
 
 def main(argv=None):
-    p = synthetic_parser("python -m zslfast.data.synthetic_regions",
+    p = synthetic_parser("python -m zslfast.data synthetic-regions",
                          "Write synthetic region features in SC-EGG's HDF5 layout.")
     p.add_argument("--channels", type=int, default=256)
     p.add_argument("--grid", type=int, nargs=2, default=(7, 7), metavar=("H", "W"))
@@ -175,6 +174,3 @@ def main(argv=None):
               f"--data-root {args.out}")
 
     return run_cli(body)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """The method contract: what a method class declares and implements.
 
 A method is a :class:`Method` subclass listed in :data:`zslfast.engine.registry.METHODS`. It declares
-its name, the setting it addresses, its settings (a :class:`zslfast.settings.Section`) and the
+its name, the setting it addresses, its settings (a :class:`zslfast.config.settings.Section`) and the
 selection modes it supports, and implements ``run(data, config, ctx) -> MethodResult`` as a short
 *recipe*: build its networks, hand its step functions to the engine's loop
 (:func:`zslfast.engine.loop.train_epochs`, :func:`zslfast.engine.continual.run_continual`), let the
@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from zslfast.engine.context import SELECTION_MODES
-from zslfast.settings import Section
+from zslfast.config.settings import Section
 
 INPUTS = ("features", "regions")
 
@@ -49,9 +49,9 @@ class Method(ABC):
     """Base class of every method (see the module docstring).
 
     Class attributes to set:
-        name: the registry name (``--method NAME``; config ``zslfast/configs/NAME.yaml``).
+        name: the registry name (``--method NAME``; config ``zslfast/config/methods/NAME.yaml``).
         setting: what it addresses, for results.json (e.g. ``"zsl+gzsl"``).
-        settings: its declared configuration keys (:class:`zslfast.settings.Section`).
+        settings: its declared configuration keys (:class:`zslfast.config.settings.Section`).
         selection_modes: the :data:`SELECTION_MODES` it supports; the first is its default.
         inputs: what its data holds: ``features`` (one vector per image, :class:`ZSLDataset`) or
             ``regions`` (region feature maps, :class:`zslfast.data.RegionDataset`).
@@ -98,7 +98,7 @@ def check_contract(cls, name=None):
     if not isinstance(cls.setting, str):
         problems.append("setting is not a string")
     if not isinstance(cls.settings, Section):
-        problems.append("settings is not a zslfast.settings.Section")
+        problems.append("settings is not a zslfast.config.settings.Section")
     if cls.inputs not in INPUTS:
         problems.append(f"inputs {cls.inputs!r} must be one of {INPUTS}")
     modes = cls.selection_modes

@@ -3,7 +3,7 @@
 The table is data (``module:Class`` paths), not registration by import side effect, and this module
 imports no method: :func:`get_method` imports the one asked for, so the engine never imports
 ``zslfast.models`` at import time and a method module may import the engine freely (no cycle). A new
-method is one row here plus its module and its ``zslfast/configs/<name>.yaml``.
+method is one row here plus its module and its ``zslfast/config/methods/<name>.yaml``.
 """
 import importlib
 

@@ -61,7 +61,7 @@ from zslfast.errors import ZSLError
 from zslfast.eval.metrics import zsl_gzsl_metrics
 from zslfast.nn import MLP, CosineScorer
 from zslfast.optim import adam
-from zslfast.settings import Bool, File, Float, Int, Section, schedule_settings
+from zslfast.config.settings import Bool, File, Float, Int, Section, schedule_settings
 
 
 SETTINGS = Section(

@@ -15,7 +15,7 @@ from zslfast.engine.export import Scorer, calibrated, masked
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.selection import Selector
 from zslfast.eval.metrics import zsl_gzsl_metrics
-from zslfast.settings import Choice, Float, Int, Numbers, Section
+from zslfast.config.settings import Choice, Float, Int, Numbers, Section
 
 SETTINGS = Section(
     extends=("features", "attributes", "validation"),

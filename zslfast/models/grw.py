@@ -81,7 +81,7 @@ from zslfast.engine.recipe import Stage, stage_step
 from zslfast.errors import ZSLError
 from zslfast.nn import MLP, class_means, init_linear, scaled_cosine
 from zslfast.optim import adam
-from zslfast.settings import Bool, Choice, Float, Int, Numbers, Section
+from zslfast.config.settings import Bool, Choice, Float, Int, Numbers, Section
 
 ATTRIBUTE_GENERATION = ("interpolation", "learnable")
 SCHEDULES = ("one_step", "two_step")

@@ -47,7 +47,7 @@ from zslfast.eval.generative import ZSL_OUTPUTS
 from zslfast.nn import ConditionalFlow, class_means
 from zslfast.ops.coupling import CLAMP_MODES
 from zslfast.optim import adam
-from zslfast.settings import Choice, Float, Int, Section
+from zslfast.config.settings import Choice, Float, Int, Section
 
 SETTINGS = Section(
     extends=("features", "attributes", "optim", "schedule", "epochs", "batches", "evaluation", "validation"),

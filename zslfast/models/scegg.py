@@ -31,7 +31,7 @@ from zslfast.eval.classifier import CLASSIFIER_INITS
 from zslfast.eval.generative import ZSL_OUTPUTS
 from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead, attend_rows, attribute_features, dense_pass
 from zslfast.nn.vaegan import VAEGAN, AttributeDecoder, decoder_augment, train_step, vaegan_optimizers
-from zslfast.settings import Bool, Choice, Float, Int, Names, Section, Text, expand_names, names_settings
+from zslfast.config.settings import Bool, Choice, Float, Int, Names, Section, Text, expand_names, names_settings
 
 
 RMSPROP = dict(iterations=Int(min=1), lr=Float(min=0, min_open=True), weight_decay=Float(min=0),

@@ -1,8 +1,9 @@
-"""Per-method configuration as data: ``zslfast/configs/<method>.yaml``.
+"""The configuration system: per-method configuration as data (``zslfast/config/methods/<method>.yaml``),
+the shared blocks and setting types (:mod:`zslfast.config.settings`), and their resolution here.
 
 Layers, later ones winning:
 
-0. the defaults of the shared blocks the method's settings extend (:data:`zslfast.settings.BLOCKS`),
+0. the defaults of the shared blocks the method's settings extend (:data:`zslfast.config.settings.BLOCKS`),
    one name per shared concept (optimiser, schedule, epochs, evaluation cadence, validation split);
 1. the file's ``defaults``;
 2. the dataset layer: ``datasets.<DATASET>`` for a real dataset (the papers' per-dataset values).
@@ -18,8 +19,8 @@ Layers, later ones winning:
 
 Names from before the shared blocks (``lr_step_epochs``, ``step_size``, ``gamma``,
 ``eval_every_epochs``, ``eval_start_epoch``) are still accepted in layers 4 and 5
-(:data:`zslfast.settings.ALIASES`). Unknown keys are refused, so a typo cannot silently do nothing, and the resolved configuration is
-checked against the method's declared settings (:mod:`zslfast.settings`): a wrong type or an
+(:data:`zslfast.config.settings.ALIASES`). Unknown keys are refused, so a typo cannot silently do nothing, and the resolved configuration is
+checked against the method's declared settings (:mod:`zslfast.config.settings`): a wrong type or an
 out-of-range value is one clear error before any data is loaded.
 
 Every resolved value knows where it came from: ``resolve_config(..., sources={})`` fills the dict
@@ -32,9 +33,9 @@ import os
 import yaml
 
 from zslfast.errors import ZSLError
-from zslfast.settings import ALIASES, BLOCKS
+from zslfast.config.settings import ALIASES, BLOCKS
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "methods")
 
 
 SECTIONS = ("defaults", "datasets", "cpu_budget", "quick")  # the top-level keys of a method's file
@@ -169,7 +170,7 @@ def resolve_config(method, dataset="synthetic", config_file=None, overrides=(), 
     if sources is not None:
         for block in schema.extends:
             for name in BLOCKS[block]:
-                _record(sources, (name,), config[name], _Layer(f"shared block {block!r}, zslfast/settings.py"))
+                _record(sources, (name,), config[name], _Layer(f"shared block {block!r}, zslfast/config/settings.py"))
     defaults = _Layer("defaults", path, ("defaults",), lines)
     for key, value in copy.deepcopy(spec.get("defaults", {})).items():  # the method's values and own keys
         if isinstance(value, dict) and isinstance(config.get(key), dict):
