@@ -1,4 +1,4 @@
-"""Scaling of one training step with the number of processes (``zslfast.engine.distributed``): each
+"""Scaling of one training step with the number of processes (``zslfast.distributed``): each
 method's own step function, 1 process against 2 gloo processes on the same machine.
 
     python benchmarks/bench_ddp.py [--methods gsmflow,grw,cvc,scegg1,scegg3,classifier] [--steps 12]
@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timing  # noqa: E402
-from zslfast.engine.distributed import parallel, sharded  # noqa: E402
+from zslfast.distributed import parallel, sharded  # noqa: E402
 
 METHODS = ("gsmflow", "grw", "cvc", "scegg1", "scegg3", "classifier")
 

@@ -118,8 +118,9 @@ def test_resume_refuses_another_configuration_version_and_finished_runs(tmp_path
 def test_states_are_restored_by_name_not_by_position():
     """A snapshot of streams "a", "b" (twice) and a tracker restored into a run that creates them in
     another order: each object gets its own state; a snapshot naming an object the run does not
-    have is refused."""
+    have is refused, and so is a resumed run whose stage at a position has another name."""
     from zslfast.engine import RunContext
+    from zslfast.engine.loop import StageRun
     from zslfast.engine.resume import Checkpointer
     from zslfast.engine.selection import BestTracker
 
@@ -129,7 +130,7 @@ def test_states_are_restored_by_name_not_by_position():
     for g, n in ((a, 3), (b, 5), (b2, 7)):
         torch.rand(n, generator=g)
     t.update(4, 0.5)
-    snap = Checkpointer("unused", {}).snapshot(rec, {}, None, [])
+    snap = Checkpointer("unused", {}).snapshot(StageRun("fit", 0, 1, {}, None, None, [], rec))
     assert list(snap["registry"]) == ["stream a", "stream b", "stream b #2", "best epochs"]
 
     run = RunContext(seed=1)
@@ -143,6 +144,13 @@ def test_states_are_restored_by_name_not_by_position():
     short.rng("a")
     with pytest.raises(ZSLError, match="stream b"):
         Checkpointer("unused", {}).restore(short, snap, {}, None)
+
+    resumed = Checkpointer("unused", {}, resume={"completed": [snap], "current": None})
+    with pytest.raises(ZSLError, match="stage 1 is 'refit' now, 'fit' in the checkpoint"):
+        resumed.on_stage_start(StageRun("refit", 0, 1, {}, None, None, [], RunContext(seed=1)))
+    again = RunContext(seed=1)
+    again.register(BestTracker(), "best epochs"), again.rng("a"), again.rng("b"), again.rng("b")
+    assert resumed.on_stage_start(StageRun("fit", 0, 1, {}, None, None, [], again)).done
 
 
 def test_resume_with_seeds_keeps_finished_seeds(tmp_path, monkeypatch):

@@ -25,13 +25,13 @@ import time
 import torch
 
 import zslfast
-from zslfast import ops
+from zslfast import distributed, ops
 from zslfast.config import annotated_yaml, resolve_config
 from zslfast.data.xlsa17 import FOLDER_NAME
 from zslfast.errors import ZSLError, run_cli
 from zslfast.engine.export import model_record, save_model
 from zslfast.io import check_writable, save_checkpoint, write_json
-from zslfast.engine import METHODS, RunContext, distributed, get_method, method_class
+from zslfast.engine import METHODS, RunContext, get_method, method_class
 from zslfast.engine.curves import CurveRecorder, TensorBoardLogger, require_tensorboard
 from zslfast.engine.resume import RESUME_FILE, Checkpointer, Interrupted, load_resume
 from zslfast.summary import config_hash

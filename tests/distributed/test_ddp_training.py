@@ -1,4 +1,4 @@
-"""Distributed training (zslfast.engine.distributed): 2 gloo processes on the CPU give the 1-process
+"""Distributed training (zslfast.distributed): 2 gloo processes on the CPU give the 1-process
 result.
 
 - The primitives: gather(rows(x)) is x for even and uneven shards; a DDP-wrapped network trained
@@ -37,7 +37,7 @@ from torch import nn
 
 from tests.distributed.launch import exit_worker, run_group
 from zslfast import golden
-from zslfast.engine import distributed
+from zslfast import distributed
 from zslfast.errors import ZSLError
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")

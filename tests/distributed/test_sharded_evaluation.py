@@ -1,4 +1,4 @@
-"""Sharded evaluation (zslfast.engine.distributed + zslfast.eval.metrics) in a real 2-process gloo
+"""Sharded evaluation (zslfast.distributed + zslfast.eval.metrics) in a real 2-process gloo
 group on the CPU: every rank scores its own rows and the per-class counts are summed, and the
 metrics equal the single-process ones exactly."""
 import json
@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 
 from zslfast.data import make_synthetic
 from tests.distributed.launch import exit_worker
-from zslfast.engine import distributed
-from zslfast.engine.distributed import all_reduce_sum, shard, world
+from zslfast import distributed
+from zslfast.distributed import all_reduce_sum, shard, world
 from zslfast.eval.metrics import continual_task_metrics, per_class_accuracy, zsl_gzsl_metrics
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")

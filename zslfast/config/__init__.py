@@ -88,7 +88,7 @@ class _Layer:
 
 
 def _shown_path(path):
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # zslfast/
     full = os.path.abspath(path)
     return os.path.relpath(full, os.path.dirname(package)) if full.startswith(package + os.sep) else path
 

@@ -1,13 +1,14 @@
 """The method contract: what a method class declares and implements.
 
 A method is a :class:`Method` subclass listed in :data:`zslfast.engine.registry.METHODS`. It declares
-its name, the setting it addresses, its settings (a :class:`zslfast.config.settings.Section`) and the
-selection modes it supports, and implements ``run(data, config, ctx) -> MethodResult`` as a short
-*recipe*: build its networks, hand its step functions to the engine's loop
-(:func:`zslfast.engine.loop.train_epochs`, :func:`zslfast.engine.continual.run_continual`), let the
-run's :class:`zslfast.engine.selection.Selector` choose epochs or hyper-parameters, and evaluate
-through :mod:`zslfast.eval`. A method never loops over epochs, tracks a best score, branches on the
-selection mode or seeds a random generator itself.
+its name, the setting it addresses, its settings (a :class:`zslfast.config.settings.Section`) and
+the selection modes it supports, and implements ``run(data, config, ctx) -> MethodResult`` and
+``scorer(record)``. A training method does not write ``run`` itself: it subclasses a family that owns
+it (:class:`zslfast.engine.generative.GenerativeMethod`,
+:class:`zslfast.engine.continual.ContinualMethod`) and declares its stages
+(:mod:`zslfast.engine.recipe`), or, like CVC, runs its recipes through the stage runner and the
+run's :class:`zslfast.engine.selection.Selector`. A method never loops over epochs, steps an
+optimiser, tracks a best score, branches on the selection mode or seeds a random generator itself.
 """
 import inspect
 from abc import ABC, abstractmethod

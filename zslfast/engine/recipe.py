@@ -41,7 +41,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from zslfast.engine.distributed import gather, parallel, shard, sharded, world
+from zslfast.distributed import gather, parallel, shard, sharded, world
 from zslfast.engine.loop import detached, train_epochs, train_iterations
 
 

@@ -3,7 +3,8 @@
 How it works (one mechanism for every method, a callback of :func:`zslfast.engine.loop.train_epochs`):
 
 - Every training stage (a ``train_epochs`` call that is not nested in an evaluation) gets a
-  sequential number. The run's *registry* (:meth:`RunContext.register`) names every object whose
+  sequential number and is saved with its name; on ``--resume`` the stage at each position must
+  have the recorded name, or the resume is refused (different code or settings). The run's *registry* (:meth:`RunContext.register`) names every object whose
   state carries from one epoch to the next outside the stage's modules: each random stream
   (``stream NAME``), the selector's best-so-far trackers (``best CHOICE``), method state such as
   SC-EGG's adaptive gradient-penalty weight (in its stage's modules, by key). States are saved and
@@ -30,7 +31,7 @@ import os
 import torch
 
 from zslfast.engine.checkpoint import cpu_copy
-from zslfast.engine.distributed import any_rank, is_main, world
+from zslfast.distributed import any_rank, is_main, world
 from zslfast.engine.loop import Callback, Resume
 from zslfast.errors import ZSLError
 from zslfast.io import save_checkpoint
@@ -109,8 +110,11 @@ class Checkpointer(Callback):
             self.completed = list(resume["completed"])
 
     # ------------------------------------------------------------------ snapshots
-    def snapshot(self, ctx, modules, scheduler, records):
-        return {"modules": {k: cpu_copy(_state(m)) for k, m in modules.items()},
+    def snapshot(self, run):
+        """What a stage's checkpoint holds: its name, modules, scheduler, the registry's states by
+        name, the global RNG and its history records (CPU copies)."""
+        ctx, modules, scheduler, records = run.ctx, run.modules, run.scheduler, run.records
+        return {"stage": run.stage, "modules": {k: cpu_copy(_state(m)) for k, m in modules.items()},
                 "scheduler": cpu_copy(scheduler.state_dict()) if scheduler is not None else None,
                 "registry": {k: cpu_copy(_state(o)) for k, o in ctx.registry.items()}, "rng": cpu_copy(rng_state()),
                 "records": [dict(r) for r in records]}
@@ -143,6 +147,10 @@ class Checkpointer(Callback):
             kind, snap = "continue", self.resume["current"]
         else:
             return None
+        if snap.get("stage") != run.stage:  # stages are matched by name too, not by position alone
+            raise ZSLError(f"--resume: the run does not replay as it was recorded (stage {index + 1} is {run.stage!r} "
+                           f"now, {snap.get('stage')!r} in the checkpoint: different code or settings); start it "
+                           "again without --resume")
         records = self.restore(run.ctx, snap, run.modules, run.scheduler)
         if index >= len(completed):  # restored the interrupted stage: from here on, a fresh run
             self.resume = None
@@ -163,7 +171,7 @@ class Checkpointer(Callback):
             self.stop_requested = any_rank(self.stop_requested)
         if not self.stop_requested:
             return
-        current = self.snapshot(run.ctx, run.modules, run.scheduler, run.records)
+        current = self.snapshot(run)
         current["partial"] = {"epoch": epoch, "batches": steps, "sums": cpu_copy(sums),
                               "sampler": cpu_copy(getattr(run.batches, "epoch_start", None))}
         self.write(current)
@@ -176,14 +184,14 @@ class Checkpointer(Callback):
             return
         last = event.epoch == event.epochs
         if last:
-            self.completed.append(self.snapshot(run.ctx, run.modules, run.scheduler, run.records))
+            self.completed.append(self.snapshot(run))
         if last or (self.every and event.epoch % self.every == 0):
-            self.write(None if last else self.snapshot(run.ctx, run.modules, run.scheduler, run.records))
+            self.write(None if last else self.snapshot(run))
 
     def on_stage_end(self, run):
         """An empty stage (no epochs) still counts as a finished one."""
         if not run.nested and run.epochs == 0:
-            self.completed.append(self.snapshot(run.ctx, run.modules, run.scheduler, run.records))
+            self.completed.append(self.snapshot(run))
 
     def write(self, current):
         """Write the checkpoint file (rank 0 of a distributed run; every rank holds the same state)."""

@@ -11,7 +11,7 @@ reproduces the original protocol and must be asked for explicitly (the CLI's ``-
 from torch import nn
 
 from zslfast.engine.context import RunContext
-from zslfast.engine.distributed import parallel, sharded
+from zslfast.distributed import parallel, sharded
 from zslfast.engine.loop import eval_mode, train_epochs
 from zslfast.engine.samplers import ShuffledBatches
 from zslfast.engine.selection import best_epoch

@@ -26,14 +26,14 @@ test splits only with ``--select-on-test``) or given (``epochs``, e.g. the count
 validation). ``inputs`` maps classifier inputs, real and synthetic alike (SC-EGG trains its
 classifiers on [x, Dec(x), Dec_hidden(x)]).
 
-In a process group (:mod:`zslfast.engine.distributed`) every rank synthesizes the same features (one
+In a process group (:mod:`zslfast.distributed`) every rank synthesizes the same features (one
 shared stream; the generator's cost is small next to the classifiers'), ``inputs`` maps each rank's
 rows, the classifiers train data-parallel (each rank scores its rows of every batch) and the
 accuracies come from sharded test rows with summed per-class counts.
 """
 import torch
 
-from zslfast.engine.distributed import sharded
+from zslfast.distributed import sharded
 from zslfast.eval.classifier import train_softmax_classifier
 from zslfast.eval.metrics import harmonic_mean, predict, sharded_accuracy
 

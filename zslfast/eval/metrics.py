@@ -3,12 +3,12 @@
 The test-set metrics (:func:`zsl_gzsl_metrics`, :func:`continual_task_metrics`) score the rows in
 blocks and keep only per-class hit and sample counts, so memory is O(block × classes), never
 N × classes; in a process group each rank scores its own contiguous shard of the rows and the
-integer counts are summed over ranks (:mod:`zslfast.engine.distributed`), which makes the
+integer counts are summed over ranks (:mod:`zslfast.distributed`), which makes the
 distributed result exactly the single-process one.
 """
 import torch
 
-from zslfast.engine.distributed import all_reduce_sum, shard
+from zslfast.distributed import all_reduce_sum, shard
 
 
 def class_counts(pred, target, num_classes):

@@ -28,7 +28,7 @@ unseen features only, as in the TMM code (MM has no T1): S+U outputs of which on
 classes' are targets, the argmax over all of them (``classifier.zsl_outputs: all``; ``unseen``
 trains U outputs, as f-CLSWGAN and SC-EGG do).
 
-Distributed (``torchrun``, :mod:`zslfast.engine.distributed`): every rank draws the same batch and
+Distributed (``torchrun``, :mod:`zslfast.distributed`): every rank draws the same batch and
 its perturbation noise; the flow's forward and backward run on each rank's rows and the NLL is
 taken over the gathered (z, log|det J|); the prototype term f⁻¹(0; sr(a_s)) depends on no sample
 and is computed by every rank alike; the final classifiers train data-parallel.

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zslfast import ops
-from zslfast.engine.distributed import sharded
+from zslfast.distributed import sharded
 
 
 class MinMaxScaler(nn.Module):

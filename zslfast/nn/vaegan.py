@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zslfast.engine.distributed import sharded
+from zslfast.distributed import sharded
 from zslfast.optim import adam
 
 NORM_EPS = 1e-12
@@ -138,7 +138,7 @@ def gradient_penalty(critic, real, fake, attributes, generator=None):
     the penalty trains the critic: in closed form where the critic has ``input_gradient``
     (:class:`Critic`), else by autograd with a graph. The penalty is a mean of per-row terms: in a process group every rank
     draws every row's u, takes the gradient norms of its own rows, and the norms are gathered
-    (:mod:`zslfast.engine.distributed`)."""
+    (:mod:`zslfast.distributed`)."""
     u = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype, generator=generator)
     mixed = (u * real + (1 - u) * fake).detach()
 
