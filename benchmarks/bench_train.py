@@ -1,6 +1,7 @@
 """Training-step speed of zslfast's method building blocks against their original formulations.
 
-    python benchmarks/bench_train.py --method gsmflow|grw [--quick] [--device cpu|cuda] [--json PATH]
+    python benchmarks/bench_train.py --method gsmflow|grw|scegg|tfvaegan|clswgan [--quick] [--device cpu|cuda]
+                                     [--json PATH]
 
 gsmflow: one training step (forward, GSMFlow's NLL, backward, Adam step) of the conditional flow,
 zslfast's ``ConditionalFlow`` vs the same architecture built from FrEIA ``GLOWCouplingBlock``s (the
@@ -31,6 +32,14 @@ float64). The original's region maps come from a pool of ``--pool`` images (a ga
 larger than every cache costs what a gather from the full 23 GB costs); the resident data of both
 at SUN's full size (14,340 images) is computed, the extra peak memory of a step measured.
 ``--quick``: C=512, R=49, 256-wide networks.
+
+tfvaegan, clswgan: one GAN iteration (5 critic steps and the generator step; TF-VAEGAN's feedback
+pass, f-CLSWGAN's classification loss) at CUB's shapes (B=64, 2048-d features, A=312, 150 seen
+classes, 4096-wide networks, CUB's released settings): zslfast's step (one critic pass over fake
+and real rows, the critic's closed-form input gradient, one backward per loss, fused Adam) against
+the released formulation in plain PyTorch (``tests/oracles/gan_original.py``: separate backward
+passes, autograd's double backward for the penalty, non-fused Adam). Same weights and draws; the
+first step's losses are compared (the tests check the two equal in float64). ``--quick``: 1024 wide.
 """
 import argparse
 import json
@@ -293,9 +302,91 @@ def bench_scegg(args):
     return records
 
 
+def gan_steps(method, device, quick=False):
+    """(released-formulation step, zslfast step, shape string) of ``method``'s GAN iteration at CUB's
+    shapes, from the same weights and draws (see the module docstring)."""
+    import copy
+
+    from tests.oracles import gan_original
+    from zslfast.config import resolve_config
+    from zslfast.engine.recipe import Stage, stage_step
+    from zslfast.engine.samplers import RandomBatches
+    from zslfast.eval.classifier import SoftmaxClassifier
+    from zslfast.nn import vaegan
+
+    device = torch.device(device)
+    cfg = resolve_config(method, "CUB")
+    q = cfg["gan"]
+    if quick:
+        q["hidden"] = 1024
+    n, c, a, s_cls, b = 7057, 2048, 312, 150, cfg["batch_size"]
+    g = torch.Generator().manual_seed(0)
+    x_all = torch.rand(n, c, generator=g).to(device)
+    y_all = (torch.arange(n) % s_cls).to(device)
+    att = torch.nn.functional.normalize(torch.rand(200, a, generator=g), dim=1).to(device)
+    batches = [RandomBatches(n, b, torch.Generator(device=device).manual_seed(1)).sample()
+               for _ in range(q["critic_iters"])]
+    gens = [torch.Generator(device=device).manual_seed(2) for _ in range(2)]
+    torch.manual_seed(0)
+    if method == "tfvaegan":
+        gan = vaegan.VAEGAN(c, a, q["hidden"]).to(device)
+        released = copy.deepcopy(gan)
+        state = {"lambda": q["lambda_gp"]}
+        ours = stage_step(Stage("tf-vaegan", gan.networks(), vaegan.vaegan_optimizers(gan, q), None, epochs=1,
+                                step=vaegan.train_step(gan, x_all, y_all, att, torch.arange(s_cls, 200, device=device),
+                                                       q, gens[1], state, generator_batch="last")))
+        opts, lam = gan_original.tfvaegan_optimizers(released, q), [q["lambda_gp"]]
+
+        def original():
+            out, lam[0] = gan_original.tfvaegan_iteration(released, opts, x_all, y_all, att, batches, 1, q, gens[0],
+                                                           lam[0])
+            return out
+        step = (original, lambda: ours((1, batches)))
+    else:
+        from zslfast.models.clswgan import gan_step
+        from zslfast.optim import adam
+
+        G = vaegan.Generator(c, a, a, q["hidden"], output="relu").to(device)
+        D = vaegan.Critic(c, a, q["hidden"]).to(device)
+        clf = SoftmaxClassifier(c, s_cls, device=device, init="normal").requires_grad_(False)
+        G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
+        betas = (q["beta1"], 0.999)
+        ours = stage_step(Stage("f-clswgan", {"G": G, "D": D}, {"G": adam(G.parameters(), device, q["lr"], betas=betas),
+                                                               "D": adam(D.parameters(), device, q["lr"], betas=betas)},
+                                None, step=gan_step(x_all, y_all, y_all, att, q, gens[1]), uses={"clf": clf}, epochs=1))
+        opt_g, opt_d = gan_original.adam(G2.parameters(), q["lr"], q["beta1"]), gan_original.adam(D2.parameters(), q["lr"], q["beta1"])
+        step = (lambda: gan_original.clswgan_iteration(G2, D2, clf, opt_g, opt_d, x_all, y_all, y_all, att, batches,
+                                                       q, gens[0]),
+                lambda: ours((0, batches)))
+    shape = f"B={b},C={c},A={a},S={s_cls},hidden={q['hidden']},critic={q['critic_iters']},like=CUB"
+    return step, shape
+
+
+def bench_gan(args):
+    device = torch.device(args.device)
+    steps, shape = gan_steps(args.method, device, args.quick)
+    machine = timing.machine_description(device)
+    print(f"machine: {machine}; zslfast backend {ops.backend(device)}; {shape}")
+    first = [{k: float(v) for k, v in fn().items()} for fn in steps]  # same weights and draws: compare
+    diff = max(abs(first[0][k] - first[1][k]) / max(1.0, abs(first[0][k])) for k in first[0])
+    peak = [timing.peak_memory_bytes(fn, device) for fn in steps]
+    t = timing.compare(steps, device, warmup=1, min_repeats=args.repeats, budget_s=0.0)
+    what = "GAN iteration (5 critic steps + generator step" + (", feedback pass)" if args.method == "tfvaegan" else ")")
+    rec = {"method": args.method, "what": what, "shape": shape, "device": args.device,
+           "baseline": "released formulation in plain PyTorch (tests/oracles/gan_original.py)",
+           "baseline_ms": t[0], "ours_ms": t[1], "speedup": t[0] / t[1], "repeats": args.repeats,
+           "first_step_max_rel_loss_diff": diff, "first_step_losses": first,
+           "baseline_peak_mib": peak[0] / 2 ** 20 if peak[0] is not None else None,
+           "ours_peak_mib": peak[1] / 2 ** 20 if peak[1] is not None else None,
+           "machine": machine, "backend": ops.backend(device)}
+    print(f"{what}: released {t[0]:9.1f} ms   zslfast {t[1]:9.1f} ms   {t[0] / t[1]:5.2f}x   "
+          f"first-step losses differ by {diff:.1e} (relative)")
+    return [rec]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, choices=["gsmflow", "grw", "scegg"])
+    p.add_argument("--method", required=True, choices=["gsmflow", "grw", "scegg", "tfvaegan", "clswgan"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=3, help="grw: timed repeats of each side (default 3; the "
@@ -312,8 +403,10 @@ def main(argv=None):
         records = bench_gsmflow(args)
     elif args.method == "grw":
         records = bench_grw(args)
-    else:
+    elif args.method == "scegg":
         records = bench_scegg(args)
+    else:
+        records = bench_gan(args)
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

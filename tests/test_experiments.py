@@ -109,3 +109,12 @@ def test_sweep_runs_the_entries_and_prints_one_table(tmp_path, capsys):
     assert f"| {eszsl['metrics']['zsl_t1']:.1f} |" in rows[0]
     assert sweep_main(["--methods", "eszsl,nope", "--out", str(out)]) == 2
     assert "unknown entry nope" in capsys.readouterr().err
+
+
+def test_the_sweep_covers_every_registered_method():
+    """A newly registered method is in the main job's table by being registered (this fails until
+    ``zslfast.sweep.ENTRIES`` has it)."""
+    from zslfast.engine import METHODS
+    from zslfast.sweep import ENTRIES
+
+    assert {args[args.index("--method") + 1] for _, args in ENTRIES} == set(METHODS)

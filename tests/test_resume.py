@@ -25,7 +25,7 @@ CASES = [("gsmflow", [], "epoch end"), ("grw", [], "early"),
          ("grw_learnable", ["--set", "attribute_generation=learnable"], "late"),
          ("cvc", [], "early"), ("cvc_transductive", ["--set", "transductive=true"], "late"),
          ("cvc_on_test", ["--select-on-test"], "late"), ("scegg", [], "late"),
-         ("scegg_on_test", ["--select-on-test"], None)]
+         ("scegg_on_test", ["--select-on-test"], None), ("tfvaegan", [], None), ("clswgan", [], None)]
 POINTS = ("early", "late", "epoch end")
 
 

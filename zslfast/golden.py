@@ -34,6 +34,8 @@ RUNS = [
     ("cvc_inductive", ["--method", "cvc"]),
     ("cvc_transductive", ["--method", "cvc", "--set", "transductive=true"]),
     ("scegg", ["--method", "scegg"]),
+    ("tfvaegan", ["--method", "tfvaegan"]),
+    ("clswgan", ["--method", "clswgan"]),
 ]
 FOLDER = os.path.join(os.path.dirname(__file__), "golden")
 

@@ -3,7 +3,8 @@
     python -m zslfast.sweep [--methods eszsl,gsmflow,...] [--seeds 0] [--full] [--like NAME]
                             [--out runs/sweep] [--device DEV] [--select-on-test]
 
-Each entry of :data:`ENTRIES` (every method, and CVC's transductive setting) is trained through
+Each entry of :data:`ENTRIES` (every method, CVC's transductive setting, and ESZSL and TF-VAEGAN on
+SC-EGG's images globally pooled) is trained through
 ``python -m zslfast.train`` with ``--seeds`` into ``<out>/<entry>/`` (per-seed folders and a
 summary), on the built-in synthetic data (or ``--like NAME``) at the ``--quick`` budget unless
 ``--full`` is given; then :mod:`zslfast.report` prints the table of all of them and writes
@@ -24,7 +25,10 @@ ENTRIES = [
     ("cvc", ["--method", "cvc"]),
     ("cvc_transductive", ["--method", "cvc", "--set", "transductive=true"]),
     ("scegg", ["--method", "scegg"]),
+    ("tfvaegan", ["--method", "tfvaegan"]),
+    ("clswgan", ["--method", "clswgan"]),
     ("eszsl_pooled_regions", ["--method", "eszsl", "--pooled-regions"]),  # SC-EGG's images, globally pooled
+    ("tfvaegan_pooled_regions", ["--method", "tfvaegan", "--pooled-regions"]),  # SC-EGG's stage 3 without attention
 ]
 
 

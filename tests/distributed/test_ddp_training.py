@@ -131,7 +131,8 @@ def test_the_primitives_are_the_identity_in_one_process():
 ITERATIVE = [(name, args) for name, args in golden.RUNS if args[1] != "eszsl"]
 # The two slowest quick runs, shortened for CI (every stage, evaluation and selection still runs).
 SHORTER = {"gsmflow": ["--set", "epochs=4", "--set", "eval_start=2", "--set", "eval_every=2"],
-           "scegg": ["--set", "stage1.iterations=100", "--set", "stage2.iterations=100", "--set", "epochs=2"]}
+           "scegg": ["--set", "stage1.iterations=100", "--set", "stage2.iterations=100", "--set", "epochs=2"],
+           "tfvaegan": ["--set", "epochs=2"], "clswgan": ["--set", "epochs=2"]}
 
 
 def _loss_gap(h1, h2):

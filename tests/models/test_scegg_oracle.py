@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import zslfast.eval.generative as generative
 from zslfast.data.dataset import ZSLDataset
 from zslfast.engine import RunContext
-from zslfast.engine.recipe import stage_step
+from zslfast.engine.recipe import Stage, stage_step
 from zslfast.models import scegg
 from zslfast.nn import vaegan
 from zslfast.nn.dazle import DistillationHead
@@ -143,11 +143,13 @@ class Oracle:
             self.opt[m].step(self.p, grads)
         return loss.detach()
 
-    def iteration(self, loop, x_all, y_all, att, g):
+    def iteration(self, loop, x_all, y_all, att, g, generator_batch="fresh"):
+        """One iteration; ``generator_batch="last"``: TF-VAEGAN's, a critic step on every batch and
+        the generator step on the last critic batch again."""
         q, w = self.q, (self.q["a1"] if loop == 1 else 0.0)
         unseen = torch.tensor(UNSEEN)
         gps = []
-        for idx in BATCHES[:-1]:
+        for idx in (BATCHES if generator_batch == "last" else BATCHES[:-1]):
             x, a = x_all[idx], att[y_all[idx]]
             self._descend(["Dec"], lambda p: q["recons_weight"] * WL1(Dec(p, x)[0], a))
             eps = torch.randn(3, A, generator=g, dtype=torch.float64)
@@ -175,8 +177,10 @@ class Oracle:
         x, y = x_all[idx], y_all[idx]
         a = att[y]
         eps = torch.randn(3, A, generator=g, dtype=torch.float64)
-        u_cls = unseen[torch.randint(len(UNSEEN), (3,), generator=g)]
-        eps_u = torch.randn(3, A, generator=g, dtype=torch.float64)
+        guided = q.get("seen_cls_weight", 0) > 0  # SC-EGG's guidance by the head; TF-VAEGAN has none
+        if guided:
+            u_cls = unseen[torch.randint(len(UNSEEN), (3,), generator=g)]
+            eps_u = torch.randn(3, A, generator=g, dtype=torch.float64)
         eps_f = None if q["encoded_noise"] else torch.randn(3, A, generator=g, dtype=torch.float64)
         terms = {}
 
@@ -186,11 +190,14 @@ class Oracle:
             bce = -(x * torch.log(recon + 1e-12) + (1 - x) * torch.log(1 - recon - 1e-12)).sum()
             kl = -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum()
             terms["vae"] = (bce + kl) / 3
-            terms["cls_seen"] = F.cross_entropy(head(self.hp, recon), y)
-            terms["cls_unseen"] = F.cross_entropy(head(self.hp, G(p, eps_u, att[u_cls])), u_cls)
+            guidance = 0.0
+            if guided:
+                terms["cls_seen"] = F.cross_entropy(head(self.hp, recon), y)
+                terms["cls_unseen"] = F.cross_entropy(head(self.hp, G(p, eps_u, att[u_cls])), u_cls)
+                guidance = q["seen_cls_weight"] * terms["cls_seen"] + q["unseen_cls_weight"] * terms["cls_unseen"]
             fake = recon if q["encoded_noise"] else feedback_G(p, eps_f, a, w, source=recon)
-            return (terms["vae"] - q["gamma_g"] * D(p, fake, a).mean() + q["seen_cls_weight"] * terms["cls_seen"]
-                    + q["unseen_cls_weight"] * terms["cls_unseen"] + q["recons_weight"] * WL1(Dec(p, fake)[0], a))
+            return (terms["vae"] - q["gamma_g"] * D(p, fake, a).mean() + guidance
+                    + q["recons_weight"] * WL1(Dec(p, fake)[0], a))
 
         nets = ["E", "G"] + (["Fb"] if w else []) + ([] if q["freeze_dec"] else ["Dec"])
         generator = self._descend(nets, generator_loss)
@@ -256,6 +263,29 @@ def test_two_stage3_iterations_equal_the_hand_written_oracle(loop, encoded_noise
     start = Oracle(*_case(encoded_noise=encoded_noise, freeze_dec=freeze_dec)[1:3], q).p
     fb_moved = any(not torch.equal(gan.state_dict()[n], start[n]) for n in start if n.startswith("Fb."))
     assert fb_moved == (loop == 1)
+
+
+@pytest.mark.parametrize("loop,encoded_noise,freeze_dec", [(0, True, False), (1, True, True), (1, False, False)])
+def test_tfvaegan_iterations_equal_the_oracle(loop, encoded_noise, freeze_dec):
+    """TF-VAEGAN's iteration (``generator_batch="last"``, no guidance head): a critic step on each of
+    the three batches, then the generator step on the last of them again, by the oracle; losses,
+    λ and every weight after two iterations."""
+    q, gan, hd, x_all, y_all, att = _case(encoded_noise=encoded_noise, freeze_dec=freeze_dec)
+    q = {k: v for k, v in q.items() if k not in ("seen_cls_weight", "unseen_cls_weight")}
+    oracle = Oracle(gan, hd, q)
+    state = {"lambda": q["lambda_gp"]}
+    g_code, g_oracle = torch.Generator().manual_seed(13), torch.Generator().manual_seed(13)
+    step = stage_step(Stage("t", gan.networks(), vaegan.vaegan_optimizers(gan, q), None, epochs=1, state=None,
+                            step=vaegan.train_step(gan, x_all, y_all, att, torch.tensor(UNSEEN), q, g_code, state,
+                                                   generator_batch="last")))
+    for it in range(2):
+        got = {k: float(v) for k, v in step((loop, BATCHES)).items()}
+        want = oracle.iteration(loop, x_all, y_all, att, g_oracle, generator_batch="last")
+        assert got.keys() == want.keys(), (got.keys(), want.keys())
+        assert all(_close(got[k], want[k]) for k in want), (it, got, want)
+        assert _close(state["lambda"], oracle.lam), (it, state["lambda"], oracle.lam)
+    for name, t in gan.state_dict().items():
+        assert torch.allclose(t, oracle.p[name], rtol=0, atol=1e-9), (name, float((t - oracle.p[name]).abs().max()))
 
 
 def test_lambda_rises_after_large_penalties():

@@ -299,6 +299,42 @@ def schedule_settings():
             "epochs": Int(min=1), "eval_every": Int(min=1)}
 
 
+CLASSIFIER_INITS = ("xavier", "normal")  # the final classifiers' initial weights (zslfast.eval.classifier)
+ZSL_OUTPUTS = ("unseen", "all")          # the ZSL classifier's outputs (zslfast.eval.generative)
+
+
+def vaegan_settings():
+    """TF-VAEGAN's training settings (:func:`zslfast.nn.vaegan.train_step`), shared by the ``gan``
+    sections of TF-VAEGAN and SC-EGG (which adds its guidance weights)."""
+    lr = Float(min=0, min_open=True)
+    return {"hidden": Int(min=1), "critic_iters": Int(min=1), "feedback_loops": Int(min=1, max=2),
+            "lr": lr, "dec_lr": lr, "feed_lr": lr, "beta1": Float(min=0, max=1, max_open=True),
+            "gamma_d": Float(min=0), "gamma_g": Float(min=0), "lambda_gp": Float(min=0, min_open=True),
+            "recons_weight": Float(min=0), "a1": Float(min=0), "a2": Float(min=0), "freeze_dec": Bool(),
+            "encoded_noise": Bool()}
+
+
+def generative_settings():
+    """The generative evaluation's settings (:func:`zslfast.eval.generative_evaluation`): the synthetic
+    count per unseen class (or its ratio to the real count per seen class), the final classifiers and
+    the calibration, shared by every feature-generating method."""
+    return {"synth_per_class": Int(min=1, nullable=True), "synth_ratio": Float(min=0, min_open=True, nullable=True),
+            "classifier": Section(lr=Float(min=0, min_open=True), epochs=Int(min=1), batch_size=Int(min=1),
+                                  init=Choice(*CLASSIFIER_INITS), zsl_outputs=Choice(*ZSL_OUTPUTS)),
+            "calibration": Float()}
+
+
+def GENERATIVE_CHECKS():
+    """The checks of a generative method's settings: a synthetic budget is set, and the first
+    evaluation is within the epochs."""
+    return [lambda c: None if c["synth_per_class"] is not None or c["synth_ratio"] is not None else
+            "synth_per_class and synth_ratio are both null; set one (the number of synthetic features per unseen "
+            "class, or that number as a multiple of the mean real count per seen class)",
+            lambda c: None if c["eval_start"] <= c["epochs"] else
+            f"eval_start = {c['eval_start']} is after the last epoch ({c['epochs']}): nothing would be "
+            "evaluated or selected"]
+
+
 def FEATURE_NORM():
     """Feature normalisation, statistics from trainval only (``ZSLDataset.normalized``)."""
     return Choice(*NORMALIZATIONS)

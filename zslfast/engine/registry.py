@@ -16,6 +16,8 @@ METHODS = {
     "grw": "zslfast.models.grw:GRW",
     "cvc": "zslfast.models.cvc:CVC",
     "scegg": "zslfast.models.scegg:SCEGG",
+    "tfvaegan": "zslfast.models.tfvaegan:TFVAEGAN",
+    "clswgan": "zslfast.models.clswgan:CLSWGAN",
 }
 
 

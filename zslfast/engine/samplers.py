@@ -6,6 +6,7 @@ between keep their order).
   (each method declares the one its original used).
 - :class:`EpisodeBatches`: ``steps`` episodes (classes × samples) per epoch from an
   :class:`EpisodeSampler` (CVC).
+- :class:`RandomBatches`: independent uniform draws of B distinct rows (TF-VAEGAN, f-CLSWGAN).
 - Continual tasks: :class:`zslfast.engine.continual.ContinualMethod` builds a
   :class:`ShuffledBatches` per task over the task's samples plus the replay buffer.
 """
@@ -150,6 +151,26 @@ class BalancedBatches:
         if self.exact and idx.numel() > self.batch_size:
             idx = idx[torch.randperm(idx.numel(), generator=g, device=dev)[:self.batch_size]]
         return idx
+
+    def epoch(self, skip=0, start_state=None):
+        for _ in range(self.steps - skip):  # each draw is fresh: skipped ones are simply not drawn
+            yield self.sample()
+
+
+class RandomBatches:
+    """``steps`` batches per epoch of ``batch_size`` distinct rows of ``n``, drawn uniformly and
+    independently for every batch (TF-VAEGAN's ``next_seen_batch`` and f-CLSWGAN's ``next_batch``:
+    ``randperm(n)[:B]``; rows recur across batches, classes are not balanced), as index tensors."""
+
+    def __init__(self, n, batch_size, generator, steps=1):
+        self.n, self.batch_size, self.generator, self.steps = n, min(batch_size, n), generator, steps
+
+    def __len__(self):
+        return self.steps
+
+    def sample(self):
+        g = self.generator
+        return torch.randperm(self.n, generator=g, device=g.device)[:self.batch_size]
 
     def epoch(self, skip=0, start_state=None):
         for _ in range(self.steps - skip):  # each draw is fresh: skipped ones are simply not drawn

@@ -10,6 +10,7 @@ reproduces the original protocol and must be asked for explicitly (the CLI's ``-
 """
 from torch import nn
 
+from zslfast.config.settings import CLASSIFIER_INITS
 from zslfast.engine.context import RunContext
 from zslfast.distributed import parallel, sharded
 from zslfast.engine.loop import eval_mode, train_epochs
@@ -19,7 +20,6 @@ from zslfast.nn.functional import wide_linear
 from zslfast.optim import adam
 
 
-CLASSIFIER_INITS = ("xavier", "normal")
 
 
 class SoftmaxClassifier(nn.Module):

@@ -33,11 +33,25 @@ accuracies come from sharded test rows with summed per-class counts.
 """
 import torch
 
+from zslfast.config.settings import ZSL_OUTPUTS
 from zslfast.distributed import sharded
 from zslfast.eval.classifier import train_softmax_classifier
 from zslfast.eval.metrics import harmonic_mean, predict, sharded_accuracy
 
-ZSL_OUTPUTS = ("unseen", "all")
+
+
+def conditional_synthesizer(generate, att):
+    """``synthesize(classes, n, generator) -> (features, labels)`` of a conditional feature generator
+    ``generate(z, a)`` (z ~ N(0, I) of the attributes' width, drawn from ``generator``): n features
+    per class of ``classes`` from the class attributes ``att`` [K, A], without gradients."""
+
+    @torch.no_grad()
+    def synthesize(classes, n, g):
+        a = att[classes].repeat_interleave(n, 0)
+        z = torch.randn(a.shape[0], att.shape[1], generator=g, device=g.device, dtype=a.dtype).to(a.device)
+        return generate(z, a), classes.repeat_interleave(n)
+
+    return synthesize
 
 
 def synthetic_budget(data, synth_per_class=None, synth_ratio=None):

@@ -43,11 +43,10 @@ from torch import nn
 from zslfast.engine.generative import GenerativeMethod
 from zslfast.engine.recipe import Stage
 from zslfast.engine.samplers import ShuffledBatches
-from zslfast.eval.generative import ZSL_OUTPUTS
 from zslfast.nn import ConditionalFlow, class_means
 from zslfast.ops.coupling import CLAMP_MODES
 from zslfast.optim import adam
-from zslfast.config.settings import Choice, Float, Int, Section
+from zslfast.config.settings import GENERATIVE_CHECKS, Choice, Float, Int, Section, generative_settings
 
 SETTINGS = Section(
     extends=("features", "attributes", "optim", "schedule", "epochs", "batches", "evaluation", "validation"),
@@ -58,19 +57,8 @@ SETTINGS = Section(
     perturbation=Float(min=0),
     perturbation_dropout=Float(min=0, max=1, max_open=True),
     proto_weight=Float(min=0),
-    synth_per_class=Int(min=1, nullable=True),
-    synth_ratio=Float(min=0, min_open=True, nullable=True),
-    classifier=Section(lr=Float(min=0, min_open=True), epochs=Int(min=1), batch_size=Int(min=1),
-                       zsl_outputs=Choice(*ZSL_OUTPUTS)),
-    calibration=Float(),
-    checks=[
-        lambda c: None if c["synth_per_class"] is not None or c["synth_ratio"] is not None else
-        "synth_per_class and synth_ratio are both null; set one (the number of synthetic features per unseen "
-        "class, or that number as a multiple of the mean real count per seen class)",
-        lambda c: None if c["eval_start"] <= c["epochs"] else
-        f"eval_start = {c['eval_start']} is after the last epoch ({c['epochs']}): nothing would be "
-        "evaluated or selected",
-    ],
+    **generative_settings(),
+    checks=GENERATIVE_CHECKS(),
 )
 
 

@@ -27,11 +27,12 @@ from zslfast.engine.generative import GenerativeMethod
 from zslfast.engine.recipe import Stage, Transform
 from zslfast.engine.resume import State
 from zslfast.engine.samplers import BalancedBatches, CriticGroups
-from zslfast.eval.classifier import CLASSIFIER_INITS
-from zslfast.eval.generative import ZSL_OUTPUTS
+from zslfast.eval.generative import conditional_synthesizer
 from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead, attend_rows, attribute_features, dense_pass
-from zslfast.nn.vaegan import VAEGAN, AttributeDecoder, decoder_augment, train_step, vaegan_optimizers
-from zslfast.config.settings import Bool, Choice, Float, Int, Names, Section, Text, expand_names, names_settings
+from zslfast.nn.vaegan import (VAEGAN, AttributeDecoder, conditioning_attributes, decoder_augment, train_step,
+                               vaegan_optimizers)
+from zslfast.config.settings import (GENERATIVE_CHECKS, Bool, Choice, Float, Int, Names, Section, Text, expand_names,
+                                     generative_settings, names_settings, vaegan_settings)
 
 
 RMSPROP = dict(iterations=Int(min=1), lr=Float(min=0, min_open=True), weight_decay=Float(min=0),
@@ -48,24 +49,12 @@ SETTINGS = Section(
     stage1=Section(**RMSPROP),
     stage2=Section(hidden=Int(min=1), **RMSPROP),
     dense_block=Int(min=1),
-    gan=Section(hidden=Int(min=1), critic_iters=Int(min=1), feedback_loops=Int(min=1, max=2),
-                lr=Float(min=0, min_open=True), dec_lr=Float(min=0, min_open=True), feed_lr=Float(min=0, min_open=True),
-                beta1=Float(min=0, max=1, max_open=True), gamma_d=Float(min=0), gamma_g=Float(min=0),
-                lambda_gp=Float(min=0, min_open=True), recons_weight=Float(min=0),
-                seen_cls_weight=Float(min=0), unseen_cls_weight=Float(min=0),
-                a1=Float(min=0), a2=Float(min=0), freeze_dec=Bool(), encoded_noise=Bool()),
-    synth_per_class=Int(min=1, nullable=True),
-    synth_ratio=Float(min=0, min_open=True, nullable=True),
-    classifier=Section(lr=Float(min=0, min_open=True), epochs=Int(min=1), batch_size=Int(min=1),
-                       init=Choice(*CLASSIFIER_INITS), zsl_outputs=Choice(*ZSL_OUTPUTS)),
-    calibration=Float(),
+    gan=Section(**vaegan_settings(), seen_cls_weight=Float(min=0), unseen_cls_weight=Float(min=0)),
+    **generative_settings(),
     not_released=Names(),
     from_tfvaegan=Names(),
     checks=[
-        lambda c: None if c["synth_per_class"] is not None or c["synth_ratio"] is not None else
-        "synth_per_class and synth_ratio are both null; set one",
-        lambda c: None if c["eval_start"] <= c["epochs"] else
-        f"eval_start = {c['eval_start']} is after the last GAN epoch ({c['epochs']}): nothing would be evaluated",
+        *GENERATIVE_CHECKS(),
         names_settings("not_released", allow_all=True),
         names_settings("from_tfvaegan"),
     ],
@@ -96,8 +85,7 @@ def with_clipped_attributes(data, cfg):
 def class_attributes(data, cfg):
     """The GAN's class attributes [K, A]: ``att`` (clipped by :func:`with_clipped_attributes`), rows
     L2-normalised (decision 6)."""
-    att = data.attributes.to(torch.get_default_dtype())
-    return F.normalize(att, dim=1) if cfg["attribute_norm"] == "l2" else att
+    return conditioning_attributes(data.attributes, cfg["attribute_norm"])
 
 
 # ------------------------------------------------------------------------------------ stages 1 and 2
@@ -169,8 +157,7 @@ def gan_stage(model, x_all, y_all, att, unseen, cfg, g, state, batches=None, epo
     """Stage 3 (§1.5) as the engine runs it: TF-VAEGAN's iteration (:func:`zslfast.nn.vaegan.train_step`)
     in the dense space, guided by the frozen distillation head (seen and unseen classes)."""
     gan = model.gan
-    return Stage(name, modules={"E": gan.E, "G": gan.G, "D": gan.D, "Dec": gan.Dec, "Fb": gan.Fb},
-                 uses={"head": model.head}, optimizer=vaegan_optimizers(gan, cfg["gan"]), batches=batches,
+    return Stage(name, modules=gan.networks(), uses={"head": model.head}, optimizer=vaegan_optimizers(gan, cfg["gan"]), batches=batches,
                  step=train_step(gan, x_all, y_all, att, unseen, cfg["gan"], g, state), epochs=epochs, state=state)
 
 
@@ -219,14 +206,7 @@ class SCEGG(GenerativeMethod):
         dense, gan = model.dense, model.gan
         att = class_attributes(dense, config).to(dense.features.device)
         a2 = config["gan"]["a2"]
-
-        @torch.no_grad()
-        def synthesize(classes, k, g):
-            a = att[classes].repeat_interleave(k, 0)
-            z = torch.randn(a.shape[0], att.shape[1], generator=g, device=g.device, dtype=a.dtype).to(a.device)
-            return gan.generate(z, a, a2), classes.repeat_interleave(k)
-
-        return dense, synthesize, gan.augment
+        return dense, conditional_synthesizer(lambda z, a: gan.generate(z, a, a2), att), gan.augment
 
     def test_networks(self, model):
         """The attention net (its scaler included) and the decoder: region maps to classifier inputs."""

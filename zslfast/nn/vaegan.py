@@ -51,10 +51,17 @@ class Encoder(nn.Module):
 
 
 class Generator(nn.Module):
-    def __init__(self, feature_dim, attribute_dim, latent_dim, hidden=4096):
+    """G: [z, a] → hidden → LeakyReLU → features, with a sigmoid output (TF-VAEGAN, SC-EGG: features
+    min-max scaled to [0, 1]) or a ReLU output (``output="relu"``: f-CLSWGAN's non-negative
+    ResNet features)."""
+
+    def __init__(self, feature_dim, attribute_dim, latent_dim, hidden=4096, output="sigmoid"):
         super().__init__()
+        if output not in ("sigmoid", "relu"):
+            raise ValueError(f"output must be 'sigmoid' or 'relu', got {output!r}")
         self.fc1 = nn.Linear(latent_dim + attribute_dim, hidden)
         self.fc2 = nn.Linear(hidden, feature_dim)
+        self.output = torch.sigmoid if output == "sigmoid" else torch.relu
         init_normal(self)
 
     def forward(self, z, a, feedback=None, weight=0.0):
@@ -63,7 +70,7 @@ class Generator(nn.Module):
         h = F.leaky_relu(self.fc1(torch.cat([z, a], 1)), LEAK)
         if feedback is not None and weight != 0:
             h = h + weight * feedback
-        return torch.sigmoid(self.fc2(h))
+        return self.output(self.fc2(h))
 
 
 class Critic(nn.Module):
@@ -190,6 +197,17 @@ class VAEGAN(nn.Module):
         """The final classifiers' input [x, Dec(x), Dec.hidden(x)] (§1.6)."""
         return decoder_augment(self.Dec, x)
 
+    def networks(self):
+        """The five networks by name, as a stage trains them (their optimisers' names)."""
+        return {"E": self.E, "G": self.G, "D": self.D, "Dec": self.Dec, "Fb": self.Fb}
+
+
+def conditioning_attributes(attributes, norm):
+    """The class attributes [K, A] the VAE-GAN conditions on: rows L2-normalised (``norm="l2"``, as
+    TF-VAEGAN's loader does; xlsa17's ``att`` rows are unit-norm already) or as given (``"none"``)."""
+    att = attributes.to(torch.get_default_dtype())
+    return F.normalize(att, dim=1) if norm == "l2" else att
+
 
 def decoder_augment(dec, x):
     """[x, Dec(x), Dec.hidden(x)]: the final classifiers' input (§1.6)."""
@@ -211,15 +229,18 @@ def vaegan_optimizers(gan, q):
             "Fb": adam(gan.Fb.parameters(), device, q["feed_lr"], betas=betas)}
 
 
-def train_step(gan, x_all, y_all, att, unseen, q, g, state):
+def train_step(gan, x_all, y_all, att, unseen, q, g, state, generator_batch="fresh"):
     """One TF-VAEGAN iteration (spec §1.5) as a stage's manual step of (pass, batches) items
     (:class:`zslfast.engine.samplers.CriticGroups`): a critic step (and a decoder step) on each
-    batch but the last, then the E/G (Fb, Dec) step on the last. ``q``: the ``gan`` settings;
+    batch but the last, then the E/G (Fb, Dec) step on the last (``generator_batch="fresh"``,
+    SC-EGG's), or a critic step on every batch and the generator step on the last critic batch again
+    (``"last"``, TF-VAEGAN's). ``q``: the ``gan`` settings;
     ``x_all``/``y_all``: the training features and labels the batches index; ``att``: class
     attributes [K, A]; ``unseen``: the unseen class ids of the unseen guidance term; ``g``: the noise
     stream; ``state["lambda"]``: the adaptive gradient-penalty weight, updated after the critic
     steps from their mean penalty. The step's ``nets`` hold E, G, D, Dec, Fb and the frozen
-    guidance classifier ``head`` (scores over all K classes).
+    guidance classifier ``head`` (scores over all K classes) when a guidance weight
+    (``seen_cls_weight``, ``unseen_cls_weight``; 0 when absent, as in TF-VAEGAN) is set.
 
     The networks run through ``nets`` (the engine's row-parallel wrappers: in a process group on each
     rank's rows, every loss over the gathered batch); the gradient penalty is a per-row composite
@@ -228,12 +249,16 @@ def train_step(gan, x_all, y_all, att, unseen, q, g, state):
     def noise(n):
         return torch.randn(n, att.shape[1], generator=g, device=g.device, dtype=att.dtype)
 
+    if generator_batch not in ("fresh", "last"):
+        raise ValueError(f"generator_batch must be 'fresh' or 'last', got {generator_batch!r}")
+
     def step(item, nets, opt):
         loop, batches = item
         weight = q["a1"] if loop == 1 else 0.0
         generate = (nets.G, nets.Fb)
         gp_sum = 0.0
-        for idx in batches[:-1]:
+        critic = batches if generator_batch == "last" else batches[:-1]
+        for idx in critic:
             x, a = x_all[idx], att[y_all[idx]]
             if q["recons_weight"] > 0:
                 opt.step(q["recons_weight"] * weighted_l1(nets.Dec(x)[0], a), "Dec")
@@ -251,7 +276,7 @@ def train_step(gan, x_all, y_all, att, unseen, q, g, state):
             loss_d = q["gamma_d"] * (scores[:n].mean() - scores[n:].mean() + state["lambda"] * gp)
             opt.step(loss_d, "D")
             gp_sum = gp_sum + gp.detach()
-        state["lambda"] = adapt_lambda(state["lambda"], float(gp_sum) / (len(batches) - 1))
+        state["lambda"] = adapt_lambda(state["lambda"], float(gp_sum) / len(critic))
 
         with opt.frozen(*(("D", "Dec") if q["freeze_dec"] else ("D",))):
             idx = batches[-1]
@@ -262,10 +287,10 @@ def train_step(gan, x_all, y_all, att, unseen, q, g, state):
             vae = vae_loss(recon, x, mu, logvar)
             losses = {"vae": vae}
             terms = []  # the weighted guidance terms, summed after the adversarial one as before
-            if q["seen_cls_weight"] > 0:
+            if q.get("seen_cls_weight", 0) > 0:
                 losses["cls_seen"] = F.cross_entropy(nets.head(recon), y)
                 terms.append(q["seen_cls_weight"] * losses["cls_seen"])
-            if q["unseen_cls_weight"] > 0:
+            if q.get("unseen_cls_weight", 0) > 0:
                 u = unseen[torch.randint(unseen.numel(), (x.shape[0],), generator=g, device=g.device).to(unseen.device)]
                 losses["cls_unseen"] = F.cross_entropy(nets.head(nets.G(noise(x.shape[0]), att[u])), u)
                 terms.append(q["unseen_cls_weight"] * losses["cls_unseen"])
