@@ -26,7 +26,7 @@ ITERATIVE = sorted(m for m in METHODS if "epochs" in method_class(m).settings.fi
 
 
 def test_the_iterative_methods_are_found_in_the_registry():
-    assert ITERATIVE == ["cvc", "grw", "gsmflow", "scegg"]
+    assert ITERATIVE == ["clswgan", "cvc", "grw", "gsmflow", "scegg", "tfvaegan"]
 
 
 @pytest.mark.parametrize("method", ITERATIVE)

@@ -68,9 +68,11 @@ def test_quick_run_writes_the_results_schema(name, tmp_path_factory):
     assert ckpt["method"] == name and ckpt["state"]
 
 
-# Methods whose resumed runs (tests/test_resume.py, default tier) already rerun a cached quick run in
-# one process after disturbing the global RNG and compare every number: here only in the slow tier.
-RESUMED = {"gsmflow", "grw", "cvc", "scegg"}
+# Here only in the slow tier: methods whose resumed runs (tests/test_resume.py, default tier) already
+# rerun a cached quick run in one process after disturbing the global RNG and compare every number,
+# and the two GAN baselines, whose quick runs (about 20 s each) the default tier already runs twice
+# (the quick and no-leak tests; their numbers pinned by the goldens) and whose resume cases are slow.
+RESUMED = {"gsmflow", "grw", "cvc", "scegg", "tfvaegan", "clswgan"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in RESUMED else [])
