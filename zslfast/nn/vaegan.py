@@ -191,7 +191,7 @@ class VAEGAN(nn.Module):
         if source is None:
             source = self.G(z, a)
         hidden = self.Dec(source)[1].detach()  # no gradient reaches G or Dec through this pass
-        return g(z, a, fb(hidden), weight)
+        return g(z, a, fb(hidden), weight=weight)  # rows positional (sharded), the weight whole
 
     def augment(self, x):
         """The final classifiers' input [x, Dec(x), Dec.hidden(x)] (§1.6)."""
