@@ -4,6 +4,7 @@
 COMMANDS = (
     ("zslfast.train", "train and evaluate one method on one dataset (one seed, or --seeds with a summary)"),
     ("zslfast.sweep", "the main job: every method on one dataset over seeds, and one comparison table"),
+    ("zslfast.predict", "predict with a trained run: class ids and names of new features (CSV)"),
     ("zslfast.report", "one table (Markdown / CSV) from any set of run folders"),
     ("zslfast.plot", "plots of a finished run (training curves, feature t-SNE, attention maps)"),
     ("zslfast.golden", "record / check the golden results that pin every method's numbers"),

@@ -5,6 +5,7 @@ A run writes it beside ``results.json`` (atomically). It holds plain tensors, nu
 (readable with ``torch.load(..., weights_only=True)``):
 
 - ``format`` / ``format_version``, ``zslfast_version``, ``method``, the resolved ``config``;
+- ``inputs``: what a sample is (``features`` vectors or ``regions`` maps) and its shape;
 - ``classes``: the class names, the seen and unseen class ids, the class embeddings the method
   scores with;
 - ``normalization``: the feature normalisation fitted on trainval (``kind``; ``lo`` and ``scale``
@@ -39,6 +40,7 @@ def model_record(method, config, data, model):
     normalization = model.pop("normalization", None) or {"kind": "none"}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "zslfast_version": zslfast.__version__,
             "method": method.name, "config": config,
+            "inputs": {"kind": method.inputs, "shape": [int(n) for n in data.features.shape[1:]]},
             "classes": {"names": list(data.class_names), "seen": data.seen_classes.cpu().clone(),
                         "unseen": data.unseen_classes.cpu().clone(), "embeddings": data.attributes.detach().cpu().clone()},
             "normalization": cpu_copy(normalization), "model": cpu_copy(model)}
