@@ -67,6 +67,8 @@ def _params():
         for point in POINTS:
             if point == "epoch end" and name != "gsmflow":
                 continue
+            if point == "early" and name in ("tfvaegan", "clswgan"):
+                continue  # one stop inside their GAN stage: the mechanics are the engine's, tested above
             marks = [] if point == default else [pytest.mark.slow]
             yield pytest.param(name, extra, point, marks=marks, id=f"{name}-{point}")
 
