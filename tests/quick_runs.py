@@ -35,3 +35,28 @@ def quick_run_folder(tmp_dir_factory, method, *extra, data=None, tag="clean"):
     """The output folder of :func:`quick_run` (for tests that read its files; never write there)."""
     quick_run(tmp_dir_factory, method, *extra, data=data, tag=tag)
     return _FOLDERS[(method, extra, tag)]
+
+
+def left_out_data(method):
+    """(the built-in data ``method`` reads, the 5 of its 10 unseen classes left out, the data without
+    them): for the new-classes tests, which add them back from their vectors."""
+    from zslfast.data import make_synthetic
+    from zslfast.data.synthetic_regions import make_synthetic_regions
+    from zslfast.engine import method_class
+
+    full = make_synthetic_regions(seed=0) if method_class(method).inputs == "regions" else make_synthetic(seed=0)
+    left_out = full.unseen_classes[::2]
+    return full, left_out, full.without_classes(left_out)
+
+
+def left_out_run(tmp_dir_factory, method, **settings):
+    """The :class:`zslfast.Run` of ``zslfast.fit(method, <data without 5 classes>, quick=True,
+    **settings)``, once per session (shared by the new-classes and same-seed tests)."""
+    import zslfast
+
+    key = ("left_out", method, tuple(sorted(settings.items())))
+    if key not in _CACHE:
+        out = tmp_dir_factory.mktemp(f"{method}_left_out")
+        _CACHE[key] = zslfast.fit(method, left_out_data(method)[2], quick=True, out=str(out / "run"), progress=False,
+                                  **settings)
+    return _CACHE[key]

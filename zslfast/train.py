@@ -44,8 +44,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser():
-    p = _Parser(prog="python -m zslfast.train", description=__doc__,
+class APIParser(_Parser):
+    """The same arguments for :func:`zslfast.fit`: a bad one raises :class:`ZSLError` instead of exiting."""
+
+    def error(self, message):
+        raise ZSLError(message)
+
+
+def build_parser(parser_class=_Parser):
+    p = parser_class(prog="python -m zslfast.train", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="eszsl", choices=sorted(METHODS), help="method to run (default: eszsl)")
     p.add_argument("--dataset", default="synthetic", type=_dataset_arg,
@@ -215,10 +222,14 @@ def variant_label(args):
     return " ".join(parts + (["quick"] if args.quick else []))
 
 
-def run(args):
-    """Train (one seed, or every seed of ``--seeds`` with a summary); returns the results (a list with --seeds)."""
+def run(args, data=None):
+    """Train (one seed, or every seed of ``--seeds`` with a summary); returns the results (a list with --seeds).
+    ``data``: a dataset already in memory (:func:`zslfast.fit`), used instead of loading
+    ``args.dataset``, whose name it carries."""
     method = get_method(args.method)
     dataset_key = dataset_label(args, method)
+    if data is not None and data.info.get("without_classes"):  # not the dataset its name says
+        dataset_key = f"{dataset_key}_without_{len(data.info['without_classes'])}_classes"
     # Everything that can be refused is checked before the data is loaded: the settings (types and
     # ranges), the device, and that the output folder is writable.
     sources = {}
@@ -274,7 +285,7 @@ def run(args):
     resumes, finished_runs = distributed.on_main(read_resumes)
 
     t0 = time.perf_counter()
-    data = load_data(args, config)
+    data = load_data(args, config) if data is None else data
     load_s = time.perf_counter() - t0
     say(f"[zslfast] {method.name} on {data.summary()}")
     runs = []
@@ -347,7 +358,7 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
         "history": curves.to_dict(),
         "timings": {"load_s": load_s, "run_s": run_s, **result.timings,
                     "total_s": load_s + time.perf_counter() - t_start},
-        "config": config, "seed": seed, "data_seed": args.data_seed if args.dataset == "synthetic" else None,
+        "config": config, "seed": seed, "data_seed": args.data_seed if args.dataset == "synthetic" and not getattr(args, "data_given", False) else None,
         "device": str(device), "backend": ops.backend(device), "extension": ops.extension_info(),
         "processes": size,
         "versions": {"zslfast": zslfast.__version__, "torch": torch.__version__,

@@ -205,3 +205,35 @@ def test_extract_from_a_class_description_gives_a_runnable_dataset(image_set, we
     assert set(data.labels[data.splits["test_unseen"]].tolist()) == unseen
     assert "classes: 3 (2 seen, 1 unseen)" in check_folder(str(tmp_path / "out" / "OWN"))
     assert extract.main(args[:4] + ["--weights", weights, "--out", str(tmp_path / "o2")]) == 2  # no att source
+
+
+@pytest.mark.slow  # trains SC-EGG on 2048-channel maps and runs the backbone twice: minutes
+def test_predict_from_images_is_predict_from_their_extracted_maps(image_set, weights, tmp_path, capsys):
+    """``predict --images DIR`` runs the extractor in memory: for a model on 2048 × 2 × 2 maps it gives
+    the predictions of ``--features`` on the file the extractor writes for the same images."""
+    import zslfast
+    from zslfast.predict import main as predict_main
+
+    tmp, _ = image_set
+    data = make_synthetic_regions(seed=0, num_classes=6, num_unseen=2, attribute_dim=8, images_per_class=12,
+                                  channels=2048, grid=(2, 2))
+    run = zslfast.fit("scegg", data, quick=True, out=str(tmp_path / "scegg"), progress=False)
+    with pytest.warns(UserWarning):
+        assert _run(tmp, weights, tmp_path / "maps") == 0
+    maps = str(tmp_path / "maps" / "DS" / "feature_map_ResNet_101_DS.hdf5")
+    with pytest.warns(UserWarning, match="not torchvision's IMAGENET1K_V1"):
+        assert predict_main([run.out, "--images", str(tmp / "images"), "--weights", weights, "--top-k", "2",
+                             "--out", str(tmp_path / "images.csv")]) == 0
+    assert predict_main([run.out, "--features", maps, "--top-k", "2", "--out", str(tmp_path / "maps.csv")]) == 0
+    by_path = {row.split(",")[0]: row.split(",")[1:] for row in (tmp_path / "images.csv").read_text().splitlines()[1:]}
+    listed = [line.split()[0] for line in (tmp / "list.txt").read_text().splitlines() if line]
+    from_maps = [row.split(",")[1:] for row in (tmp_path / "maps.csv").read_text().splitlines()[1:]]
+    assert len(by_path) == N_IMAGES and [by_path[str(tmp / "images" / p)] for p in listed] == from_maps
+    capsys.readouterr()
+    assert predict_main([run.out, "--images", str(tmp / "images")]) == 2
+    assert "--images needs --weights" in capsys.readouterr().err
+    assert predict_main([run.out, "--images", str(tmp / "images"), "--weights", weights, "--size", "96"]) == 2
+    assert "gives 9 regions per image, the model was trained on 4" in capsys.readouterr().err
+    eszsl = zslfast.fit("eszsl", quick=True, out=str(tmp_path / "eszsl"), progress=False)
+    assert predict_main([eszsl.out, "--images", str(tmp / "images"), "--weights", weights]) == 2
+    assert "eszsl reads feature vectors; extract them first" in capsys.readouterr().err

@@ -65,15 +65,22 @@ def test_the_exported_model_scores_the_reported_metrics(name, args, tmp_path_fac
 
 @pytest.mark.parametrize("method", ["gsmflow", "scegg"])
 def test_the_export_holds_only_what_scoring_needs(method, tmp_path_factory):
-    """No optimiser state, no training-only network (the flow is not needed to score: the final
-    classifiers read the features; SC-EGG keeps its attention net and decoder only), and it is far
-    smaller than the training checkpoint."""
+    """No optimiser state, no training-only network: the networks that score (SC-EGG's attention net
+    and decoder; GSMFlow's classifiers read the features) and the generator that refits the
+    classifiers for new classes (the flow; SC-EGG's G and feedback, its decoder shared), never a
+    critic, an encoder or SC-EGG's distillation head; far smaller than the training checkpoint."""
     res, path = _run(method, ["--method", method], tmp_path_factory)
     record = load_model(path)
     model = record["model"]
-    assert set(model["networks"]) == ({"net", "Dec"} if method == "scegg" else set())
+    assert set(model["networks"]) == ({"net", "Dec", "G", "Fb"} if method == "scegg" else {"flow"})
     assert set(model["classifiers"]) == {"gzsl", "zsl"}
-    assert os.path.getsize(path) < 0.6 * os.path.getsize(res["checkpoint"])
+    # the checkpoint holds the trained model (GSMFlow: the flow; SC-EGG: besides, the critic, the
+    # encoder and the head): the export is at most that plus the final classifiers
+    classifiers = sum(t.numel() * t.element_size() for c in model["classifiers"].values() for t in c.values())
+    size, checkpoint = os.path.getsize(path), os.path.getsize(res["checkpoint"])
+    assert size < checkpoint + classifiers + 64 * 1024
+    if method == "scegg":
+        assert size < checkpoint
 
 
 def test_a_missing_or_foreign_model_file_is_one_clear_error(tmp_path):

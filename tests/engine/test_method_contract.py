@@ -1,17 +1,15 @@
 """Every registered method fulfils the engine's contract: it is a checked Method subclass, its
 --quick run writes the one results.json schema (metrics, selection, history), the same seed gives
 identical metrics twice in one process, and the registry has no import cycle."""
-import json
 import subprocess
 import sys
 
 import pytest
 
-from tests.quick_runs import quick_run
+from tests.quick_runs import left_out_data, left_out_run, quick_run
 from zslfast.engine import METHODS, Method, method_class
 from zslfast.engine.context import SELECTION_MODES
 from zslfast.engine.method import check_contract
-from zslfast.train import main
 
 METRICS = {"zsl+gzsl": {"zsl_t1", "gzsl_s", "gzsl_u", "gzsl_h"}, "continual gzsl": {"mSA", "mUA", "mH"}}
 
@@ -31,7 +29,7 @@ def test_a_generative_method_without_its_recipe_or_generation_breaks_the_contrac
         name = "half_done"
         settings = Section()
 
-    with pytest.raises(TypeError, match="abstract members left: generation, recipe"):
+    with pytest.raises(TypeError, match="abstract members left: generation, generator_networks, recipe, test_synthesizer"):
         check_contract(HalfDone, "half_done")
 
 
@@ -70,8 +68,10 @@ def test_quick_run_writes_the_results_schema(name, tmp_path_factory):
 
 # Here only in the slow tier: methods whose resumed runs (tests/test_resume.py, default tier) already
 # rerun a cached quick run in one process after disturbing the global RNG and compare every number,
-# and the two GAN baselines, whose quick runs (about 20 s each) the default tier already runs twice
-# (the quick and no-leak tests; their numbers pinned by the goldens) and whose resume cases are slow.
+# and the two GAN baselines, whose quick runs the default tier already runs twice (the quick and
+# no-leak tests; their numbers pinned by the goldens) and whose resume cases are slow. The first run
+# is the new-classes tests' (tests/test_new_classes.py: the built-in data without 5 classes), so the
+# generative methods' slow runs serve both.
 RESUMED = {"gsmflow", "grw", "cvc", "scegg", "tfvaegan", "clswgan"}
 
 
@@ -81,13 +81,14 @@ def test_same_seed_same_metrics_in_one_process(name, tmp_path_factory, tmp_path)
     """A second run in the same process (the global RNG now in another state) gives the same numbers."""
     import torch
 
-    first, _ = quick_run(tmp_path_factory, name)
+    import zslfast
+
+    first = left_out_run(tmp_path_factory, name).results
     torch.manual_seed(12345)  # whatever a user's script did before must not matter
     torch.rand(7)
-    out = tmp_path / "again"
-    assert main(["--method", name, "--quick", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
-    again = json.loads((out / "results.json").read_text())
+    again = zslfast.fit(name, left_out_data(name)[2], quick=True, out=str(tmp_path / "again"), progress=False).results
     assert again["metrics"] == first["metrics"] and again["selection"] == first["selection"]
+
     def tasks(res):  # everything but the wall-clock seconds
         return res["per_task"] and [{k: v for k, v in t.items() if k != "seconds"} for t in res["per_task"]]
 

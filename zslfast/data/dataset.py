@@ -281,6 +281,31 @@ class ZSLDataset:
         return replace(self, features=apply_normalization(stats, self.features).contiguous(),
                        info={**self.info, "normalization": method}, normalization=stats)
 
+    def without_classes(self, classes):
+        """A copy without the classes ``classes`` (ids or names): their samples leave every split, the
+        remaining classes are renumbered in order (names and embeddings follow). To train a model
+        that never saw a class, then add that class at predict time from its vector
+        (:meth:`zslfast.Model.with_classes`)."""
+        index = {n: i for i, n in enumerate(self.class_names)}
+        ids = []
+        for c in classes:
+            if isinstance(c, str) and c not in index:
+                raise ZSLError(f"{self.name}: no class named {c!r}")
+            ids.append(index[c] if isinstance(c, str) else int(c))
+        drop = torch.zeros(self.num_classes, dtype=torch.bool)
+        drop[torch.as_tensor(ids, dtype=torch.long)] = True
+        keep_classes = torch.nonzero(~drop).flatten()
+        new_id = torch.full((self.num_classes,), -1, dtype=torch.long)
+        new_id[keep_classes] = torch.arange(keep_classes.numel())
+        labels = self.labels.cpu()
+        rows = torch.nonzero(~drop[labels]).flatten()
+        splits = {name: torch.searchsorted(rows, idx[~drop[labels[idx]]]) for name, idx in self.splits.items()}
+        dev = self.features.device
+        return replace(self, features=self.features[rows.to(dev)], labels=new_id[labels[rows]].to(self.labels.device),
+                       attributes=self.attributes[keep_classes.to(self.attributes.device)],
+                       class_names=[self.class_names[int(i)] for i in keep_classes], splits=splits,
+                       info={**self.info, "without_classes": [self.class_names[i] for i in sorted(set(ids))]})
+
     def validation_split(self, seed=0, unseen_fraction=0.2, seen_test_fraction=0.2):
         """A dataset for model selection built from trainval only: the test data is never touched.
 

@@ -99,6 +99,53 @@ def _check_inputs(paths, labels, att_path):
     return att, original, locs
 
 
+def _check_size(size):
+    if size % 32 or size < 32:
+        raise ZSLError(f"--size must be a positive multiple of 32, got {size}")
+
+
+def backbone(weights, device="cpu"):
+    """(ResNet-101 feature-map network from the local ``weights`` file on ``device``, its sha256),
+    with a warning when the file is not the weights SC-EGG used."""
+    from zslfast.nn.resnet import IMAGENET1K_V1, IMAGENET1K_V2, load_resnet101
+
+    model, digest = load_resnet101(weights)
+    if not digest.startswith(IMAGENET1K_V1):
+        which = "IMAGENET1K_V2 weights" if digest.startswith(IMAGENET1K_V2) else "not torchvision's IMAGENET1K_V1"
+        warnings.warn(f"{weights}: sha256 {digest[:8]} is {which}; SC-EGG used resnet101-{IMAGENET1K_V1}.pth "
+                      "(pretrained=True): features will differ", stacklevel=3)
+    return model.to(device), digest
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def image_files(folder):
+    """The image files under ``folder`` (recursively, by extension), sorted by path."""
+    if not os.path.isdir(folder):
+        raise ZSLError(f"--images {folder}: not a folder")
+    paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise ZSLError(f"--images {folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return paths
+
+
+@torch.no_grad()
+def region_maps(paths, weights, size=448, batch=32, device="cpu", progress=True):
+    """Region maps [N, 2048, (size/32)²] of the images ``paths``, preprocessed as :func:`extract`
+    does (SC-EGG's transform), in memory: what a trained SC-EGG model predicts from."""
+    from tqdm import tqdm
+
+    _check_size(size)
+    model, _ = backbone(weights, device)
+    out = []
+    for start in tqdm(range(0, len(paths), batch), desc="images", unit="batch", disable=not progress):
+        x = torch.stack([preprocess(p, size) for p in paths[start:start + batch]]).to(device)
+        out.append(model(x).flatten(2).float().cpu())
+    return torch.cat(out)
+
+
 def extract(paths, labels, att_splits, weights, out_path, size=448, batch=32, dtype="float32", device="cpu",
             w2v=None, progress=True):
     """Extract region features of ``paths`` into ``out_path`` (SC-EGG layout) and the pooled features
@@ -106,20 +153,13 @@ def extract(paths, labels, att_splits, weights, out_path, size=448, batch=32, dt
     from tqdm import tqdm
 
     from zslfast.data.w2v import load_w2v_file
-    from zslfast.nn.resnet import IMAGENET1K_V1, IMAGENET1K_V2, load_resnet101
 
     h5py = require_h5py()
-    if size % 32 or size < 32:
-        raise ZSLError(f"--size must be a positive multiple of 32, got {size}")
+    _check_size(size)
     dtype = np.dtype(dtype)
     att, original_att, locs = _check_inputs(paths, labels, att_splits)
     vectors = load_w2v_file(w2v, att.shape[1]) if w2v else None
-    model, digest = load_resnet101(weights)
-    if not digest.startswith(IMAGENET1K_V1):
-        which = "IMAGENET1K_V2 weights" if digest.startswith(IMAGENET1K_V2) else "not torchvision's IMAGENET1K_V1"
-        warnings.warn(f"{weights}: sha256 {digest[:8]} is {which}; SC-EGG used resnet101-{IMAGENET1K_V1}.pth "
-                      "(pretrained=True): features will differ", stacklevel=2)
-    model = model.to(device)
+    model, digest = backbone(weights, device)
     n, side = len(paths), size // 32
     config = json.dumps({"images": paths, "size": size, "weights_sha256": digest, "dtype": str(dtype)})
     partial = out_path + ".partial"

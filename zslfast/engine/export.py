@@ -7,12 +7,17 @@ A run writes it beside ``results.json`` (atomically). It holds plain tensors, nu
 - ``format`` / ``format_version``, ``zslfast_version``, ``method``, the resolved ``config``;
 - ``inputs``: what a sample is (``features`` vectors or ``regions`` maps) and its shape;
 - ``classes``: the class names, the seen and unseen class ids, the class embeddings the method
-  scores with;
+  scores with (the dataset's, as its file stores them; each method applies its own transform);
 - ``normalization``: the feature normalisation fitted on trainval (``kind``; ``lo`` and ``scale``
   for min-max), which new features must get too;
 - ``model``: what the method needs at test time (:attr:`zslfast.engine.MethodResult.model`): the
-  networks used at test time and, for generative methods, the final classifiers; never the
-  training-only networks (critics, encoders, flows' training state) or optimiser state.
+  networks used at test time and, for generative methods, the final classifiers and the generator
+  that refits them for new classes; never the training-only networks (critics, encoders) or
+  optimiser state.
+
+New classes (:meth:`zslfast.engine.Method.with_classes`) turn a record into another record whose
+classes are the new ones (unseen, ids ``0..K'-1``) followed by the trained seen classes (seen):
+:func:`replace_classes` does the bookkeeping every method shares.
 
 :meth:`zslfast.engine.Method.scorer` turns the record back into a :class:`Scorer`, which scores
 features against every class. :func:`scorer_metrics` recomputes ZSL T1 and GZSL S/U/H from it:
@@ -30,7 +35,7 @@ from zslfast.io import save_checkpoint
 
 MODEL_FILE = "model.pt"
 FORMAT = "zslfast-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: generative models carry their generator (new classes)
 
 
 def model_record(method, config, data, model):
@@ -71,6 +76,22 @@ def load_model(path):
         raise ZSLError(f"{path}: model format version {record.get('format_version')}, this zslfast reads "
                        f"{FORMAT_VERSION}")
     return record
+
+
+def replace_classes(record, names, embeddings, keep):
+    """A copy of ``record`` whose classes are the candidates (``names``, ``embeddings`` [K', d]: the
+    unseen classes, ids 0..K'-1) followed by the trained classes ``keep`` (ids into the record's
+    classes: the seen classes, ids K'..K'+len(keep)-1). The model entries are shared, not copied."""
+    classes = record["classes"]
+    keep = torch.as_tensor(keep, dtype=torch.long)
+    new = len(names)
+    out = dict(record)
+    out["classes"] = {"names": list(names) + [classes["names"][int(i)] for i in keep],
+                      "embeddings": torch.cat([embeddings.to(classes["embeddings"].dtype), classes["embeddings"][keep]]),
+                      "unseen": torch.arange(new), "seen": torch.arange(new, new + keep.numel()),
+                      "trained_ids": keep}
+    out["model"] = dict(record["model"])
+    return out
 
 
 class Scorer:

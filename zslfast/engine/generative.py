@@ -29,7 +29,7 @@ from zslfast.engine.export import Scorer, calibrated
 from zslfast.engine.method import Method, MethodResult
 from zslfast.engine.recipe import Evaluation, run_recipe
 from zslfast.engine.selection import Selector
-from zslfast.eval.classifier import SoftmaxClassifier
+from zslfast.eval.classifier import SoftmaxClassifier, train_softmax_classifier
 from zslfast.eval.generative import generative_evaluation, synthetic_budget
 
 
@@ -58,14 +58,38 @@ class GenerativeMethod(Method):
         budget (and anything the plots need in ``ctx.artifacts``)."""
         return {}
 
+    @abstractmethod
+    def generator_networks(self, model):
+        """{name: module} of the networks that synthesize features at test time (exported beside
+        :meth:`test_networks`, so that new classes can be added to a trained model: :meth:`with_classes`)."""
+
+    @abstractmethod
+    def test_synthesizer(self, networks, record, device):
+        """``synthesize(classes, n, generator) -> (features, labels)`` for the class ids of
+        ``record["classes"]`` (their embeddings), from the exported ``networks``: the
+        generator-space features the final classifiers' inputs (:meth:`classifier_inputs`) are
+        computed from."""
+
     def test_networks(self, model):
         """{name: state dict} of the networks the exported model needs at test time besides the final
         classifiers (default: none: the classifiers read the features themselves)."""
         return {}
 
-    def test_inputs(self, networks, record, device):
-        """``f(features) -> classifier inputs`` from the exported ``networks`` (default: the identity)."""
+    def test_features(self, networks, record, device):
+        """``f(samples) -> generator-space features`` from the exported ``networks`` (default: the
+        identity; SC-EGG: region maps to dense features)."""
         return lambda x: x
+
+    def classifier_inputs(self, networks, record, device):
+        """``f(generator-space features) -> the final classifiers' inputs`` (default: the identity;
+        TF-VAEGAN and SC-EGG: [x, Dec(x), Dec.hidden(x)])."""
+        return lambda x: x
+
+    def test_inputs(self, networks, record, device):
+        """``f(samples) -> classifier inputs``: :meth:`test_features`, then :meth:`classifier_inputs`."""
+        features = self.test_features(networks, record, device)
+        inputs = self.classifier_inputs(networks, record, device)
+        return lambda x: inputs(features(x))
 
     def evaluate(self, model, data, config, ctx, classifier_epochs=None, keep=None):
         """The generative evaluation (:func:`zslfast.eval.generative_evaluation`) of ``model`` on
@@ -105,8 +129,15 @@ class GenerativeMethod(Method):
             with ctx.evaluation(f"{last['stage']}/epoch {fitted.epoch}"):
                 self.evaluate(fitted.model, data, config, ctx, keep=classifiers)
         info = {"synthetic": budget, **self.finish(fitted.model, data, config, ctx)}
-        exported = {"networks": cpu_state_dicts(self.test_networks(fitted.model)),
+        # the test-time networks and the generator's (one copy of a network both use, e.g. a decoder)
+        networks = {**self.test_networks(fitted.model), **self.generator_networks(fitted.model)}
+        exported = {"networks": cpu_state_dicts(networks),
                     "classifiers": {k: cpu_state(c) for k, c in classifiers.items()},
+                    # what a refit for new classes needs (with_classes) besides the generator: the
+                    # synthetic counts (per seen class: as many as it had real features) and the epochs
+                    "synthetic": {"per_unseen_class": budget["per_unseen_class"],
+                                  "per_seen_class": max(1, round(budget["real_per_seen_class"]))},
+                    "classifier_epochs": {k: fitted.nested[f"{k}_classifier_epochs"]["value"] for k in ("gzsl", "zsl")},
                     "zsl_outputs": config["classifier"].get("zsl_outputs", "unseen"),
                     "calibration": config["calibration"], "normalization": data.normalization or {"kind": "none"}}
         return MethodResult(metrics=metrics, state=cpu_state(fitted.model), selection=selector.to_dict(), info=info,
@@ -133,6 +164,35 @@ class GenerativeMethod(Method):
             return out
 
         return Scorer(torch.no_grad()(gzsl), torch.no_grad()(zsl))
+
+
+    def with_classes(self, record, names, embeddings, device="cpu", seed=0):
+        """New classes for a generative model: the exported generator synthesizes features for the new
+        classes (``synthetic.per_unseen_class`` each) and for the trained seen classes (as many each
+        as the seen classes had real features: those are not stored, which keeps model.pt small),
+        and the two final classifiers are trained again on them, for the epochs chosen in the run,
+        with the run's classifier settings; the random stream is ``seed``'s."""
+        record = super().with_classes(record, names, embeddings, device, seed)
+        m, cfg = record["model"], record["config"]["classifier"]
+        device = torch.device(device)
+        k, new = len(record["classes"]["names"]), len(names)
+        g = torch.Generator(device).manual_seed(seed)
+        synthesize = self.test_synthesizer(m["networks"], record, device)
+        x_new, y_new = synthesize(torch.arange(new, device=device), m["synthetic"]["per_unseen_class"], g)
+        x_seen, y_seen = synthesize(torch.arange(new, k, device=device), m["synthetic"]["per_seen_class"], g)
+        inputs = self.classifier_inputs(m["networks"], record, device)  # synthetic features: generator space
+        with torch.no_grad():
+            x_new, x_seen = inputs(x_new), inputs(x_seen)
+
+        def fit(x, y, kind, num_classes):
+            clf, _ = train_softmax_classifier(x, y, num_classes, m["classifier_epochs"][kind], cfg["lr"],
+                                              cfg["batch_size"], generator=g, init=cfg.get("init", "xavier"))
+            return cpu_state(clf)
+
+        # the unseen ids are 0..K'-1, so the ZSL labels need no mapping (zsl_outputs unseen: K' outputs)
+        m["classifiers"] = {"gzsl": fit(torch.cat([x_seen, x_new]), torch.cat([y_seen, y_new]), "gzsl", k),
+                            "zsl": fit(x_new, y_new, "zsl", k if m["zsl_outputs"] == "all" else new)}
+        return record
 
 
 def cpu_state_dicts(modules):

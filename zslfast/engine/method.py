@@ -84,6 +84,17 @@ class Method(ABC):
     def scorer(self, record, device="cpu"):
         """A :class:`zslfast.engine.export.Scorer` from an exported model record (``model.pt``)."""
 
+    def with_classes(self, record, names, embeddings, device="cpu", seed=0):
+        """The exported ``record`` with new candidate classes (``names``, ``embeddings`` [K', d] in the
+        form the run's class-embedding file stores them): they become the unseen classes (ids
+        0..K'-1), the trained seen classes follow (:func:`zslfast.engine.export.replace_classes`).
+        Embedding methods score any class from its embedding, so this default only relabels; methods
+        with per-class state (learned rows, final classifiers) override it. ``seed``: the random
+        stream of any refit."""
+        from zslfast.engine.export import replace_classes
+
+        return replace_classes(record, names, embeddings, record["classes"]["seen"])
+
     @abstractmethod
     def run(self, data, config, ctx):
         """Train and evaluate on ``data`` with the resolved ``config``; returns a :class:`MethodResult`."""

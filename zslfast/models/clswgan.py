@@ -103,5 +103,15 @@ class CLSWGAN(GenerativeMethod):
         """G(z, a) features; the classifiers read the features themselves."""
         return data, conditional_synthesizer(model, data.attributes.to(data.features.device)), None
 
+    def generator_networks(self, model):
+        return {"G": model}
+
+    def test_synthesizer(self, networks, record, device):
+        hidden, inputs = networks["G"]["fc1.weight"].shape  # inputs: [z, a]
+        emb = record["classes"]["embeddings"]
+        G = Generator(networks["G"]["fc2.weight"].shape[0], emb.shape[1], inputs - emb.shape[1], hidden, output="relu")
+        G.load_state_dict(networks["G"])
+        return conditional_synthesizer(G.to(device).eval(), emb.to(device, torch.get_default_dtype()))
+
     def finish(self, model, data, config, ctx):
         return {"not_released": expand_names(config, config["not_released"], IMPLEMENTATION_SETTINGS)}

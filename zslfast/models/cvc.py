@@ -318,8 +318,7 @@ class CVC(Method):
             inductive_metrics = fitted.metrics or evaluate(model, data)
         timings["inductive_s"] = time.perf_counter() - t0
         state["inductive"] = _state_dict(model)
-        exported = {"kind": "inductive", "state": state["inductive"], "embeddings": data.attributes,
-                    "feature_dim": data.feature_dim}
+        exported = {"kind": "inductive", "state": state["inductive"], "feature_dim": data.feature_dim}
         if not config["transductive"]:
             return MethodResult(metrics=inductive_metrics, state=state, selection=selector.to_dict(), timings=timings,
                                 model=exported)
@@ -349,12 +348,23 @@ class CVC(Method):
         exported = {**exported, "kind": "transductive", "state": state["transductive"]}
         return MethodResult(metrics=metrics, state=state, selection=selector.to_dict(), timings=timings, model=exported)
 
+    def with_classes(self, record, names, embeddings, device="cpu", seed=0):
+        """New classes get generated classifier rows; a transductive model keeps the learned rows of
+        the trained seen classes (the new classes' rows are generated, as the unseen classes' were)."""
+        out = super().with_classes(record, names, embeddings, device, seed)
+        m = out["model"]
+        if m["kind"] == "transductive":
+            rows = m["state"]["rows"]
+            keep = out["classes"]["trained_ids"]
+            m["state"] = {**m["state"], "rows": torch.cat([rows.new_zeros(len(names), rows.shape[1]), rows[keep]])}
+        return out
+
     def scorer(self, record, device="cpu"):
         """Cosine scores against the classifier rows: generated from the class embeddings
         (inductive), or the learned rows of the seen classes with generated unseen rows
         (transductive)."""
         m, cfg = record["model"], record["config"]
-        emb = m["embeddings"].to(device)
+        emb = record["classes"]["embeddings"].to(device)
         unseen = record["classes"]["unseen"].to(device)
         model = CVCModel(emb.shape[1], m["feature_dim"], cfg["hidden"], cfg["init_std"], cfg["scale_init"]).to(device)
         obj = model if m["kind"] == "inductive" else TransductiveState(model, emb)

@@ -80,7 +80,7 @@ class ESZSL(Method):
         v = fit_eszsl(x, y.to(x.device), attributes, 10.0 ** ge, 10.0 ** le)
         t2 = time.perf_counter()
         metrics = evaluate(data, v)
-        model = {"V": v, "embeddings": attributes, "calibration": config["calibration"],
+        model = {"V": v, "calibration": config["calibration"],
                  "normalization": data.normalization}
         return MethodResult(metrics=metrics, state={"V": v.cpu()}, selection=selector.to_dict(), model=model,
                             info={"gamma": 10.0 ** ge, "lambda": 10.0 ** le},
@@ -89,7 +89,7 @@ class ESZSL(Method):
     def scorer(self, record, device="cpu"):
         """Bilinear scores x·V·Aᵀ against every class embedding."""
         m = record["model"]
-        v, emb = m["V"].to(device), m["embeddings"].to(device)
+        v, emb = m["V"].to(device), record["classes"]["embeddings"].to(device)
         seen, unseen = record["classes"]["seen"].to(device), record["classes"]["unseen"].to(device)
         return Scorer(lambda x: calibrated(x.to(device) @ v @ emb.T, seen, m["calibration"]),
                       lambda x: masked(x.to(device) @ v @ emb.T, unseen))

@@ -463,8 +463,7 @@ class GRWTrainer:
         if self.dictionary is not None:
             state["dictionary"] = self.dictionary.weight.detach().cpu()
         last = split.task(split.trained_tasks[-1]) if split.trained_tasks else None
-        model = {"embedder": cpu_state(self.model.embedder), "embeddings": self.att,
-                 "feature_dim": self.data.feature_dim,
+        model = {"embedder": cpu_state(self.model.embedder), "feature_dim": self.data.feature_dim,
                  "unseen_after_training": last.unseen_classes if last is not None else torch.arange(self.data.num_classes)}
         return state, model
 
@@ -477,12 +476,23 @@ class GRW(ContinualMethod):
     def learner(self, data, config, ctx):
         return GRWTrainer(data, config, ctx)
 
+    def with_classes(self, record, names, embeddings, device="cpu", seed=0):
+        """New classes are the unseen ones; the classes the last trained task had seen are kept."""
+        from zslfast.engine.export import replace_classes
+
+        k = len(record["classes"]["names"])
+        still_unseen = torch.zeros(k, dtype=torch.bool)
+        still_unseen[record["model"]["unseen_after_training"]] = True
+        out = replace_classes(record, names, embeddings, torch.nonzero(~still_unseen).flatten())
+        out["model"]["unseen_after_training"] = out["classes"]["unseen"]
+        return out
+
     def scorer(self, record, device="cpu"):
         """The model after the last trained task: cosine similarity to the prototypes D(a_c) of every
         class; GZSL predicts the nearest prototype (as the run's per-task evaluation), ZSL the nearest
         among the classes still unseen after the last trained task."""
         m = record["model"]
-        emb = m["embeddings"].to(device)
+        emb = record["classes"]["embeddings"].to(device)
         embedder = MLP([emb.shape[1], record["config"]["hidden"], m["feature_dim"]], init="xavier")
         embedder.load_state_dict(m["embedder"])
         with torch.no_grad():

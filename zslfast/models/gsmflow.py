@@ -190,3 +190,15 @@ class GSMFlow(GenerativeMethod):
 
     def generation(self, model, data, config):
         return data, lambda c, k, g: model.synthesize(data.attributes, c, k, g), None
+
+    def generator_networks(self, model):
+        return {"flow": model}
+
+    def test_synthesizer(self, networks, record, device):
+        """The flow's inverse conditioned on sr(a) of each class embedding."""
+        state = networks["flow"]
+        model = GSMFlowModel(record["inputs"]["shape"][0], torch.zeros(state["sr.anchors"].shape), record["config"])
+        model.load_state_dict(state)
+        model = model.to(device).eval()
+        att = record["classes"]["embeddings"].to(device, torch.get_default_dtype())
+        return lambda c, k, g: model.synthesize(att, c, k, g)

@@ -29,7 +29,7 @@ from zslfast.engine.resume import State
 from zslfast.engine.samplers import BalancedBatches, CriticGroups
 from zslfast.eval.generative import conditional_synthesizer
 from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead, attend_rows, attribute_features, dense_pass
-from zslfast.nn.vaegan import (VAEGAN, AttributeDecoder, conditioning_attributes, decoder_augment, train_step,
+from zslfast.nn.vaegan import (VAEGAN, conditioning_attributes, decoder_inputs, train_step,
                                vaegan_optimizers)
 from zslfast.config.settings import (GENERATIVE_CHECKS, Bool, Choice, Float, Int, Names, Section, Text, expand_names,
                                      generative_settings, names_settings, vaegan_settings)
@@ -208,20 +208,34 @@ class SCEGG(GenerativeMethod):
         a2 = config["gan"]["a2"]
         return dense, conditional_synthesizer(lambda z, a: gan.generate(z, a, a2), att), gan.augment
 
+    def generator_networks(self, model):
+        return model.gan.generation_networks()
+
+    def test_synthesizer(self, networks, record, device):
+        """The VAE-GAN's G (feedback weight ``a2``) in the dense space, on the class attributes as
+        stage 3 conditions on them (clipped, normalised)."""
+        cfg = record["config"]
+        gan = VAEGAN.from_generation(networks, device)
+        emb = record["classes"]["embeddings"]
+        att = conditioning_attributes(emb.clamp_min(0) if cfg["clip_negative_att"] else emb, cfg["attribute_norm"])
+        return conditional_synthesizer(lambda z, a: gan.generate(z, a, cfg["gan"]["a2"]), att.to(device))
+
     def test_networks(self, model):
         """The attention net (its scaler included) and the decoder: region maps to classifier inputs."""
         return {"net": model.net, "Dec": model.gan.Dec}
 
-    def test_inputs(self, networks, record, device):
-        """Region maps [B, C, R] -> [g, Dec(g), Dec.hidden(g)] with g the scaled dense feature."""
+    def test_features(self, networks, record, device):
+        """Region maps [B, C, R] -> g, the scaled dense feature (the generator's space)."""
         k, a = record["classes"]["embeddings"].shape
-        c = networks["net"]["W1"].shape[1]
-        net = AttributeAttentionNet(c, torch.zeros(k, a), torch.zeros(networks["net"]["V"].shape))
+        net = AttributeAttentionNet(networks["net"]["W1"].shape[1], torch.zeros(k, a),
+                                    torch.zeros(networks["net"]["V"].shape))
         net.load_state_dict(networks["net"])
-        dec = AttributeDecoder(c, a, record["config"]["gan"]["hidden"])
-        dec.load_state_dict(networks["Dec"])
-        net, dec = net.to(device).eval(), dec.to(device).eval()
-        return lambda maps: decoder_augment(dec, net.scaler(attribute_features(net, maps.to(device)).mean(1)))
+        net = net.to(device).eval()
+        return lambda maps: net.scaler(attribute_features(net, maps.to(device)).mean(1))
+
+    def classifier_inputs(self, networks, record, device):
+        """g -> [g, Dec(g), Dec.hidden(g)]."""
+        return decoder_inputs(networks["Dec"], device)
 
     def finish(self, model, data, config, ctx):
         if ctx.save_features:

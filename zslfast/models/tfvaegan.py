@@ -17,7 +17,7 @@ from zslfast.engine.recipe import Stage
 from zslfast.engine.resume import State
 from zslfast.engine.samplers import CriticGroups, RandomBatches
 from zslfast.eval.generative import conditional_synthesizer
-from zslfast.nn.vaegan import VAEGAN, AttributeDecoder, conditioning_attributes, decoder_augment, train_step, \
+from zslfast.nn.vaegan import VAEGAN, conditioning_attributes, decoder_inputs, train_step, \
     vaegan_optimizers
 
 SETTINGS = Section(
@@ -65,16 +65,22 @@ class TFVAEGAN(GenerativeMethod):
         a2 = config["gan"]["a2"]
         return data, conditional_synthesizer(lambda z, a: model.generate(z, a, a2), att), model.augment
 
+    def generator_networks(self, model):
+        return model.generation_networks()
+
+    def test_synthesizer(self, networks, record, device):
+        """G with the feedback weight ``a2``, conditioned as in training."""
+        cfg = record["config"]
+        gan = VAEGAN.from_generation(networks, device)
+        att = conditioning_attributes(record["classes"]["embeddings"], cfg["attribute_norm"]).to(device)
+        return conditional_synthesizer(lambda z, a: gan.generate(z, a, cfg["gan"]["a2"]), att)
+
     def test_networks(self, model):
         return {"Dec": model.Dec}
 
-    def test_inputs(self, networks, record, device):
+    def classifier_inputs(self, networks, record, device):
         """Features [B, C] -> [x, Dec(x), Dec.hidden(x)]."""
-        k, a = record["classes"]["embeddings"].shape
-        dec = AttributeDecoder(networks["Dec"]["fc1.weight"].shape[1], a, record["config"]["gan"]["hidden"])
-        dec.load_state_dict(networks["Dec"])
-        dec = dec.to(device).eval()
-        return lambda x: decoder_augment(dec, x.to(device))
+        return decoder_inputs(networks["Dec"], device)
 
     def finish(self, model, data, config, ctx):
         return {"not_released": expand_names(config, config["not_released"], IMPLEMENTATION_SETTINGS),

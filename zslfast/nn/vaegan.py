@@ -172,13 +172,30 @@ def adapt_lambda(lam, gp, high=1.05, low=1.001, factor=1.1):
 class VAEGAN(nn.Module):
     """TF-VAEGAN's five networks in the dense space (latent = attribute dimension, §1.5)."""
 
-    def __init__(self, feature_dim, attribute_dim, hidden):
+    def __init__(self, feature_dim, attribute_dim, hidden, training=True):
         super().__init__()
-        self.E = Encoder(feature_dim, attribute_dim, attribute_dim, hidden)
+        if training:  # E and D only train: a model rebuilt for generation (from_generation) has none
+            self.E = Encoder(feature_dim, attribute_dim, attribute_dim, hidden)
         self.G = Generator(feature_dim, attribute_dim, attribute_dim, hidden)
-        self.D = Critic(feature_dim, attribute_dim, hidden)
+        if training:
+            self.D = Critic(feature_dim, attribute_dim, hidden)
         self.Dec = AttributeDecoder(feature_dim, attribute_dim, hidden)
         self.Fb = Feedback(hidden)
+
+    def generation_networks(self):
+        """The networks :meth:`generate` needs (G, and Dec and Fb for the feedback): what a trained
+        model exports to synthesize features for new classes."""
+        return {"G": self.G, "Dec": self.Dec, "Fb": self.Fb}
+
+    @classmethod
+    def from_generation(cls, states, device="cpu"):
+        """A VAE-GAN rebuilt for generation from the :meth:`generation_networks` state dicts."""
+        hidden, feature_dim = states["Dec"]["fc1.weight"].shape
+        attribute_dim = states["Dec"]["fc2.weight"].shape[0]
+        gan = cls(feature_dim, attribute_dim, hidden, training=False)
+        for name, module in gan.generation_networks().items():
+            module.load_state_dict(states[name])
+        return gan.to(device).eval()
 
     def generate(self, z, a, weight=0.0, nets=None, source=None):
         """G(z, a); with a non-zero feedback ``weight``, G's second pass through the feedback of
@@ -207,6 +224,16 @@ def conditioning_attributes(attributes, norm):
     TF-VAEGAN's loader does; xlsa17's ``att`` rows are unit-norm already) or as given (``"none"``)."""
     att = attributes.to(torch.get_default_dtype())
     return F.normalize(att, dim=1) if norm == "l2" else att
+
+
+def decoder_inputs(state, device="cpu"):
+    """``f(x) = [x, Dec(x), Dec.hidden(x)]`` of an exported decoder ``state`` (the final classifiers'
+    inputs at test time)."""
+    hidden, feature_dim = state["fc1.weight"].shape
+    dec = AttributeDecoder(feature_dim, state["fc2.weight"].shape[0], hidden)
+    dec.load_state_dict(state)
+    dec = dec.to(device).eval()
+    return lambda x: decoder_augment(dec, x.to(device))
 
 
 def decoder_augment(dec, x):
