@@ -51,7 +51,7 @@ def left_out_data(method):
 
 def left_out_run(tmp_dir_factory, method, **settings):
     """The :class:`zslfast.Run` of ``zslfast.fit(method, <data without 5 classes>, quick=True,
-    **settings)``, once per session (shared by the new-classes and same-seed tests)."""
+    **settings)``, once per session (shared by the new-classes tests and ESZSL's same-seed test)."""
     import zslfast
 
     key = ("left_out", method, tuple(sorted(settings.items())))

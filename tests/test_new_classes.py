@@ -27,7 +27,7 @@ def _per_class_accuracy(pred, labels, classes):
 
 
 def _case(method, settings=None):
-    slow = issubclass(method_class(method), GenerativeMethod)  # minutes each: the slow tier
+    slow = issubclass(method_class(method), GenerativeMethod)  # 10-30 s each: the slow tier
     name = method + ("_" + "_".join(settings) if settings else "")
     return pytest.param(method, settings or {}, id=name, marks=[pytest.mark.slow] if slow else [])
 

@@ -202,8 +202,9 @@ def test_sigterm_stops_after_the_current_step_and_resume_completes_it(tmp_path, 
 
 @pytest.mark.slow
 def test_a_real_sigterm_writes_a_checkpoint_and_resume_completes_it(tmp_path):
-    args = [sys.executable, "-m", "zslfast.train", "--method", "gsmflow", "--quick", "--set", "epochs=8",
-            "--set", "eval_every=4", "--device", "cpu", "--no-progress", "--checkpoint-every", "1"]
+    args = [sys.executable, "-m", "zslfast.train", "--method", "gsmflow", "--quick", "--set", "epochs=4",
+            "--set", "eval_every=2", "--set", "eval_start=2", "--device", "cpu", "--no-progress",
+            "--checkpoint-every", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ZSLFAST_INTERRUPT_AFTER", None)
     proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, text=True, env=env)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.quick_runs import left_out_data, left_out_run, quick_run
+from tests.test_resume import CASES as RESUME_CASES
 from zslfast.engine import METHODS, Method, method_class
 from zslfast.engine.context import SELECTION_MODES
 from zslfast.engine.method import check_contract
@@ -66,17 +67,14 @@ def test_quick_run_writes_the_results_schema(name, tmp_path_factory):
     assert ckpt["method"] == name and ckpt["state"]
 
 
-# Here only in the slow tier: methods whose resumed runs (tests/test_resume.py, default tier) already
-# rerun a cached quick run in one process after disturbing the global RNG and compare every number,
-# and the two GAN baselines, whose quick runs the default tier already runs twice (the quick and
-# no-leak tests; their numbers pinned by the goldens) and whose resume cases are slow. The first run
-# is the new-classes tests' (tests/test_new_classes.py: the built-in data without 5 classes), so the
-# generative methods' slow runs serve both.
-RESUMED = {"gsmflow", "grw", "cvc", "scegg", "tfvaegan", "clswgan"}
+# Methods with a resume case (tests/test_resume.py, which every method that trains must have) are
+# checked there: a resumed run reruns the session's quick run in the same process, after other runs
+# moved the global RNG, and must give every number of it. The others (ESZSL) are checked here, on
+# the new-classes tests' data (the built-in data without 5 classes), whose run they share.
+RESUMED = {name.split("_")[0] for name, _, _ in RESUME_CASES}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in RESUMED else [])
-                                  for n in sorted(METHODS)])
+@pytest.mark.parametrize("name", sorted(set(METHODS) - RESUMED))
 def test_same_seed_same_metrics_in_one_process(name, tmp_path_factory, tmp_path):
     """A second run in the same process (the global RNG now in another state) gives the same numbers."""
     import torch
