@@ -77,7 +77,9 @@ def test_readding_the_trained_unseen_classes_gives_the_same_zsl_predictions(eszs
     again = model.with_classes(([data.class_names[int(c)] for c in u], data.attributes[u]))
     x = data.features[data.splits["test_unseen"]]
     assert torch.equal(u[again.predict(x, "zsl")], model.predict(x, "zsl"))
-    assert again.class_names_all == [data.class_names[int(c)] for c in torch.cat([u, data.seen_classes])]
+    names, emb = again.classes
+    assert names == [data.class_names[int(c)] for c in torch.cat([u, data.seen_classes])]
+    assert torch.equal(emb, data.attributes[torch.cat([u, data.seen_classes])])
     assert torch.equal(again.scores(x)[:, 10:], model.scores(x)[:, data.seen_classes])  # seen classes kept
 
 

@@ -112,9 +112,11 @@ class Model:
     Attributes:
         method: the method's registry name.
         config: the run's resolved configuration.
-        class_names_all: the names of every trained class, in class-id order.
-        embeddings: the class embeddings [K, d] the method scored with.
+        class_names_all: the names of every class it predicts among (the trained ones, or after
+            :meth:`with_classes` the new ones then the trained seen ones), in class-id order.
+        embeddings: those classes' embeddings [K, d] (``classes`` is the pair).
         seen, unseen: the seen and unseen class ids.
+        refit_s: the seconds :meth:`with_classes` took to build this model (0 for a loaded one).
     """
 
     def __init__(self, record: dict, device: Union[str, torch.device] = "cpu"):
@@ -126,6 +128,11 @@ class Model:
         self.seen, self.unseen = classes["seen"], classes["unseen"]
         self._scorer = method_class(self.method)().scorer(record, self.device)
         self.refit_s: float = 0.0  # seconds :meth:`with_classes` took to build this model
+
+    @property
+    def classes(self) -> Tuple[List[str], torch.Tensor]:
+        """(names, embeddings [K, d]) of the classes this model predicts among, in class-id order."""
+        return self.class_names_all, self.embeddings
 
     def with_classes(self, classes: ClassesSpec, seed: int = 0) -> "Model":
         """A model that predicts among new classes: ``classes`` (see :func:`read_classes`) become the
