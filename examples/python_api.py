@@ -7,7 +7,7 @@ import zslfast
 data = zslfast.load_dataset("synthetic")              # or load_dataset("CUB", root=...), from_arrays(...)
 left_out = data.unseen_classes[::2]                   # 5 classes with no training image, ever
 run = zslfast.fit("gsmflow", data.without_classes(left_out), quick=True, seed=0,
-                  out="runs/api_gsmflow", progress=False)
+                  out="runs/api_gsmflow", overwrite=True, progress=False)  # rerun: replace it
 print(run)                                            # its test metrics (45 classes), curves in run.curves
 
 names = [data.class_names[int(c)] for c in left_out]

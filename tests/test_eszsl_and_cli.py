@@ -59,7 +59,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "zsl_t1" in printed and "gzsl_h" in printed
     # select-on-test is explicit and recorded
-    assert main(["--quick", "--device", "cpu", "--out", str(out), "--no-progress", "--select-on-test"]) == 0
+    assert main(["--quick", "--device", "cpu", "--out", str(out), "--no-progress", "--select-on-test", "--overwrite"]) == 0
     assert json.loads((out / "results.json").read_text())["selection"]["on"] == "test"
 
 

@@ -95,7 +95,7 @@ def test_seeds_write_one_folder_per_seed_and_a_summary(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         train_main(["--seeds", "0,x"])
     assert exit_.value.code == 2
-    assert "expected integers" in capsys.readouterr().err
+    assert "expected seeds (integers" in capsys.readouterr().err
 
 
 def test_sweep_runs_the_entries_and_prints_one_table(tmp_path, capsys):

@@ -228,7 +228,7 @@ def test_fit_takes_arrays_and_refuses_bad_input_before_training(tmp_path):
     assert named.results["dataset"] == "synthetic" and named.results["data_seed"] == 0
     assert run.metrics == named.metrics
     for kwargs, message in [({"bogus": 1}, "unknown setting 'bogus'"),
-                            ({"seed": "x"}, "--seed: invalid int value"),
+                            ({"seed": "x"}, "--seed: 'x': expected an integer"),
                             ({"gamma_exponents": object()}, "is not a number, string")]:
         with pytest.raises(ZSLError, match=message):
             zslfast.fit("eszsl", out=str(tmp_path / "never"), **kwargs)

@@ -180,7 +180,7 @@ BAD_CASES = [
     (["--method", "grw", "--set", "epochs=-1"], "setting epochs = -1: expected an integer >= 1"),
     (["--method", "cvc", "--set", "epochs=0"], "setting epochs = 0: expected an integer >= 1"),
     (["--method", "gsmflow", "--set", "batch_size=0"], "setting batch_size = 0: expected an integer >= 1"),
-    (["--method", "gsmflow", "--set", "synth_per_class=0"], "setting synth_per_class = 0: expected an integer >= 1"),
+    (["--method", "gsmflow", "--set", "synth_per_class=0"], "setting synth_per_class = 0: expected an integer in [1, 1000000]"),
     (["--method", "gsmflow", "--set", "synth_ratio=-2"], "setting synth_ratio = -2"),
     (["--method", "grw", "--set", "rw.decay=x"], "setting rw.decay = 'x'"),
     (["--method", "cvc", "--set", "inductive_checkpoint=/no/such.pt"], "setting inductive_checkpoint"),

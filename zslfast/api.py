@@ -255,7 +255,7 @@ def _flat_settings(settings: Mapping, prefix: str = "") -> List[str]:
 
 def _arguments(method: str, data, *, root=None, like=None, quick=False, seed=0, out=None, device="cpu",
                select_on_test=False, config=None, progress=True, data_seed=0, pooled_regions=False,
-               save_features=False, settings=None):
+               save_features=False, overwrite=False, settings=None):
     """The training command's parsed arguments for these keyword arguments (its parser checks them)."""
     from zslfast.data.dataset import ZSLDataset
     from zslfast.train import APIParser, build_parser
@@ -272,12 +272,17 @@ def _arguments(method: str, data, *, root=None, like=None, quick=False, seed=0, 
         if value is not None:
             argv += [flag, os.fspath(value)]
     for flag, on in (("--quick", quick), ("--select-on-test", select_on_test), ("--no-progress", not progress),
-                     ("--pooled-regions", pooled_regions), ("--save-features", save_features)):
+                     ("--pooled-regions", pooled_regions), ("--save-features", save_features),
+                     ("--overwrite", overwrite)):
         if on:
             argv.append(flag)
     for item in _flat_settings(settings or {}):
         argv += ["--set", item]
-    return build_parser(APIParser).parse_args(argv)
+    args = build_parser(APIParser).parse_args(argv)
+    from zslfast.runfolder import command_line
+
+    args.command = command_line(argv, prog="zslfast.fit, as python -m zslfast.train")
+    return args
 
 
 class Run:
@@ -317,7 +322,8 @@ class Run:
 def fit(method: str, data: Union[str, "ZSLDataset"] = "synthetic", *, root: Optional[str] = None,
         like: Optional[str] = None, quick: bool = False, seed: int = 0, out: Optional[str] = None,
         device: str = "cpu", select_on_test: bool = False, config: Optional[str] = None, progress: bool = True,
-        data_seed: int = 0, pooled_regions: bool = False, save_features: bool = False, **settings: Any) -> Run:
+        data_seed: int = 0, pooled_regions: bool = False, save_features: bool = False, overwrite: bool = False,
+        **settings: Any) -> Run:
     """Train ``method`` as ``python -m zslfast.train`` does, with the same settings, checks and outputs.
 
     Args:
@@ -327,8 +333,9 @@ def fit(method: str, data: Union[str, "ZSLDataset"] = "synthetic", *, root: Opti
             ``name`` picks the settings section (a benchmark's presets, ``synthetic``'s CPU budget,
             the method's defaults for any other name).
         root: the data root (``--data-root``); like: ``--like`` (synthetic data only).
-        quick, seed, out, device, select_on_test, config, data_seed, pooled_regions, save_features:
-            the command's options of the same names (``out`` default: ``runs/<method>_<data>_seed<seed>``).
+        quick, seed, out, device, select_on_test, config, data_seed, pooled_regions, save_features, overwrite:
+            the command's options of the same names (``out`` default: ``runs/<method>_<data>_seed<seed>``, or
+            the first free ``-2``, ``-3``; an ``out`` holding another run is refused unless ``overwrite``).
         progress: progress bars on stderr.
         **settings: settings overrides (``--set``); nested sections as mappings, e.g.
             ``epochs=10, gan={"lr": 1e-3}``.
@@ -342,7 +349,8 @@ def fit(method: str, data: Union[str, "ZSLDataset"] = "synthetic", *, root: Opti
 
     args = _arguments(method, data, root=root, like=like, quick=quick, seed=seed, out=out, device=device,
                       select_on_test=select_on_test, config=config, progress=progress, data_seed=data_seed,
-                      pooled_regions=pooled_regions, save_features=save_features, settings=settings)
+                      pooled_regions=pooled_regions, save_features=save_features, overwrite=overwrite,
+                      settings=settings)
     given = data if isinstance(data, ZSLDataset) else None
     args.data_given = given is not None and "synthetic" not in given.info  # no data seed to record
     results = run(args, data=given)

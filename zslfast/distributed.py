@@ -32,6 +32,8 @@ and the single-process numbers are unchanged by it.
 import datetime
 import gc
 import os
+import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -237,7 +239,46 @@ def init(device):
         torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=float(os.environ.get("ZSLFAST_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    peers = [None] * dist.get_world_size()  # every rank's (host, pid): to name the one that died (lost_ranks)
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    _PEERS[:] = peers
     return device
+
+
+_PEERS = []  # (host, pid) of every rank of this job, in rank order
+
+
+def _alive(pid):
+    """Whether process ``pid`` of this host still runs (a zombie, not yet reaped by torchrun, has died)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+
+def lost_ranks():
+    """[(rank, pid)] of the ranks on this host whose process has ended (ranks on other hosts cannot be
+    checked from here)."""
+    host = socket.gethostname()
+    return [(r, pid) for r, (h, pid) in enumerate(_PEERS) if h == host and pid != os.getpid() and not _alive(pid)]
+
+
+def describe_failure(exc):
+    """One line for a launched run that failed with ``exc`` (not a zslfast error): which rank died
+    when this rank lost contact with it (a collective failed), else this rank's own exception."""
+    time.sleep(0.3)  # the dead rank's process may need a moment to be gone
+    dead = lost_ranks()
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    if dead:
+        who = ", ".join(f"rank {r} (pid {pid})" for r, pid in dead)
+        return (f"{who} died (killed by a signal, out of memory, or crashed: its own message, if any, is above); "
+                f"this rank stopped when it lost contact ({type(exc).__name__})")
+    return f"{type(exc).__name__}: {first}"
 
 
 def shutdown(together=False):

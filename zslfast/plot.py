@@ -28,6 +28,7 @@ import sys
 import torch
 
 from zslfast.errors import ZSLError, run_cli
+from zslfast.io import load_checked
 
 KINDS = ("tsne", "curves", "tasks", "attention")
 DPI = 80
@@ -101,7 +102,7 @@ def load_run(run_dir):
     except (OSError, ValueError) as exc:
         raise ZSLError(f"plot {run_dir}: no readable results.json ({exc})") from None
     art = os.path.join(run_dir, "features.pt")
-    artifacts = torch.load(art, map_location="cpu", weights_only=True) if os.path.isfile(art) else None
+    artifacts = load_checked(art, "plot") if os.path.isfile(art) else None
     return results, artifacts
 
 

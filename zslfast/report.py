@@ -42,8 +42,11 @@ def find_results(paths):
                     r = json.load(fh)
                 r["_path"] = f
                 describe(r)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ZSLError(f"report: {f}: not a zslfast results.json ({exc})") from None
+                if not isinstance(r["metrics"], dict) or not isinstance(r["seed"], int):
+                    raise TypeError("'metrics' must be a mapping and 'seed' an integer")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                missing = f"no {exc} entry" if isinstance(exc, KeyError) else str(exc)
+                raise ZSLError(f"report: {f}: not a zslfast results.json ({missing})") from None
             found.append(r)
     unique = {os.path.realpath(r["_path"]): r for r in found}
     return [unique[k] for k in sorted(unique)]
@@ -120,10 +123,12 @@ def report(paths, md=None, csv_path=None, digits=1, stream=None):
     table = build_table(find_results(paths))
     text = to_markdown(table, digits)
     (stream or sys.stdout).write(text)
-    if md:
-        write_atomic_text(md, text)
-    if csv_path:
-        write_atomic_text(csv_path, to_csv(table))
+    for path, content in ((md, lambda: text), (csv_path, lambda: to_csv(table))):
+        if path:
+            try:
+                write_atomic_text(path, content())
+            except OSError as exc:
+                raise ZSLError(f"report: cannot write {path} ({exc.strerror or exc})") from None
     return table
 
 

@@ -69,7 +69,13 @@ def summarize(runs):
             mean, std, n = mean_std(values)
             metrics[name] = {"mean": mean, "std": std, "n": n, "values": values}
     return {**ident, "seeds": seeds, "headline": metric_names(runs[0]), "metrics": metrics,
-            "run_s": mean_std([r["timings"]["total_s"] for r in runs])[0]}
+            "run_s": _mean_time(runs)}
+
+
+def _mean_time(runs):
+    """The mean run time in seconds, None when a run does not record it (results written by hand)."""
+    times = [(r.get("timings") or {}).get("total_s") for r in runs]
+    return mean_std(times)[0] if all(isinstance(t, (int, float)) for t in times) else None
 
 
 def format_mean_std(entry, digits=1):

@@ -39,7 +39,9 @@ def build_parser():
     p.add_argument("--seeds", default="0", help="training seeds, comma-separated (default 0)")
     p.add_argument("--full", action="store_true", help="each method's full synthetic budget instead of --quick")
     p.add_argument("--like", help="synthetic data shaped like a real dataset (see python -m zslfast.train --help)")
-    p.add_argument("--out", default=os.path.join("runs", "sweep"), help="output folder (default runs/sweep)")
+    p.add_argument("--out", help="output folder (default runs/sweep, or the first free runs/sweep-2, -3 when that "
+                                 "holds runs); a folder holding runs is refused")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs already in --out")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--select-on-test", action="store_true", help="the original papers' protocol, for every method")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -64,14 +66,18 @@ def train_args(args, entry_args, out):
     extra = ([] if args.full else ["--quick"]) + (["--like", args.like] if args.like else [])
     extra += ["--select-on-test"] if args.select_on_test else []
     extra += ["--no-progress"] if args.no_progress else []
+    extra += ["--overwrite"] if args.overwrite else []
     return [*entry_args, *extra, "--seeds", args.seeds, "--device", args.device, "--out", out]
 
 
 def sweep(args):
     """Run the selected entries and print / write the comparison table; returns the report's table."""
-    from zslfast import report, train
+    from zslfast import report, runfolder, train
 
     entries = selected_entries(args.methods)
+    if args.out is None:  # like the training command's default folder: never refused, never overwritten
+        args.out = runfolder.free_folder(os.path.join("runs", "sweep"), [name for name, _ in entries])
+        print(f"[zslfast.sweep] writing to {args.out}", file=sys.stderr)
     parser = train.build_parser()
     # Every entry's settings are resolved (and refused) before the first one trains.
     commands = []
@@ -80,6 +86,10 @@ def sweep(args):
         if targs.select_on_test and "test" not in train.method_class(targs.method).selection_modes:
             targs.select_on_test = False  # a method without selection (GRW) runs its fixed protocol
         train.resolve_config(targs.method, targs.dataset, targs.config, targs.set, targs.quick, like=targs.like)
+        taken = runfolder.holds_run(targs.out)
+        if taken and not args.overwrite:
+            raise ZSLError(f"--out {args.out}: {name} there holds a run ({', '.join(taken)}); choose another --out, or "
+                           "pass --overwrite to replace the sweep's runs")
         commands.append((name, targs))
     for name, targs in commands:
         print(f"[zslfast.sweep] {name}: python -m zslfast.train {' '.join(train_args(args, dict(entries)[name], targs.out))}",

@@ -7,19 +7,25 @@
     torchrun --nproc_per_node N -m zslfast.train ...    # the same run, data-parallel over N processes
 
 With no arguments it runs ESZSL on the built-in synthetic dataset in seconds. It prints progress and a
-results table, and writes ``<out>/results.json`` and ``<out>/checkpoint.pt`` (both atomically). Bad
-input (unknown names, missing or malformed data files, bad settings) ends with one line on stderr
-and exit code 2, before any training.
+results table, and writes ``<out>/results.json`` first, then ``checkpoint.pt`` and ``model.pt`` (each
+atomically, the torch files with a checksum), beside the run's record: ``run.json`` (command, times,
+versions, git commit, data file hashes), ``config.yaml`` and ``log.txt`` (:mod:`zslfast.runfolder`).
+A folder holding another run is never written over without ``--overwrite``. Bad input (unknown
+names, missing or malformed data files, bad settings) ends with one line on stderr and exit code 2,
+before any training; a run that fails after it started (outputs that cannot be written, a diverged
+loss, a lost rank) ends with one line and exit code 1, keeping what it can.
 """
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import threading
 import warnings
 import platform
 import sys
+import tempfile
 import time
 
 import torch
@@ -28,9 +34,10 @@ import zslfast
 from zslfast import distributed, ops
 from zslfast.config import annotated_yaml, resolve_config
 from zslfast.data.xlsa17 import FOLDER_NAME
-from zslfast.errors import ZSLError, run_cli
-from zslfast.engine.export import model_record, save_model
-from zslfast.io import check_writable, save_checkpoint, write_json
+from zslfast import runfolder
+from zslfast.errors import Diverged, RunFailed, ZSLError, run_cli
+from zslfast.engine.export import MODEL_FILE, model_record, save_model
+from zslfast.io import save_checkpoint, write_json
 from zslfast.engine import METHODS, RunContext, get_method, method_class
 from zslfast.engine.curves import CurveRecorder, TensorBoardLogger, require_tensorboard
 from zslfast.engine.resume import RESUME_FILE, Checkpointer, Interrupted, load_resume
@@ -63,19 +70,22 @@ def build_parser(parser_class=_Parser):
                         "$ZSLFAST_DATA_ROOT)")
     p.add_argument("--like", help="synthetic data shaped like a real dataset: a name (its att_splits.mat "
                                   "from ../shared/data or $ZSLFAST_SHARED_DATA) or an att_splits.mat path")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data (default 0)")
+    p.add_argument("--data-seed", type=_seed_arg, default=0, help="seed of the synthetic data (default 0)")
     p.add_argument("--pooled-regions", action="store_true",
                    help="for methods on feature vectors: use region data (synthetic regions, or the region HDF5 "
                         "under --data-root) globally average-pooled, i.e. the same images SC-EGG sees")
     p.add_argument("--config", help="YAML file of settings overriding the method's defaults")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (repeatable; dotted keys for nested settings)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="training seed (default 0)")
     p.add_argument("--seeds", type=parse_seeds, metavar="S,S,...",
                    help="train once per seed (into <out>/seed<S>/) and write <out>/summary.json and summary.md: "
                         "every metric as mean ± std over the seeds")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", help="output folder (default runs/<method>_<dataset>_seed<seed>)")
+    p.add_argument("--out", help="output folder (default runs/<method>_<dataset>_seed<seed>, or the first free "
+                                 "...-2, -3 when that holds a run); a folder holding another run is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run files (results, model, checkpoints, record) already in --out")
     p.add_argument("--quick", action="store_true", help="a small budget for smoke runs")
     p.add_argument("--select-on-test", action="store_true",
                    help="select hyper-parameters/epochs on the TEST split, as the original papers' code does; "
@@ -88,8 +98,9 @@ def build_parser(parser_class=_Parser):
                    help="at the end, draw every plot that applies to <out>/plots/*.png (implies --save-features; "
                         "needs matplotlib and scikit-learn: pip install \"zslfast[plots]\")")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the interrupted run in RUN_DIR (its resume.pt) with the same arguments; the "
-                        "result equals an uninterrupted run's (with --seeds: finished seeds are kept)")
+                   help="continue the interrupted run in RUN_DIR (its resume.pt); alone, it reuses the arguments "
+                        "the run was started with (RUN_DIR/run.json); the result equals an uninterrupted run's "
+                        "(with --seeds: finished seeds are kept)")
     p.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
                    help="write <out>/resume.pt every N epochs of a stage as well as at every stage boundary "
                         "(0: boundaries only; default 10); SIGINT/SIGTERM also write it, after the current step")
@@ -100,6 +111,20 @@ def build_parser(parser_class=_Parser):
                    help="tensorboard: write every stage's per-epoch losses and scores to <out>/tensorboard "
                         "(needs the tensorboard package: pip install \"zslfast[tensorboard]\")")
     return p
+
+
+SEED_MAX = 2 ** 63 - 1  # torch.manual_seed takes at most a signed 64-bit value here
+
+
+def _seed_arg(text):
+    """A seed: an integer in [0, 2^63 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{text}: a seed must lie in [0, 2^63 - 1]")
+    return value
 
 
 def _dataset_arg(value):
@@ -195,9 +220,10 @@ def stop_on_signals(checkpointer):
 def parse_seeds(text):
     """``--seeds 0,1,2`` as a list of distinct integers."""
     try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+        seeds = [_seed_arg(part) for part in text.split(",") if part.strip()]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected seeds (integers in [0, 2^63 - 1]) separated "
+                                         "by commas, e.g. 0,1,2") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
     return seeds
@@ -257,16 +283,66 @@ def run(args, data=None):
         args.out = args.resume
     if args.checkpoint_every < 0:
         raise ZSLError(f"--checkpoint-every {args.checkpoint_every}: expected a count >= 0")
-    if args.seeds:
-        out = args.out or os.path.join("runs", f"{args.method}_{base}_seeds{'-'.join(map(str, args.seeds))}")
-        outs = [os.path.join(out, f"seed{s}") for s in args.seeds]
-    else:
-        out = args.out or os.path.join("runs", f"{args.method}_{base}_seed{args.seed}")
-        outs = [out]
-    # Files are rank 0's: it checks the output folders and reads the checkpoints, every rank gets
-    # the outcome (an error included), so nothing here assumes that the ranks share a filesystem.
-    distributed.on_main(lambda: [check_writable(folder) for folder in outs])
-    # --resume: each checkpoint is read and checked against this run before the data is loaded
+    seeds = args.seeds or [args.seed]
+    if args.out:
+        out = args.out
+    else:  # the default folder is never refused: a taken one moves the run to the first free -2, -3, ...
+        wanted = os.path.join("runs", f"{args.method}_{base}_" + (f"seeds{'-'.join(map(str, seeds))}" if args.seeds
+                                                                  else f"seed{args.seed}"))
+        out = distributed.on_main(lambda: runfolder.free_folder(wanted))
+        if out != wanted:
+            say(f"[zslfast] {wanted} holds an earlier run; this one writes to {out}")
+    outs = [os.path.join(out, f"seed{s}") for s in args.seeds] if args.seeds else [out]
+    # Files are rank 0's: it claims the output folders (locked, never written over without --overwrite)
+    # and reads the checkpoints, every rank gets the outcome (an error included), so nothing here
+    # assumes that the ranks share a filesystem.
+    locks = []
+
+    def claim_folders():
+        if args.resume and not any(runfolder.holds_run(folder) for folder in outs):
+            raise ZSLError(f"--resume {args.resume}: no interrupted run there (no resume.pt"
+                           + (" in its seed folders" if args.seeds else "") + ")")
+        try:
+            for folder in ([out] if args.seeds else []) + outs:
+                locks.append(runfolder.claim(folder, resume=bool(args.resume), overwrite=args.overwrite))
+        except BaseException:
+            release(locks)
+            raise
+
+    distributed.on_main(claim_folders)
+    try:
+        return _run_in(args, method, config, sources, selection, device, data, dataset_key, out, outs)
+    finally:
+        release(locks)
+
+
+def release(locks):
+    for lock in locks:
+        lock.release()
+    locks.clear()
+
+
+def data_files(args, config, data):
+    """The files a run's data came from (hashed into run.json): the dataset file and the class tables
+    beside it, the ``--like`` table, a word-vector file."""
+    files = []
+    if args.like:
+        from zslfast.data.synthetic import find_att_splits
+
+        files.append(find_att_splits(args.like)[0])
+    source = str(getattr(data, "source", "") or "")
+    if os.path.isfile(source):
+        files.append(source)
+        folder = os.path.dirname(source)
+        files += [os.path.join(folder, f) for f in ("att_splits.mat", "sent_splits.mat")]
+    w2v = config.get("w2v")
+    if isinstance(w2v, str) and os.path.isfile(w2v):
+        files.append(w2v)
+    return [f for f in files if os.path.isfile(f)]
+
+
+def _run_in(args, method, config, sources, selection, device, data, dataset_key, out, outs):
+    """The rest of :func:`run`, once the output folders are this run's."""
     identities = {s: {"method": method.name, "dataset": dataset_key, "seed": s, "selection": selection,
                       "data_seed": args.data_seed, "config_hash": config_hash(config),
                       "zslfast_version": zslfast.__version__} for s in args.seeds or [args.seed]}
@@ -276,40 +352,156 @@ def run(args, data=None):
         for seed, folder in zip(args.seeds or [args.seed], outs):
             results = os.path.join(folder, "results.json")
             if args.resume and args.seeds and os.path.isfile(results) and not os.path.isfile(os.path.join(folder, RESUME_FILE)):
-                with open(results) as f:  # this seed had finished before the interruption
-                    finished[seed] = json.load(f)
+                try:  # this seed had finished before the interruption
+                    with open(results, encoding="utf-8") as f:
+                        finished[seed] = json.load(f)
+                except (OSError, ValueError) as exc:
+                    raise ZSLError(f"--resume: {results} cannot be read ({exc}); delete that seed folder to train "
+                                   "the seed again") from None
+                if not isinstance(finished[seed], dict) or "metrics" not in finished[seed]:
+                    raise ZSLError(f"--resume: {results} is not a results file; delete that seed folder to train "
+                                   "the seed again")
             elif args.resume and (not args.seeds or os.path.isfile(os.path.join(folder, RESUME_FILE))):
                 found[seed] = load_resume(folder, identities[seed])
         return found, finished
 
     resumes, finished_runs = distributed.on_main(read_resumes)
+    record = None
+    main_rank = distributed.is_main()
+    config_text = annotated_yaml(config, sources)
+    with (runfolder.logged(out) if main_rank else contextlib.nullcontext()):
+        if main_rank and args.seeds:  # the command's own record (what --resume OUT alone reads)
+            record = runfolder.RunRecord(out, args, config_text, _versions())
+        t0 = time.perf_counter()
+        try:
+            data = load_data(args, config) if data is None else data
+            load_s = time.perf_counter() - t0
+            check_inputs(args, method, config, sources, selection, data)
+            files = distributed.on_main(lambda: runfolder.data_file_hashes(data_files(args, config, data)))
+            say(f"[zslfast] {method.name} on {data.summary()}")
+            runs = []
+            for seed, folder in zip(args.seeds or [args.seed], outs):
+                if seed in finished_runs:
+                    runs.append(finished_runs[seed])
+                    continue
+                runs.append(train_one(args, method, config, selection, device, data, dataset_key, seed, folder,
+                                      load_s, identities[seed], resumes.get(seed), config_text=config_text,
+                                      files=files, own_log=bool(args.seeds)))
+        except BaseException as exc:
+            if record is not None:
+                record.end(_status(exc), str(exc) or type(exc).__name__)
+            raise
+        if not args.seeds:
+            return runs[0]
+        from zslfast.summary import summary_markdown, write_summary
 
-    t0 = time.perf_counter()
-    data = load_data(args, config) if data is None else data
-    load_s = time.perf_counter() - t0
-    say(f"[zslfast] {method.name} on {data.summary()}")
-    runs = []
-    for seed, folder in zip(args.seeds or [args.seed], outs):
-        if seed in finished_runs:
-            runs.append(finished_runs[seed])
-            continue
-        runs.append(train_one(args, method, config, selection, device, data, dataset_key, seed, folder, load_s,
-                              identities[seed], resumes.get(seed)))
-    if not args.seeds:
-        return runs[0]
-    from zslfast.summary import summary_markdown, write_summary
-
-    if not distributed.is_main():
+        if not main_rank:
+            return runs
+        summary = write_summary(out, runs)
+        record.end("finished")
+        show("\n" + summary_markdown(summary) + f"wrote {os.path.join(out, 'summary.json')} and summary.md")
         return runs
-    summary = write_summary(out, runs)
-    print("\n" + summary_markdown(summary) + f"wrote {os.path.join(out, 'summary.json')} and summary.md")
-    return runs
 
 
-def train_one(args, method, config, selection, device, data, dataset_key, seed, out, load_s, identity, resume=None):
+def _user_set(sources, key):
+    """Whether setting ``key`` was given by the user (``--set`` or ``--config``), not a method's file."""
+    where = sources.get(key, "")
+    return where.startswith("--set") or where.endswith("(--config)")
+
+
+def check_inputs(args, method, config, sources, selection, data):
+    """What the loaded data makes impossible or meaningless, refused before any training: settings
+    the data would ignore (recorded in results.json as if used), and the method's own checks on the
+    data and on the validation view it selects on (fewer classes)."""
+    if method.inputs == "regions" and args.dataset == "synthetic" and _user_set(sources, "w2v"):
+        raise ZSLError(f"setting w2v = {config['w2v']!r}: the synthetic region data carries its own attribute word "
+                       "vectors, so w2v applies only to region files under --data-root; remove the setting")
+    validation = config.get("validation")
+    if selection == "validation" and validation is not None:
+        if data.official_validation_classes() is not None and _user_set(sources, "validation.unseen_fraction"):
+            raise ZSLError(f"setting validation.unseen_fraction: {data.name} has its own validation classes (val_loc), "
+                           "which validation holds out instead; remove the setting")
+        view = data.validation_split(**validation)
+        method.check_data(view, config)
+    method.check_data(data, config)
+
+
+def _versions():
+    return {"zslfast_version": zslfast.__version__, "torch_version": torch.__version__,
+            "python_version": platform.python_version()}
+
+
+def _status(exc):
+    """run.json's status for a run that ended with ``exc``."""
+    if isinstance(exc, Interrupted):
+        return "interrupted"
+    return "diverged" if isinstance(exc, Diverged) else "failed"
+
+
+_ACTIVE = {}  # the run in progress (its folder, its checkpointer): what a failure message reports
+
+
+def checkpoint_status():
+    """Where the run in progress can be continued from, in words, for a failure message (rank 0,
+    which writes the checkpoints; empty on the other ranks)."""
+    if not distributed.is_main():
+        return ""
+    checkpointer, out = _ACTIVE.get("checkpointer"), _ACTIVE.get("out")
+    if checkpointer is None or not checkpointer.written:
+        return "no checkpoint had been written: run it again"
+    how = "torchrun ... -m zslfast.train" if distributed.launched() else "python -m zslfast.train"
+    return f"{checkpointer.written}: continue with {how} --resume {out}"
+
+
+def write_results(path, results):
+    """Write results.json; when that fails (a full disk, a folder removed), keep the results in a
+    fallback file (the temporary folder, else the home folder) and fail with one line naming both."""
+    try:
+        write_json(path, results)
+        return path
+    except OSError as exc:
+        cause = exc.strerror or str(exc)
+        name = f"zslfast-results-{results['method']}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+        for folder in (tempfile.gettempdir(), os.path.expanduser("~")):
+            alt = os.path.join(folder, name)
+            try:
+                write_json(alt, results)
+            except OSError:
+                continue
+            raise RunFailed(f"cannot write {path} ({cause}); the results were saved to {alt} instead") from None
+        raise RunFailed(f"cannot write {path} ({cause}), nor a copy in {tempfile.gettempdir()} or the home folder; "
+                        "the results table above is all that is left") from None
+
+
+def train_one(args, method, config, selection, device, data, dataset_key, seed, out, load_s, identity, resume=None,
+              config_text="", files=None, own_log=False):
     """One training run with seed ``seed`` on loaded ``data`` (continuing the checkpoint ``resume``
-    when given): writes out/results.json and checkpoint.pt (rank 0 of a distributed run, once every
-    rank has finished)."""
+    when given): writes out/results.json, checkpoint.pt and model.pt, and the run's record (rank 0
+    of a distributed run, once every rank has finished). ``own_log``: the run folder gets its own
+    log.txt (one seed of ``--seeds``; a single run's folder is the command's, already logged)."""
+    main_rank = distributed.is_main()
+    record = None
+    with contextlib.ExitStack() as stack:
+        if main_rank:
+            record = runfolder.RunRecord(out, args, config_text, _versions())
+            record.record["seed"] = seed
+            record.record["data_files"] = files or {}
+            record.write()
+            if own_log:
+                stack.enter_context(runfolder.logged(out))
+        try:
+            results = _train_one(args, method, config, selection, device, data, dataset_key, seed, out, load_s,
+                                 identity, resume)
+        except BaseException as exc:
+            if record is not None:
+                record.end(_status(exc), str(exc) or type(exc).__name__)
+            raise
+        if record is not None:
+            record.end("finished")
+        return results
+
+
+def _train_one(args, method, config, selection, device, data, dataset_key, seed, out, load_s, identity, resume):
     t_start = time.perf_counter()
     rank, size = distributed.world()
     say(f"[zslfast] device {device}" + (f" (rank 0 of {size} processes)" if size > 1 else "")
@@ -323,8 +515,10 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
     checkpointer = Checkpointer(os.path.join(out, RESUME_FILE), identity, args.checkpoint_every, resume,
                                 int(interrupt_after) if interrupt_after else None, config)
     checkpointer.recorder = curves
+    _ACTIVE.update(out=out, checkpointer=checkpointer)  # kept after the run: a failure message reads it
     main_rank = rank == 0
     loggers = [TensorBoardLogger(os.path.join(out, "tensorboard"))] if args.log == "tensorboard" and main_rank else []
+    loggers += [runfolder.EpochLog()] if main_rank else []
     ctx = RunContext(device=device, seed=seed, quick=args.quick, selection=selection,
                      progress=not args.no_progress and main_rank, callbacks=[curves, *loggers, checkpointer],
                      save_features=args.save_features or args.plots)
@@ -336,9 +530,13 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
                 if selection == "validation" else contextlib.nullcontext())
         with stop_on_signals(checkpointer), seal:
             result = method.run(data, config, ctx)
+    except Diverged as exc:
+        exc.checkpoint = checkpointer.written and f"{checkpointer.written}"
+        raise
     finally:
         for logger in loggers:
-            logger.close()
+            if hasattr(logger, "close"):
+                logger.close()
     run_s = time.perf_counter() - t0
     fail_rank = os.environ.get("ZSLFAST_FAIL_RANK")  # test hook: this rank fails after training
     if fail_rank is not None and int(fail_rank) == rank:
@@ -346,11 +544,12 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
     distributed.all_succeeded()  # a job in which any rank failed writes no results
     if not main_rank:
         return None
+    bad = [k for k, v in result.metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise Diverged("the final evaluation", None, "the metric " + ", ".join(bad), checkpointer.written)
 
     ckpt = os.path.join(out, "checkpoint.pt")
-    save_checkpoint(ckpt, {"method": method.name, "config": config, "state": result.state,
-                           "zslfast_version": zslfast.__version__})
-    model_path = save_model(out, model_record(method, config, data, result.model))
+    model_path = os.path.join(out, MODEL_FILE)
     results = {
         "method": method.name, "dataset": dataset_key, "setting": method.setting,
         "variant": variant_label(args), "embedding": method.embedding(config),
@@ -365,52 +564,128 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
                      "python": platform.python_version()},
         "data": data.summary(), "checkpoint": ckpt, "model": model_path, "info": result.info,
     }
+    # The table first and results.json next: whatever fails after this, the numbers are kept.
+    show(f"\n{method.name} on {dataset_key} (seed {seed}, selection: {results['selection']['on']})")
+    show(format_table([(k, v) for k, v in result.metrics.items()]))
+    if result.per_task:
+        show("  per task: " + ", ".join(f"t{t['task']}: S {t['S']:.1f} U {t['U']:.1f} H {t['H']:.1f}"
+                                        for t in result.per_task))
+    results_path = write_results(os.path.join(out, "results.json"), results)
+    outputs = [(ckpt, lambda: save_checkpoint(ckpt, {"method": method.name, "config": config, "state": result.state,
+                                                      "zslfast_version": zslfast.__version__})),
+               (model_path, lambda: save_model(out, model_record(method, config, data, result.model)))]
     if ctx.artifacts:
-        save_checkpoint(os.path.join(out, "features.pt"), ctx.artifacts)
-    write_json(os.path.join(out, "results.json"), results)
+        outputs.append((os.path.join(out, "features.pt"),
+                        lambda: save_checkpoint(os.path.join(out, "features.pt"), ctx.artifacts)))
+    for path, write in outputs:
+        try:
+            write()
+        except OSError as exc:
+            raise RunFailed(f"cannot write {path} ({exc.strerror or exc}); {results_path} holds the results; "
+                            + (f"{checkpointer.written} is kept: make room and run --resume {out} to write the "
+                               "files again (training stages are not repeated)" if checkpointer.written else
+                               "train again to get the file")) from None
     checkpointer.finish()
     if args.plots:
         from zslfast.plot import plot_all
 
         for kind, (path, _) in plot_all(out).items():
             say(f"[zslfast] plot {kind}: {path}")
-
-    print(f"\n{method.name} on {dataset_key} (seed {seed}, selection: {results['selection']['on']})")
-    rows = [(k, v) for k, v in result.metrics.items()]
-    print(format_table(rows))
-    if result.per_task:
-        print("  per task: " + ", ".join(f"t{t['task']}: S {t['S']:.1f} U {t['U']:.1f} H {t['H']:.1f}"
-                                         for t in result.per_task))
-    print(f"  time {results['timings']['total_s']:.1f}s; wrote {os.path.join(out, 'results.json')}")
+    show(f"  time {results['timings']['total_s']:.1f}s; wrote {results_path}")
     return results
 
 
 def say(message):
-    """A progress line on stderr, from rank 0 only (the other ranks of a distributed run are silent)."""
+    """A progress line on stderr, from rank 0 only (the other ranks of a distributed run are silent),
+    and in the run's log.txt."""
     if distributed.is_main():
         print(message, file=sys.stderr)
+        for line in message.strip("\n").splitlines():
+            runfolder.LOGGER.info(line)
+
+
+def show(message):
+    """A line of the run's result on stdout (rank 0), and in the run's log.txt."""
+    if distributed.is_main():
+        print(message)
+        for line in message.strip("\n").splitlines():
+            runfolder.LOGGER.info(line)
+
+
+RUNTIME_ONLY = ("resume", "no_progress", "device", "checkpoint_every", "log")  # may differ when resuming
+
+
+def resume_arguments(args, parser):
+    """``--resume RUN_DIR`` alone (at most with options that do not change the run, RUNTIME_ONLY):
+    the arguments the run was started with, from RUN_DIR/run.json; otherwise ``args`` unchanged."""
+    if not args.resume:
+        return args
+    same_out = args.out is None or os.path.abspath(args.out) == os.path.abspath(args.resume)
+    given = [k for k, v in vars(args).items() if k not in RUNTIME_ONLY + ("command",)
+             and v != parser.get_default(k) and not (k == "out" and same_out)]
+    if given:
+        return args
+    record = runfolder.read_record(args.resume)
+    if record is None or not isinstance(record.get("args"), dict):
+        if not os.path.isdir(args.resume):
+            raise ZSLError(f"--resume {args.resume}: no such folder")
+        raise ZSLError(f"--resume {args.resume}: no run.json there to take the run's arguments from; repeat the "
+                       "run's arguments with --resume")
+    stored = dict(record["args"])
+    for k in RUNTIME_ONLY:
+        if getattr(args, k) != parser.get_default(k):
+            stored[k] = getattr(args, k)
+    merged = vars(parser.parse_args([])) | {k: v for k, v in stored.items() if hasattr(args, k)}
+    merged["resume"], merged["out"], merged["command"] = args.resume, args.resume, getattr(args, "command", None)
+    return argparse.Namespace(**merged)
+
+
+class Terminated(Exception):
+    """SIGTERM outside training in a torchrun job (the launcher stopping the job)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated("stopped by SIGTERM (torchrun stops every rank when one fails)")
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.command = runfolder.command_line(argv)  # recorded in run.json (argv None: this process's)
     quiet = distributed.launched() and int(os.environ.get("RANK", "0")) != 0
 
     def body():
         together = False  # whether every rank ended alike (see distributed.shutdown)
         try:
-            result = run(args)
+            result = run(resume_arguments(args, parser))
             together = True
             return result
         except Interrupted as exc:  # every rank stopped after the same step
             together = True
-            say(f"zslfast: {exc}; continue with the same arguments and --resume {os.path.dirname(exc.path)}")
+            say(f"zslfast: {exc}; continue with --resume {os.path.dirname(exc.path)}")
             return 3
+        except (ZSLError, RunFailed, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if not distributed.launched():
+                raise
+            # A rank of a torchrun job: one line saying what happened and what is kept, not a traceback.
+            # When a rank dies, torchrun sends the others SIGTERM (and SIGKILL 30 s later): ignored
+            # from here on, so that the line gets written.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            kept = checkpoint_status()
+            raise RunFailed(distributed.describe_failure(exc) + (f"; {kept}" if kept else "")) from exc
         finally:
             distributed.shutdown(together)
 
     # Under torchrun only rank 0 talks: the other ranks' results, tables and warnings are rank 0's
     # too. Errors are not silenced (errors.run_cli prints them with the rank).
     with contextlib.ExitStack() as stack:
+        if distributed.launched() and threading.current_thread() is threading.main_thread():
+            # torchrun's SIGTERM outside training (where stop_on_signals handles it) becomes an
+            # exception, so this rank reports why it stopped instead of vanishing
+            previous = signal.signal(signal.SIGTERM, _terminated)
+            stack.callback(signal.signal, signal.SIGTERM, previous)
         if quiet:
             stack.enter_context(contextlib.redirect_stdout(open(os.devnull, "w")))
             stack.enter_context(warnings.catch_warnings())

@@ -99,12 +99,15 @@ def test_missing_and_non_hdf5_files(tmp_path):
         read_region_hdf5(str(junk))
 
 
-def test_non_finite_maps_are_caught_on_read(small, tmp_path):
+def test_non_finite_maps_are_caught_when_the_file_is_read_and_per_batch(small, tmp_path):
     path = _corrupt(small, tmp_path, lambda f: f["feature_map"].__setitem__((4, 0, 0), np.inf))
-    d = read_region_hdf5(path, storage="stream")
-    d.features.read(torch.tensor([0, 1]))  # clean images read fine
+    for storage in ("stream", "memory"):  # the whole file is scanned before any training
+        with pytest.raises(ZSLError, match="images \\[4\\] contain NaN/inf"):
+            read_region_hdf5(path, storage=storage)
+    features = regions.RegionFeatures(path=path)  # and every batch read is checked again
+    features.read(torch.tensor([0, 1]))  # clean images read fine
     with pytest.raises(ZSLError, match="images \\[4\\] contain NaN/inf"):
-        d.features.read(torch.tensor([3, 4]))
+        features.read(torch.tensor([3, 4]))
 
 
 def test_cross_image_chunks_refused_for_streaming_and_repack_fixes_them(small, tmp_path):

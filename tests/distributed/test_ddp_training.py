@@ -26,8 +26,10 @@ and assert that no rank aborted ("terminate called").
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -239,6 +241,46 @@ def test_a_failing_rank_fails_the_job_with_its_one_line_error(tmp_path):
     assert proc.returncode != 0
     assert "zslfast: error: rank 1: RuntimeError: ZSLFAST_FAIL_RANK=1: failing on purpose" in proc.stderr
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "checkpoint.pt").exists()
+
+
+def _rank_pid(parent, rank):
+    """The pid of torchrun worker ``rank`` (a zslfast.train process whose environment has RANK)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"zslfast.train" in cmdline and b"torch.distributed.run" not in cmdline \
+                and str(parent).encode() in cmdline:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_named_in_one_line_and_the_job_resumes_from_its_checkpoint(cvc_two, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "zslfast.train", *CVC, "--checkpoint-every", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **ENV, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (out / "resume.pt").exists() and time.time() < deadline:  # after the first epoch
+        time.sleep(0.1)
+    victim = _rank_pid(out, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)  # as the kernel's OOM killer or kill -9 would
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in err.splitlines() if line.startswith("zslfast: error:")]
+    assert len(lines) == 1, err[-3000:]
+    assert f"rank 0: rank 1 (pid {victim}) died" in lines[0] and "resume.pt (after epoch" in lines[0]
+    assert f"-m zslfast.train --resume {out}" in lines[0]
+    resumed = _torchrun(["--resume", str(out)], out)  # the run's own arguments, from its run.json
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["metrics"] == cvc_two[1]["metrics"]
 
 
 @pytest.mark.slow

@@ -87,7 +87,7 @@ def test_a_missing_or_foreign_model_file_is_one_clear_error(tmp_path):
     with pytest.raises(ZSLError, match="no such file"):
         load_model(str(tmp_path))
     torch.save({"weights": torch.zeros(2)}, tmp_path / MODEL_FILE)
-    with pytest.raises(ZSLError, match="not a zslfast model file"):
+    with pytest.raises(ZSLError, match="not a file written by this zslfast"):
         load_model(str(tmp_path))
     (tmp_path / MODEL_FILE).write_bytes(b"truncated")
     with pytest.raises(ZSLError, match="cannot read it"):

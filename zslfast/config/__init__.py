@@ -44,13 +44,22 @@ SECTIONS = ("defaults", "datasets", "cpu_budget", "quick")  # the top-level keys
 def _load_yaml(path, lines=None):
     """The mapping in ``path``; with ``lines`` (a dict), also {key path tuple: 1-based line}."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
         data = yaml.safe_load(text) or {}
     except FileNotFoundError:
         raise ZSLError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ZSLError(f"{path}: invalid YAML ({exc})") from None
+    except IsADirectoryError:
+        raise ZSLError(f"{path}: is a folder; --config takes a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ZSLError(f"{path}: not a UTF-8 text file (byte {exc.start}); --config takes a YAML file") from None
+    except OSError as exc:
+        raise ZSLError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:  # PyYAML's message spans several lines: the problem and where, on one
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ZSLError(f"{path}: invalid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ZSLError(f"{path}: a config file must hold a mapping of settings")
     if lines is not None:

@@ -54,13 +54,17 @@ class Setting(abc.ABC):
             raise ZSLError(f"setting {key} = {_show(value)}: expected {allowed}") from None
 
 
+def _num(v):
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
 def _range_text(lo, hi, lo_open, hi_open):
     if lo is not None and hi is not None:
-        return f" in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        return f" in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
     if lo is not None:
-        return f" {'>' if lo_open else '>='} {lo:g}"
+        return f" {'>' if lo_open else '>='} {_num(lo)}"
     if hi is not None:
-        return f" {'<' if hi_open else '<='} {hi:g}"
+        return f" {'<' if hi_open else '<='} {_num(hi)}"
     return ""
 
 
@@ -71,8 +75,9 @@ class _Number(Setting):
         super().__init__(**kw)
         self.lo, self.hi, self.lo_open, self.hi_open = min, max, min_open, max_open
 
-    def describe(self):
-        return self.kind + _range_text(self.lo, self.hi, self.lo_open, self.hi_open)
+    def describe(self):  # the integer ceiling INT_MAX goes unsaid unless it is the value refused
+        hi = None if self.hi == INT_MAX else self.hi
+        return self.kind + _range_text(self.lo, hi, self.lo_open, hi is not None and self.hi_open)
 
     def _in_range(self, v):
         if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
@@ -82,10 +87,24 @@ class _Number(Setting):
         return v
 
 
+INT_MAX = 2 ** 31 - 1  # every integer setting's ceiling (counts, epochs, sizes go into int32 kernels)
+WIDTH_MAX = 65536     # a layer width; at 65 536 one square layer's float32 weights alone take 16 GiB
+COUNT_MAX = 10 ** 6   # samples per class to synthesise: 10^6 × 2048-d float32 features is 8 GiB per class
+
+
 class Int(_Number):
-    """An integer (an integral float such as 1e3 is accepted and converted)."""
+    """An integer (an integral float such as 1e3 is accepted and converted), at most ``INT_MAX``
+    unless a lower ``max`` is declared."""
 
     kind = "an integer"
+
+    def __init__(self, min=None, max=INT_MAX, **kw):
+        super().__init__(min=min, max=max, **kw)
+
+    def check(self, value, key):
+        if self.hi == INT_MAX and isinstance(value, (int, float)) and not isinstance(value, bool) and value > INT_MAX:
+            raise ZSLError(f"setting {key} = {_show(value)}: expected an integer <= {INT_MAX}")
+        return super().check(value, key)
 
     def _convert(self, value):
         if isinstance(value, bool):
@@ -95,6 +114,12 @@ class Int(_Number):
         if not isinstance(value, int):
             raise TypeError
         return self._in_range(value)
+
+
+def Width(**kw):
+    """A layer width: an integer in [1, WIDTH_MAX], so a typo such as 10^9 is refused before the
+    run tries to allocate it."""
+    return Int(min=1, max=WIDTH_MAX, **kw)
 
 
 class Float(_Number):
@@ -307,7 +332,7 @@ def vaegan_settings():
     """TF-VAEGAN's training settings (:func:`zslfast.nn.vaegan.train_step`), shared by the ``gan``
     sections of TF-VAEGAN and SC-EGG (which adds its guidance weights)."""
     lr = Float(min=0, min_open=True)
-    return {"hidden": Int(min=1), "critic_iters": Int(min=1), "feedback_loops": Int(min=1, max=2),
+    return {"hidden": Width(), "critic_iters": Int(min=1), "feedback_loops": Int(min=1, max=2),
             "lr": lr, "dec_lr": lr, "feed_lr": lr, "beta1": Float(min=0, max=1, max_open=True),
             "gamma_d": Float(min=0), "gamma_g": Float(min=0), "lambda_gp": Float(min=0, min_open=True),
             "recons_weight": Float(min=0), "a1": Float(min=0), "a2": Float(min=0), "freeze_dec": Bool(),
@@ -318,7 +343,7 @@ def generative_settings():
     """The generative evaluation's settings (:func:`zslfast.eval.generative_evaluation`): the synthetic
     count per unseen class (or its ratio to the real count per seen class), the final classifiers and
     the calibration, shared by every feature-generating method."""
-    return {"synth_per_class": Int(min=1, nullable=True), "synth_ratio": Float(min=0, min_open=True, nullable=True),
+    return {"synth_per_class": Int(min=1, max=COUNT_MAX, nullable=True), "synth_ratio": Float(min=0, min_open=True, nullable=True),
             "classifier": Section(lr=Float(min=0, min_open=True), epochs=Int(min=1), batch_size=Int(min=1),
                                   init=Choice(*CLASSIFIER_INITS), zsl_outputs=Choice(*ZSL_OUTPUTS)),
             "calibration": Float()}

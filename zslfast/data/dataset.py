@@ -142,6 +142,10 @@ class ZSLDataset:
         sealed dataset is checked against the indices its seal holds)."""
         f, y, a = self.features, self.labels, self.attributes
         self._check_features()
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            self._fail(f"labels must be integer class ids, got dtype {y.dtype}")
+        if not a.is_floating_point() or a.is_complex():
+            self._fail(f"class embeddings must be real floating-point numbers, got dtype {a.dtype}")
         if y.dim() != 1 or y.shape[0] != f.shape[0]:
             self._fail(f"labels must be a vector with one entry per feature row ({f.shape[0]}), "
                        f"got shape {tuple(y.shape)}")
@@ -185,6 +189,8 @@ class ZSLDataset:
 
     def _check_features(self):
         f = self.features
+        if not f.is_floating_point() or f.is_complex():
+            self._fail(f"features must be real floating-point numbers, got dtype {f.dtype}")
         if f.dim() != 2:
             self._fail(f"features must be a 2-D [N, D] matrix, got shape {tuple(f.shape)}")
         if not torch.isfinite(f).all():
@@ -306,6 +312,16 @@ class ZSLDataset:
                        class_names=[self.class_names[int(i)] for i in keep_classes], splits=splits,
                        info={**self.info, "without_classes": [self.class_names[i] for i in sorted(set(ids))]})
 
+    def official_validation_classes(self):
+        """The seen classes of the source's own ``val`` split (xlsa17's ``val_loc``), which
+        :meth:`validation_split` holds out instead of a random ``unseen_fraction``; None without one."""
+        if "val" not in self.splits or not self.splits["val"].numel():
+            return None
+        seen = self.seen_classes
+        official = torch.unique(self.labels[self.splits["val"]])
+        official = official[torch.isin(official, seen)]
+        return official if 0 < official.numel() < seen.numel() else None
+
     def validation_split(self, seed=0, unseen_fraction=0.2, seen_test_fraction=0.2):
         """A dataset for model selection built from trainval only: the test data is never touched.
 
@@ -321,17 +337,13 @@ class ZSLDataset:
         seen = self.seen_classes
         tv = self.splits["trainval"]
         g = torch.Generator().manual_seed(seed)
-        val_classes = None
-        if "val" in self.splits and self.splits["val"].numel():
-            official = torch.unique(self.labels[self.splits["val"]])
-            official = official[torch.isin(official, seen)]
-            if 0 < official.numel() < seen.numel():
-                val_classes = official
+        val_classes = self.official_validation_classes()
         if val_classes is None:
             k = max(1, round(unseen_fraction * seen.numel()))
-            if k >= seen.numel():
-                raise ZSLError(f"{self.name}: {seen.numel()} seen classes are too few for a class-disjoint "
-                               "validation split")
+            if seen.numel() - k < 2:
+                raise ZSLError(f"{self.name}: validation.unseen_fraction = {unseen_fraction:g} holds out {k} of the "
+                               f"{seen.numel()} seen classes, leaving {seen.numel() - k} to train on (at least 2 are "
+                               "needed); lower it, e.g. --set validation.unseen_fraction=0.2")
             val_classes = seen[torch.randperm(seen.numel(), generator=g)[:k]].sort().values
         in_val = torch.isin(self.labels[tv], val_classes)
         val_unseen = tv[in_val]

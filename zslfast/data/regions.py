@@ -23,7 +23,9 @@ A ``feature_map`` compressed with chunks spanning many images (what SC-EGG's ``-
 writes: h5py guesses chunks of ~900 images × 128 channels) cannot be read per image: every image
 would decompress ~900 images' worth of data. Streaming such a file is refused with a pointer to
 ``python -m zslfast.data regions repack IN OUT [--dtype float16]``, which rewrites it with one image
-per chunk. Finiteness of the maps is checked on the fly (per batch), not by an extra full read.
+per chunk. Every map is checked when the file is read, before any training (:meth:`RegionFeatures.scan`:
+the whole file in blocks of images, streamed, so a NaN in one image's map or a corrupted
+compressed chunk is one error line up front), and again per batch as it is used.
 
 h5py is an optional dependency (``pip install "zslfast[regions]"``); everything else in zslfast
 works without it.
@@ -163,12 +165,23 @@ class RegionFeatures:
     def read(self, idx=None):
         """float32 [n, C, R] of the view's images ``idx`` (all when None), on the view's device."""
         rows = self._file_rows(np.arange(len(self)) if idx is None else idx)
-        out = torch.from_numpy(np.ascontiguousarray(self._read_rows(rows)))
+        try:
+            out = torch.from_numpy(np.ascontiguousarray(self._read_rows(rows)))
+        except OSError as exc:  # h5py: a corrupted compressed chunk, a truncated file
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ZSLError(f"{self.path}: cannot read the feature maps of images {int(rows.min())}-{int(rows.max())} "
+                           f"({first}): the file is damaged") from None
         if self.check_finite and not torch.isfinite(out).all():
             bad = rows[(~torch.isfinite(out)).flatten(1).any(1).numpy()]
             raise ZSLError(f"{self.path or 'region features'}: feature maps of images {bad[:5].tolist()} "
                            "contain NaN/inf values")
         return out.to(self.device)
+
+    def scan(self, block_size=256):
+        """Read every image once, in blocks (streamed from the file when stored there): a NaN/inf map
+        or an unreadable block is a :class:`ZSLError` naming the images."""
+        for _ in self.blocks(block_size):
+            pass
 
     def blocks(self, block_size=256):
         """(positions, float32 tensor) over the view in order, ``block_size`` images at a time."""
@@ -251,8 +264,16 @@ def _open(path):
         _fail(path, f"cannot read as an HDF5 file ({exc})")
 
 
-def _vector(f, key, path, integer=True):
+def _dataset_of(f, key, path):
+    """The HDF5 dataset ``key`` of ``f`` (a group or other object of that name is refused)."""
     ds = f[key]
+    if not isinstance(ds, require_h5py().Dataset):
+        _fail(path, f"'{key}' must be an HDF5 dataset, got a {type(ds).__name__}")
+    return ds
+
+
+def _vector(f, key, path, integer=True):
+    ds = _dataset_of(f, key, path)
     if ds.ndim != 1 and not (ds.ndim == 2 and 1 in ds.shape):
         _fail(path, f"'{key}' must be a vector, got shape {ds.shape}")
     v = np.asarray(ds[()]).reshape(-1)
@@ -262,7 +283,7 @@ def _vector(f, key, path, integer=True):
 
 
 def _float_matrix(f, key, path):
-    m = np.asarray(f[key][()])
+    m = np.asarray(_dataset_of(f, key, path)[()])
     if m.ndim != 2 or not np.issubdtype(m.dtype, np.floating):
         _fail(path, f"'{key}' must be a 2-D float matrix, got shape {m.shape} dtype {m.dtype}")
     if not np.isfinite(m).all():
@@ -323,7 +344,7 @@ def read_region_hdf5(path, storage="auto", w2v="auto", name=None, att_splits=Non
         for key in REQUIRED:
             if key not in f:
                 _fail(path, f"missing dataset '{key}' (expected {', '.join(REQUIRED)})")
-        ds = f["feature_map"]
+        ds = _dataset_of(f, "feature_map", path)
         if ds.ndim not in (3, 4):
             _fail(path, f"'feature_map' must be (N, C, H, W) or (N, C, R), got shape {ds.shape}")
         if ds.dtype not in MAP_DTYPES:
@@ -347,13 +368,18 @@ def read_region_hdf5(path, storage="auto", w2v="auto", name=None, att_splits=Non
         file_w2v = _float_matrix(f, "w2v_att", path) if "w2v_att" in f else None
         nbytes = int(np.prod(ds.shape)) * ds.dtype.itemsize
         mode = _choose_storage(storage, nbytes, ds, path)
-        array = _read_all(ds) if mode == "memory" else None
+        try:
+            array = _read_all(ds) if mode == "memory" else None
+        except OSError as exc:  # a corrupted compressed chunk, a truncated file
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            _fail(path, f"cannot read 'feature_map' ({first}): the file is damaged")
     names = [f"class_{i:03d}" for i in range(k)]
     side = att_splits or os.path.join(os.path.dirname(os.path.abspath(path)), "att_splits.mat")
     if os.path.isfile(side):
         names = _merge_att_splits(side, path, att, splits, names)
     vectors, w2v_info = resolve_w2v(w2v, att.shape[1], file_w2v, source=path)
     feats = RegionFeatures(array=array) if array is not None else RegionFeatures(path=path)
+    feats.scan()  # every map, before any training: NaN/inf or damaged chunks are one line now, not mid-run
     return RegionDataset(name=name, features=feats.to(device), labels=torch.from_numpy(labels),
                          attributes=torch.from_numpy(att.astype(np.float32)), class_names=names,
                          splits=splits, source=path, w2v=vectors,

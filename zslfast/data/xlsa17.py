@@ -71,7 +71,45 @@ def _matrix(mat, key, path):
     m = np.asarray(mat[key])
     if m.ndim != 2 or not np.issubdtype(m.dtype, np.number):
         raise ZSLError(f"{path}: field '{key}' must be a numeric matrix, got shape {m.shape} dtype {m.dtype}")
+    if np.issubdtype(m.dtype, np.complexfloating):
+        raise ZSLError(f"{path}: field '{key}' holds complex numbers ({m.dtype}); expected real values")
     return m
+
+
+def integer_labels(labels, path, key="labels"):
+    """``labels`` as int64, refusing fractional, complex or non-numeric values (a float file that
+    holds 1.0, 2.0, ... is fine: MATLAB stores doubles)."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size and (not np.issubdtype(labels.dtype, np.number) or np.issubdtype(labels.dtype, np.complexfloating)):
+        raise ZSLError(f"{path}: '{key}' must hold integer class ids, got dtype {labels.dtype}")
+    if labels.size and np.issubdtype(labels.dtype, np.floating):
+        bad = ~np.isfinite(labels) | (labels != np.round(labels))
+        if bad.any():
+            raise ZSLError(f"{path}: '{key}' must hold integer class ids; {int(bad.sum())} are not integers "
+                           f"(e.g. {labels[bad][0]!r})")
+    return labels.astype(np.int64)
+
+
+def warn_about_attributes(att, labels, path, attributes, has_names):
+    """Warnings (not errors: the data may be meant so) for a class-embedding matrix that looks
+    stored the wrong way round, or not normalised where xlsa17's ``att`` is. ``att``: [C, d] as
+    read; ``labels``: the 1-based class ids of the samples."""
+    import warnings
+
+    used = int(labels.max()) if labels.size else 0
+    if not has_names and att.shape[0] != att.shape[1] and used == att.shape[1] and used < att.shape[0]:
+        warnings.warn(f"{path}: '{attributes}' looks transposed: it is stored {used} × {att.shape[0]} and the labels "
+                      f"name {used} classes, but xlsa17 stores it attributes × classes ({att.shape[0]} × {used}), "
+                      f"so it would be read as {att.shape[0]} classes: save its transpose", stacklevel=3)
+    if attributes == "att" and att.numel():
+        norms = att.norm(dim=1)
+        typical = float(norms.median())
+        if not 1 / 3 <= typical <= 3:  # raw 0-100 attribute scores, say (the built-in data's are near 1)
+            warnings.warn(f"{path}: the rows of 'att' are far from unit length (L2 norms {float(norms.min()):.3g} to "
+                          f"{float(norms.max()):.3g}); xlsa17's 'att' is L2-normalised per class (its raw values "
+                          "are 'original_att'): divide each class's attributes by their L2 norm, or store the raw "
+                          "values as 'original_att' and choose them with --set attributes=original_att",
+                          stacklevel=3)
 
 
 def read_att_splits(path, attributes="att", sent_path=None):
@@ -101,7 +139,8 @@ def read_att_splits(path, attributes="att", sent_path=None):
     if len(names) != att.shape[0]:
         raise ZSLError(f"{path}: {len(names)} class names but {att.shape[0]} classes in '{attributes}' of {emb_path}")
     n = max(int(v.max()) + 1 for v in splits.values() if v.numel())
-    return {"attributes": att, "class_names": names, "splits": splits, "num_samples": n}
+    return {"attributes": att, "class_names": names, "splits": splits, "num_samples": n,
+            "has_names": "allclasses_names" in mat}
 
 
 def load_xlsa17(root, name, attributes="att", features_file="res101.mat"):
@@ -140,7 +179,7 @@ def read_xlsa17_folder(folder, attributes="att", features_file="res101.mat", nam
     if feats.shape[0] != labels.size:
         raise ZSLError(f"{feat_path}: 'features' has shape {mat['features'].shape} but there are "
                        f"{labels.size} labels")
-    labels = labels.astype(np.int64)
+    labels = integer_labels(labels, feat_path)
     num_classes = meta["attributes"].shape[0]
     if labels.size and (labels.min() < 1 or labels.max() > num_classes):
         raise ZSLError(f"{feat_path}: labels must be 1-based class ids in [1, {num_classes}] "
@@ -148,6 +187,7 @@ def read_xlsa17_folder(folder, attributes="att", features_file="res101.mat", nam
     if meta["num_samples"] > labels.size:
         raise ZSLError(f"{att_path}: split locations go up to {meta['num_samples']} but {feat_path} has "
                        f"{labels.size} samples")
+    warn_about_attributes(meta["attributes"], labels, att_path, attributes, meta["has_names"])
     features = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
     return ZSLDataset(name=name, features=features, labels=torch.from_numpy(labels - 1),
                       attributes=meta["attributes"], class_names=meta["class_names"], splits=meta["splits"],

@@ -3,6 +3,7 @@ checkpoint.pt back with one clear error for every way it can be wrong."""
 import torch
 
 from zslfast.errors import ZSLError
+from zslfast.io import load_checked
 
 
 def cpu_state(module):
@@ -25,12 +26,8 @@ def cpu_copy(value):
 def load_checkpoint(path, setting, method=None, part=None):
     """The checkpoint dict at ``path`` (a training run's checkpoint.pt), checked to come from
     ``method`` and to hold ``state[part]``; ``setting`` names the config key in errors."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a missing, truncated or foreign file: one clear error, whatever torch raised
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ZSLError(f"{setting} {path}: cannot read it ({first})") from None
-    if (not isinstance(ckpt, dict) or (method is not None and ckpt.get("method") != method)
+    ckpt = load_checked(path, setting)  # a missing, truncated, foreign or corrupted file: one clear error
+    if ((method is not None and ckpt.get("method") != method)
             or (part is not None and part not in (ckpt.get("state") or {}))):
         raise ZSLError(f"{setting} {path}: not a checkpoint of --method {method}")
     return ckpt

@@ -5,6 +5,8 @@ A run writes it beside ``results.json`` (atomically). It holds plain tensors, nu
 (readable with ``torch.load(..., weights_only=True)``):
 
 - ``format`` / ``format_version``, ``zslfast_version``, ``method``, the resolved ``config``;
+- ``zslfast_sha256``: the checksum of everything else (:func:`zslfast.io.content_hash`), verified
+  by :func:`load_model`;
 - ``inputs``: what a sample is (``features`` vectors or ``regions`` maps) and its shape;
 - ``classes``: the class names, the seen and unseen class ids, the class embeddings the method
   scores with (the dataset's, as its file stores them; each method applies its own transform);
@@ -31,11 +33,11 @@ import zslfast
 from zslfast.engine.checkpoint import cpu_copy
 from zslfast.errors import ZSLError
 from zslfast.eval.metrics import accuracy_from_counts, harmonic_mean, sharded_counts
-from zslfast.io import save_checkpoint
+from zslfast.io import load_checked, save_checkpoint
 
 MODEL_FILE = "model.pt"
 FORMAT = "zslfast-model"
-FORMAT_VERSION = 2  # 2: generative models carry their generator (new classes)
+FORMAT_VERSION = 3  # 2: generative models carry their generator (new classes); 3: a content checksum
 
 
 def model_record(method, config, data, model):
@@ -63,14 +65,10 @@ def load_model(path):
     way it can be wrong."""
     if os.path.isdir(path):
         path = os.path.join(path, MODEL_FILE)
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ZSLError(f"{path}: no such file (a run folder holds model.pt when its run finished)") from None
-    except Exception as exc:  # a truncated or foreign file: one clear error, whatever torch raised
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ZSLError(f"{path}: cannot read it ({first})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+    if not os.path.isfile(path):
+        raise ZSLError(f"{path}: no such file (a run folder holds model.pt when its run finished)")
+    record = load_checked(path, "model")
+    if record.get("format") != FORMAT:
         raise ZSLError(f"{path}: not a zslfast model file")
     if record.get("format_version") != FORMAT_VERSION:
         raise ZSLError(f"{path}: model format version {record.get('format_version')}, this zslfast reads "

@@ -12,16 +12,22 @@ function and owns everything around it, with one convention each:
 - a progress bar showing the epoch's mean losses;
 - a per-epoch history record: the epoch, its step count, the mean of every loss the step returned
   (synchronised once per epoch, never per step) and the evaluation score where one was taken;
+- divergence: a loss mean or score that is NaN/inf stops the run (:class:`zslfast.errors.Diverged`,
+  naming the stage and epoch) before any callback sees the epoch, so the last checkpoint written is
+  the last good one;
 - callbacks (``ctx.callbacks``, :class:`Callback`): what attaches to the loop (training curves,
   TensorBoard, checkpoints and ``--resume``) sees the stage start (and may answer where it resumes),
   every step's end and every epoch's end.
 """
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
+
+from zslfast.errors import Diverged
 
 
 @dataclass
@@ -181,6 +187,11 @@ def train_epochs(stage, epochs, batches, step, ctx, *, scheduler=None, evaluate=
         if evaluate is not None and epoch >= eval_start and (epoch % eval_every == 0 or epoch == epochs):
             with ctx.evaluation(f"{stage}/epoch {epoch}"):  # keyed: fresh draws per evaluation
                 record["score"] = float(evaluate(epoch))
+        bad = [k for k, v in record.get("loss", {}).items() if not math.isfinite(v)]
+        if not math.isfinite(record.get("score", 0.0)):
+            bad.append("the evaluation score")
+        if bad:  # before the callbacks: no checkpoint of a diverged state is written
+            raise Diverged(stage, epoch, " and ".join(f"{k!r}" if k in record.get("loss", {}) else k for k in bad))
         history.records.append(record)
         event = EpochEvent(stage, epoch, epochs, record, run.modules, nested, run)
         for callback in callbacks:

@@ -80,6 +80,12 @@ class Method(ABC):
         splits raises."""
         return 1
 
+    def check_data(self, data, config):
+        """Raise a :class:`zslfast.errors.ZSLError` (naming the setting to change) when ``config``
+        cannot run on ``data``, e.g. episodes of more classes than the data has. Called before any
+        training on the run's data and, under validation selection, on its validation view too
+        (fewer classes). The default accepts everything."""
+
     @abstractmethod
     def scorer(self, record, device="cpu"):
         """A :class:`zslfast.engine.export.Scorer` from an exported model record (``model.pt``)."""

@@ -34,7 +34,7 @@ from zslfast.engine.checkpoint import cpu_copy
 from zslfast.distributed import any_rank, is_main, world
 from zslfast.engine.loop import Callback, Resume
 from zslfast.errors import ZSLError
-from zslfast.io import save_checkpoint
+from zslfast.io import load_checked, save_checkpoint
 
 RESUME_FILE = "resume.pt"
 
@@ -106,8 +106,10 @@ class Checkpointer(Callback):
         self.interrupt_after = interrupt_after
         self._steps = 0
         self.recorder = None         # the run's CurveRecorder, saved with every checkpoint
+        self.written = None          # the last checkpoint written, in words (for failure messages)
         if resume is not None:
             self.completed = list(resume["completed"])
+            self.written = f"{path} (the checkpoint this run resumed from)"
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, run):
@@ -174,7 +176,7 @@ class Checkpointer(Callback):
         current = self.snapshot(run)
         current["partial"] = {"epoch": epoch, "batches": steps, "sums": cpu_copy(sums),
                               "sampler": cpu_copy(getattr(run.batches, "epoch_start", None))}
-        self.write(current)
+        self.write(current, f"step {steps} of epoch {epoch} of stage {run.stage!r}")
         raise Interrupted(self.path, run.stage, epoch, steps)
 
     def on_epoch_end(self, event):
@@ -186,20 +188,22 @@ class Checkpointer(Callback):
         if last:
             self.completed.append(self.snapshot(run))
         if last or (self.every and event.epoch % self.every == 0):
-            self.write(None if last else self.snapshot(run))
+            self.write(None if last else self.snapshot(run), f"epoch {event.epoch} of stage {run.stage!r}")
 
     def on_stage_end(self, run):
         """An empty stage (no epochs) still counts as a finished one."""
         if not run.nested and run.epochs == 0:
             self.completed.append(self.snapshot(run))
 
-    def write(self, current):
-        """Write the checkpoint file (rank 0 of a distributed run; every rank holds the same state)."""
+    def write(self, current, where):
+        """Write the checkpoint file (rank 0 of a distributed run; every rank holds the same state);
+        ``where``: after which step or epoch, in words."""
         if not is_main():
             return
         save_checkpoint(self.path, {"identity": self.identity, "config": self.config,
                                     "completed": self.completed, "current": current,
                                     "recorder": self.recorder.state_dict() if self.recorder else None})
+        self.written = f"{self.path} (after {where})"
 
     def finish(self):
         """The run completed: its checkpoint is no longer needed."""
@@ -213,12 +217,10 @@ def load_resume(run_dir, identity):
     if not os.path.isfile(path):
         done = os.path.isfile(os.path.join(run_dir, "results.json"))
         raise ZSLError(f"--resume {run_dir}: no {RESUME_FILE} there" + (" (the run had finished)" if done else ""))
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ZSLError(f"--resume {path}: cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") \
-            from None
-    saved = ckpt.get("identity", {})
+    ckpt = load_checked(path, "--resume")
+    saved = ckpt.get("identity")
+    if not isinstance(saved, dict) or "completed" not in ckpt:
+        raise ZSLError(f"--resume {path}: not a zslfast resume checkpoint")
     diff = [k for k in identity if saved.get(k) != identity[k]]
     if diff:
         raise ZSLError(f"--resume {run_dir}: the checkpoint is of a different run ("

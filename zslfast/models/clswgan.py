@@ -13,7 +13,7 @@ synthetic unseen features (ZSL, U outputs).
 import torch
 import torch.nn.functional as F
 
-from zslfast.config.settings import (GENERATIVE_CHECKS, Float, Int, Names, Section, expand_names, generative_settings,
+from zslfast.config.settings import (GENERATIVE_CHECKS, Float, Int, Names, Section, Width, expand_names, generative_settings,
                                      names_settings)
 from zslfast.engine.generative import GenerativeMethod
 from zslfast.engine.recipe import Stage
@@ -25,7 +25,7 @@ from zslfast.optim import adam
 
 SETTINGS = Section(
     extends=("features", "attributes", "epochs", "batches", "evaluation", "validation"),
-    gan=Section(hidden=Int(min=1), critic_iters=Int(min=1), lr=Float(min=0, min_open=True),
+    gan=Section(hidden=Width(), critic_iters=Int(min=1), lr=Float(min=0, min_open=True),
                 beta1=Float(min=0, max=1, max_open=True), lambda_gp=Float(min=0), cls_weight=Float(min=0)),
     pretrain=Section(lr=Float(min=0, min_open=True), epochs=Int(min=1), batch_size=Int(min=1)),
     **generative_settings(),

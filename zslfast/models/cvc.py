@@ -61,14 +61,14 @@ from zslfast.errors import ZSLError
 from zslfast.eval.metrics import zsl_gzsl_metrics
 from zslfast.nn import MLP, CosineScorer
 from zslfast.optim import adam
-from zslfast.config.settings import Bool, File, Float, Int, Section, schedule_settings
+from zslfast.config.settings import Bool, File, Float, Int, Section, Width, schedule_settings
 
 
 SETTINGS = Section(
     extends=("attributes", "optim", "schedule", "epochs", "evaluation", "validation"),
     transductive=Bool(),
     inductive_checkpoint=File(nullable=True),
-    hidden=Int(min=1),
+    hidden=Width(),
     init_std=Float(min=0, min_open=True),
     scale_init=Float(min=0, min_open=True),
     ways=Int(min=2),
@@ -289,6 +289,24 @@ class CVC(Method):
     def test_scorings(self, config):
         """The transductive run reports the inductive model's metrics too."""
         return 2 if config["transductive"] else 1
+
+    def check_data(self, data, config):
+        """Training episodes draw ``ways`` distinct seen classes × ``shots`` images of each (inductive
+        and transductive training; the transductive pseudo-labelled episodes take every class that
+        has pseudo-labels, so they need no check)."""
+        counts = torch.bincount(data.split_labels("trainval"))
+        counts = counts[counts > 0]
+        sections = [("", config)] + ([("transductive_training.", config["transductive_training"])]
+                                     if config["transductive"] else [])
+        for prefix, cfg in sections:
+            ways, shots = cfg["ways"], cfg["shots"]
+            if ways > counts.numel():
+                raise ZSLError(f"setting {prefix}ways = {ways}: episodes of {ways} ways need {ways} seen classes, "
+                               f"{data.name} has {counts.numel()}; lower it, e.g. --set {prefix}ways={counts.numel()}")
+            if shots > int(counts.min()):
+                raise ZSLError(f"setting {prefix}shots = {shots}: episodes of {shots} shots need {shots} images of each "
+                               f"seen class, {data.name}'s smallest has {int(counts.min())}; lower it, e.g. --set "
+                               f"{prefix}shots={int(counts.min())}")
 
     def run(self, data, config, ctx):
         t0 = time.perf_counter()

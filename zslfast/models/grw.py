@@ -81,7 +81,7 @@ from zslfast.engine.recipe import Stage, stage_step
 from zslfast.errors import ZSLError
 from zslfast.nn import MLP, class_means, init_linear, scaled_cosine
 from zslfast.optim import adam
-from zslfast.config.settings import Bool, Choice, Float, Int, Numbers, Section
+from zslfast.config.settings import Bool, Choice, Float, Int, Numbers, Section, Width
 
 ATTRIBUTE_GENERATION = ("interpolation", "learnable")
 SCHEDULES = ("one_step", "two_step")
@@ -97,7 +97,7 @@ SETTINGS = Section(
     schedule=Choice(*SCHEDULES),
     g_prototypes=Choice("after_d_step", "before_d_step"),
     d_real_alignment=Choice("all_pairs", "matched"),
-    hidden=Int(min=1),
+    hidden=Width(),
     dic_lr=Float(min=0, min_open=True),
     scale=Float(min=0, min_open=True),
     cls_weight=Float(min=0),

@@ -46,12 +46,12 @@ from zslfast.engine.samplers import ShuffledBatches
 from zslfast.nn import ConditionalFlow, class_means
 from zslfast.ops.coupling import CLAMP_MODES
 from zslfast.optim import adam
-from zslfast.config.settings import GENERATIVE_CHECKS, Choice, Float, Int, Section, generative_settings
+from zslfast.config.settings import GENERATIVE_CHECKS, Choice, Float, Int, Section, Width, generative_settings
 
 SETTINGS = Section(
     extends=("features", "attributes", "optim", "schedule", "epochs", "batches", "evaluation", "validation"),
     data_format=Choice("xlsa17", "epgn"),
-    flow=Section(blocks=Int(min=1), hidden=Int(min=1), cond_dim=Int(min=1), clamp=Float(min=0, min_open=True),
+    flow=Section(blocks=Int(min=1), hidden=Width(), cond_dim=Width(), clamp=Float(min=0, min_open=True),
                  clamp_mode=Choice(*CLAMP_MODES), init_std=Float(min=0, min_open=True)),
     anchors=Choice("seen", "all"),
     perturbation=Float(min=0),

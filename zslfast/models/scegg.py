@@ -31,7 +31,7 @@ from zslfast.eval.generative import conditional_synthesizer
 from zslfast.nn.dazle import AttributeAttentionNet, DistillationHead, attend_rows, attribute_features, dense_pass
 from zslfast.nn.vaegan import (VAEGAN, conditioning_attributes, decoder_inputs, train_step,
                                vaegan_optimizers)
-from zslfast.config.settings import (GENERATIVE_CHECKS, Bool, Choice, Float, Int, Names, Section, Text, expand_names,
+from zslfast.config.settings import (GENERATIVE_CHECKS, Bool, Choice, Float, Int, Names, Section, Text, Width, expand_names,
                                      generative_settings, names_settings, vaegan_settings)
 
 
@@ -47,7 +47,7 @@ SETTINGS = Section(
     clip_negative_att=Bool(),
     exact_batches=Bool(),
     stage1=Section(**RMSPROP),
-    stage2=Section(hidden=Int(min=1), **RMSPROP),
+    stage2=Section(hidden=Width(), **RMSPROP),
     dense_block=Int(min=1),
     gan=Section(**vaegan_settings(), seen_cls_weight=Float(min=0), unseen_cls_weight=Float(min=0)),
     **generative_settings(),

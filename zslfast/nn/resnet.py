@@ -7,12 +7,12 @@ classifier is dropped, so the output is the last feature map [B, 2048, H/32, W/3
 what SC-EGG's preprocessing takes (``children()[:-2]``). Weights come only from a local file
 (:func:`load_resnet101`); nothing is downloaded.
 """
-import hashlib
 
 import torch
 from torch import nn
 
 from zslfast.errors import ZSLError
+from zslfast.io import file_hash
 
 # sha256[:8] of torchvision's ImageNet weights files (the hash in their file names).
 IMAGENET1K_V1 = "63fe2227"  # resnet101-63fe2227.pth: pretrained=True, what SC-EGG used
@@ -70,15 +70,6 @@ class ResNetBackbone(nn.Module):
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-
-def file_hash(path):
-    """sha256 hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_state(model, state, source):
