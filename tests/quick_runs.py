@@ -12,6 +12,26 @@ from zslfast.train import main
 _CACHE = {}
 _FOLDERS = {}
 
+# The two GAN baselines' quick runs (about 40 s together on 2 cores) are checked in the slow tier:
+# their training, evaluation and selection are the generative family's, which GSMFlow's and SC-EGG's
+# default-tier runs check, and the slow tier trains them anyway (their resume cases).
+SLOW_RUNS = {"tfvaegan", "clswgan"}
+
+
+def run_params(runs):
+    """pytest parameters (name, args) of golden-style runs, the GAN baselines' in the slow tier."""
+    import pytest
+
+    return [pytest.param(name, args, id=name, marks=[pytest.mark.slow] if args[1] in SLOW_RUNS else [])
+            for name, args in runs]
+
+
+def method_params(methods):
+    """pytest parameters of method names whose test trains the method's quick run (SLOW_RUNS slow)."""
+    import pytest
+
+    return [pytest.param(m, marks=[pytest.mark.slow] if m in SLOW_RUNS else []) for m in sorted(methods)]
+
 
 def quick_run(tmp_dir_factory, method, *extra, data=None, tag="clean"):
     """(results.json as a dict, checkpoint dict) of ``--method METHOD --quick --device cpu EXTRA``.

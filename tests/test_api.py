@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import zslfast
-from tests.quick_runs import quick_run, quick_run_folder
+from tests.quick_runs import quick_run, quick_run_folder, run_params
 from zslfast import golden
 from zslfast.data import ContinualSplit, make_synthetic
 from zslfast.data.synthetic_regions import make_synthetic_regions
@@ -33,7 +33,7 @@ def _raw(method):
     return data, x
 
 
-@pytest.mark.parametrize("name,args", golden.RUNS, ids=[n for n, _ in golden.RUNS])
+@pytest.mark.parametrize("name,args", run_params(golden.RUNS))
 def test_loaded_predictions_give_the_reported_metrics(name, args, tmp_path_factory):
     res, folder = _folder(args, tmp_path_factory)
     model = zslfast.load(folder)

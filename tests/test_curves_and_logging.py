@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.quick_runs import quick_run
+from tests.quick_runs import method_params, quick_run
 from zslfast.engine import METHODS, method_class
 from zslfast.engine.curves import CurveRecorder
 from zslfast.engine.loop import EpochEvent
@@ -29,7 +29,7 @@ def test_the_iterative_methods_are_found_in_the_registry():
     assert ITERATIVE == ["clswgan", "cvc", "grw", "gsmflow", "scegg", "tfvaegan"]
 
 
-@pytest.mark.parametrize("method", ITERATIVE)
+@pytest.mark.parametrize("method", method_params(ITERATIVE))
 def test_every_iterative_method_records_its_curves(method, tmp_path_factory):
     res, _ = quick_run(tmp_path_factory, method)
     assert res["history"], "no training curves recorded"

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tests.quick_runs import quick_run
+from tests.quick_runs import quick_run, run_params
 from zslfast import golden
 
 
@@ -20,7 +20,7 @@ def _golden(budget):
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("name,args", golden.RUNS, ids=[name for name, _ in golden.RUNS])
+@pytest.mark.parametrize("name,args", run_params(golden.RUNS))
 def test_quick_runs_reproduce_the_golden_results(name, args, tmp_path_factory):
     recorded = _golden("quick")
     assert args[0] == "--method"

@@ -7,13 +7,13 @@ method's own untrained model by its checkpoint test in tests/models. (Each run t
 time is reported in results.json, not asserted.)"""
 import pytest
 
-from tests.quick_runs import quick_run
+from tests.quick_runs import method_params, quick_run
 from zslfast.data import make_synthetic
 from zslfast.data.synthetic_regions import make_synthetic_regions
 from zslfast.engine import METHODS, method_class
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", method_params(METHODS))
 def test_quick_run_learns(method, tmp_path_factory):
     res, _ = quick_run(tmp_path_factory, method)
     m = res["metrics"]

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tests.quick_runs import quick_run, quick_run_folder
+from tests.quick_runs import quick_run, quick_run_folder, run_params
 from zslfast import golden
 from zslfast.data import make_synthetic
 from zslfast.data.continual import ContinualSplit
@@ -38,7 +38,7 @@ def _test_data(method, record):
     return replace(data, features=apply_normalization(record["normalization"], data.features))
 
 
-@pytest.mark.parametrize("name,args", RUNS, ids=[n for n, _ in RUNS])
+@pytest.mark.parametrize("name,args", run_params(RUNS))
 def test_the_exported_model_scores_the_reported_metrics(name, args, tmp_path_factory):
     res, path = _run(name, args, tmp_path_factory)
     assert res["model"] == path

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.quick_runs import left_out_data, left_out_run, quick_run
+from tests.quick_runs import left_out_data, left_out_run, method_params, quick_run
 from tests.test_resume import CASES as RESUME_CASES
 from zslfast.engine import METHODS, Method, method_class
 from zslfast.engine.context import SELECTION_MODES
@@ -43,7 +43,7 @@ def test_contract_check_names_what_is_missing():
         check_contract(Incomplete, "incomplete")
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", method_params(METHODS))
 def test_quick_run_writes_the_results_schema(name, tmp_path_factory):
     res, ckpt = quick_run(tmp_path_factory, name)
     cls = method_class(name)
