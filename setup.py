@@ -10,6 +10,9 @@ Environment switches
     TORCH_CUDA_ARCH_LIST  CUDA architectures, e.g. "9.0" (read by torch.utils.cpp_extension)
     MAX_JOBS              parallel compile jobs (read by torch.utils.cpp_extension / ninja)
     DEBUG=1               -O0 -g, no vectorisation flags
+    ZSLFAST_REQUIRE_EXT=1 fail the install when the extension cannot be built (by default an install
+                          without a working C++ compiler goes on without it: zslfast then runs its
+                          pure-PyTorch fallback, and says so)
     ZSLFAST_CPU_CAPABILITY=DEFAULT|AVX2|AVX512
                           SIMD level of the CPU kernels; defaults to what torch reports for this
                           machine (so a plain source install is tuned for the machine it runs on).
@@ -128,6 +131,22 @@ def extensions():
         extra_compile_args={"cxx": cxx}, extra_link_args=omp_lflags, py_limited_api=True)]
 
 
+class OptionalBuildExtension(cpp_extension.BuildExtension):
+    """Build the extension when a C++ toolchain works; otherwise install without it (one line says
+    so, and zslfast's operators use their pure-PyTorch references), unless ZSLFAST_REQUIRE_EXT=1."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # no compiler, a compiler that cannot build against this torch, ...
+            if _flag("ZSLFAST_REQUIRE_EXT"):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            sys.stderr.write(f"zslfast: the C++ extension was not built ({first}); installing without it: the "
+                             "operators use their pure-PyTorch fallback (slower). Install a C++ compiler and "
+                             "reinstall to build it.\n")
+
+
 setup(
     name="zslfast",
     version=VERSION,
@@ -157,7 +176,8 @@ setup(
         # --log tensorboard
         "tensorboard": ["tensorboard"],
     },
+    entry_points={"console_scripts": ["zslfast=zslfast.__main__:main"]},
     ext_modules=extensions(),
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": OptionalBuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -65,10 +65,25 @@ def test_report_layout_markdown_and_csv(tmp_path):
     assert row["CUB:mH:mean"] == ""
 
 
+def test_report_writes_latex_and_takes_variant_names(tmp_path):
+    write_json(str(tmp_path / "ours" / "s0" / "results.json"),
+               fake_results("gen_x", "CUB", 0, {"zsl_t1": 50.0, "gzsl_u": 40.0, "gzsl_s": 60.0, "gzsl_h": 48.0}))
+    write_json(str(tmp_path / "ours" / "s1" / "results.json"),
+               fake_results("gen_x", "CUB", 1, {"zsl_t1": 54.0, "gzsl_u": 44.0, "gzsl_s": 62.0, "gzsl_h": 51.0}))
+    tex = tmp_path / "t.tex"
+    assert report.main([str(tmp_path), "--latex", str(tex), "--name", f"{tmp_path / 'ours'}=no attention & 50%"]) == 0
+    lines = tex.read_text().splitlines()
+    assert lines[:3] == [r"\begin{tabular}{llllrrrrr}", r"\toprule", r" &  &  &  &  & \multicolumn{4}{c}{CUB} \\"]
+    assert lines[3] == r"\cmidrule(lr){6-9}" and lines[-2:] == [r"\bottomrule", r"\end{tabular}"]
+    assert r"gen\_x & no attention \& 50\% & validation & att & 2 & 52.0 $\pm$ 2.8 & 42.0 $\pm$ 2.8 & 61.0 $\pm$ 1.4 & " \
+           r"49.5 $\pm$ 2.1 \\" in lines
+    assert report.main([str(tmp_path), "--name", f"{tmp_path / 'elsewhere'}=x"]) == 2
+
+
 def test_report_refuses_mixed_configurations_and_missing_folders(tmp_path):
     write_json(str(tmp_path / "x" / "results.json"), fake_results(seed=0))
     write_json(str(tmp_path / "y" / "results.json"), fake_results(seed=1, config={"lr": 3.0}))
-    with pytest.raises(ZSLError, match="2 different configurations"):
+    with pytest.raises(ZSLError, match=f"2 different configurations .*{tmp_path / 'x'}, {tmp_path / 'y'}"):
         report.report([str(tmp_path)], stream=io.StringIO())
     assert report.main([str(tmp_path / "nothing")]) == 2
     (tmp_path / "bad").mkdir()
@@ -118,3 +133,25 @@ def test_the_sweep_covers_every_registered_method():
     from zslfast.sweep import ENTRIES
 
     assert {args[args.index("--method") + 1] for _, args in ENTRIES} == set(METHODS)
+
+
+def test_sweep_over_an_own_dataset_and_a_set_grid(tmp_path, capsys):
+    """--dataset/--data-root take the sweep to any xlsa17 folder; --grid runs each entry per value
+    (the values are the table's rows, named by their variant); --set applies to every run."""
+    from zslfast.data.synthetic import make_synthetic, write_xlsa17
+
+    write_xlsa17(make_synthetic(seed=0), str(tmp_path / "data"), "mine")
+    out = tmp_path / "sweep"
+    assert sweep_main(["--methods", "eszsl", "--dataset", "mine", "--data-root", str(tmp_path / "data"),
+                       "--grid", "calibration=0,0.5", "--set", "feature_norm=none", "--out", str(out),
+                       "--device", "cpu", "--no-progress"]) == 0
+    rows = [line for line in (out / "table.md").read_text().splitlines()[2:]]
+    assert [line.split(" | ")[1] for line in rows] == ["calibration=0 feature_norm=none quick",
+                                                         "calibration=0.5 feature_norm=none quick"]
+    runs = {v: json.loads((out / "eszsl" / f"calibration={v}" / "seed0" / "results.json").read_text())
+            for v in ("0", "0.5")}
+    assert {r["dataset"] for r in runs.values()} == {"mine"}
+    assert [runs[v]["config"]["calibration"] for v in ("0", "0.5")] == [0.0, 0.5]
+    assert runs["0"]["config"]["feature_norm"] == runs["0.5"]["config"]["feature_norm"] == "none"
+    assert (out / "table.tex").read_text().startswith(r"\begin{tabular}")
+    assert sweep_main(["--methods", "eszsl", "--grid", "calibration", "--out", str(tmp_path / "x")]) == 2

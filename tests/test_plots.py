@@ -109,3 +109,24 @@ def test_gsmflow_saves_features_for_tsne(tmp_path):
     assert plot.applicable(res, art) == ["curves", "tsne"]
     _, drawn = plot.plot("tsne", str(out))
     assert set(drawn) == {"real_seen", "real_unseen", "synthetic_unseen"} and all(v > 0 for v in drawn.values())
+
+
+def test_paper_formats_resolution_integer_epochs_and_a_class_subset(tmp_path, tmp_path_factory, capsys):
+    out = tmp_path / "grw"
+    shutil.copytree(quick_run_folder(tmp_path_factory, "grw"), out)
+    for ext, magic in (("pdf", b"%PDF"), ("svg", b"<?xml")):  # the extension picks the format
+        assert plot.main(["tasks", str(out), "--out", str(tmp_path / f"t.{ext}")]) == 0
+        assert (tmp_path / f"t.{ext}").read_bytes()[:len(magic)] == magic
+    assert plot.main(["tasks", str(out), "--out", str(tmp_path / "t.png"), "--dpi", "50"]) == 0
+    assert _png_size(tmp_path / "t.png") == (int(5.5 * 50), int(3.5 * 50))
+    capsys.readouterr()
+    assert plot.main(["tasks", str(out), "--out", str(tmp_path / "t.jpg")]) == 2
+    assert "use .png, .pdf or .svg" in capsys.readouterr().err
+    _, drawn = plot.plot("curves", str(out))
+    assert drawn["xticks"] and all(t == int(t) for t in drawn["xticks"])  # GRW: 2 epochs per task, no 0.5 ticks
+    # t-SNE of a subset of classes: every saved point of exactly those classes
+    art = {"features": {k: {"x": torch.randn(60, 8), "y": torch.arange(60) % 12}
+                        for k in ("real_seen", "real_unseen", "synthetic_unseen")}}
+    res = json.loads((out / "results.json").read_text())
+    drawn = plot.plot_tsne(res, art, str(tmp_path / "sub.svg"), max_points=10 ** 6, classes=4)
+    assert drawn == {"real_seen": 20, "real_unseen": 20, "synthetic_unseen": 20}

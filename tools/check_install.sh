@@ -34,3 +34,17 @@ PY
 # The quick start's main job (every method, quick budget, one table) from the installed package.
 "$work/venv/bin/python" -m zslfast.sweep --no-progress --device cpu --out "$work/sweep" > "$work/sweep.log"
 grep -q "^| scegg | quick |" "$work/sweep/table.md" && tail -n 9 "$work/sweep.log"
+"$work/venv/bin/zslfast" --version
+# Without a C++ compiler: the install goes on without the extension (one line says so), and the
+# package runs on its pure-PyTorch fallback and says that too.
+rm -rf "$work/src/build"
+(cd "$work/src" && CXX=/nonexistent/c++ "$work/venv/bin/python" -m pip wheel -v --no-build-isolation --no-deps \
+    -w "$work/nocompiler" . > "$work/nocompiler.log" 2>&1)
+grep "zslfast: the C++ extension was not built" "$work/nocompiler.log"
+"${pip[@]}" --force-reinstall --no-deps "$work"/nocompiler/zslfast-*.whl
+version=$("$work/venv/bin/zslfast" --version)
+echo "$version"
+[[ "$version" == *"extension: not built, pure-PyTorch fallback"* ]]
+"$work/venv/bin/zslfast" train --no-progress --device cpu --out "$work/fallback" > "$work/fallback.log" 2>&1
+grep "operator backend torch (the C++ extension was not built" "$work/fallback.log"
+echo "check_install: install without a C++ compiler works (pure-PyTorch fallback)"

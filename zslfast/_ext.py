@@ -20,7 +20,11 @@ LOAD_ERROR = None
 try:
     from zslfast import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
 except ImportError as exc:  # no compiled extension: the references serve every op
-    LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+    import glob
+
+    built = glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_C*.so"))
+    LOAD_ERROR = (f"{type(exc).__name__}: {exc}" if built else
+                  "the package has no compiled zslfast._C (installed without a working C++ compiler?)")
 
 
 def _has_kernel(key):

@@ -1,6 +1,10 @@
-"""Plots of a finished run (PNG files, matplotlib's Agg backend; ``pip install "zslfast[plots]"``).
+"""Plots of a finished run (PNG, PDF or SVG by the file's extension; matplotlib's Agg backend;
+``pip install "zslfast[plots]"``).
 
-    python -m zslfast.plot KIND RUN_DIR [--out FILE] [--max-points 1500]
+    python -m zslfast.plot KIND RUN_DIR [--out FILE.png|.pdf|.svg] [--dpi 100] [--max-points 1500]
+                           [--classes 10]
+
+Axes are labelled, epochs are integer ticks, legends sit where they cover least (beside the t-SNE).
 
 KIND is one of:
 
@@ -8,7 +12,9 @@ KIND is one of:
   generative method (GSMFlow, SC-EGG), coloured by class, one marker per kind; needs the run's
   ``features.pt`` (``--save-features`` or ``--plots``): the last generative evaluation's features
   in the generator's space (the final refit's under validation selection; the last evaluated epoch's
-  under ``--select-on-test``), at most 50 per class, subsampled to ``--max-points``.
+  under ``--select-on-test``), at most 50 per class, subsampled to ``--max-points``; ``--classes K``
+  draws K classes only (seeded; every kind of point of those classes), one distinct colour each,
+  which keeps the plot readable on datasets with many classes.
 - ``curves``: one panel per training stage from results.json's per-epoch history: every loss (left
   axis) and the evaluation score (right axis), the chosen epoch marked.
 - ``tasks``: continual methods (GRW): S / U / H per task.
@@ -85,11 +91,24 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path):
-    """Save a figure to ``path`` atomically (temporary file, then rename)."""
+FORMATS = ("png", "pdf", "svg")
+
+
+def plot_format(path):
+    """The file format of ``path`` from its extension (png, pdf or svg), one clear error otherwise."""
+    ext = os.path.splitext(str(path))[1].lower().lstrip(".")
+    if ext not in FORMATS:
+        raise ZSLError(f"plot {path}: the extension picks the format: use .png, .pdf or .svg")
+    return ext
+
+
+def _save(fig, path, dpi=None):
+    """Save a figure to ``path`` atomically (temporary file, then rename), in the format its
+    extension names, at ``dpi`` (PNG; default DPI)."""
     from zslfast.io import atomic_write
 
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+    fmt = plot_format(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi or DPI))
     fig.clf()
 
 
@@ -118,8 +137,9 @@ def applicable(results, artifacts):
     return kinds
 
 
-def plot_tsne(results, artifacts, path, max_points=1500, seed=0):
-    """t-SNE of the run's saved features; returns {kind: points drawn}."""
+def plot_tsne(results, artifacts, path, max_points=1500, seed=0, classes=None, dpi=None):
+    """t-SNE of the run's saved features (``classes``: draw that many classes only, chosen with
+    ``seed``); returns {kind: points drawn}."""
     if not artifacts or "features" not in artifacts:
         raise ZSLError("plot tsne: the run has no features.pt with features (train with --save-features "
                        "or --plots; only generative methods save them)")
@@ -130,6 +150,12 @@ def plot_tsne(results, artifacts, path, max_points=1500, seed=0):
     plt = _pyplot()
     groups = artifacts["features"]
     g = torch.Generator().manual_seed(seed)
+    if classes is not None:
+        present = torch.unique(torch.cat([v["y"] for v in groups.values()]))
+        chosen = present[torch.randperm(present.numel(), generator=g)[:classes]].sort().values
+        groups = {k: {"x": v["x"][torch.isin(v["y"], chosen)], "y": v["y"][torch.isin(v["y"], chosen)]}
+                  for k, v in groups.items()}
+        colour = {int(c): i for i, c in enumerate(chosen)}  # distinct colours (tab20 has 20)
     total = sum(v["y"].numel() for v in groups.values())
     share = min(1.0, max_points / total)
     xs, ys, kinds = [], [], []
@@ -145,17 +171,23 @@ def plot_tsne(results, artifacts, path, max_points=1500, seed=0):
     fig, ax = plt.subplots(figsize=(7, 6))
     markers = {"real_seen": ("o", 10), "real_unseen": ("^", 14), "synthetic_unseen": ("x", 14)}
     counts = {}
+    shade = (lambda labels: [colour[int(c)] % 20 for c in labels]) if classes is not None else (lambda labels: labels % 20)
     for kind, (marker, size) in markers.items():
         sel = [i for i, k in enumerate(kinds) if k == kind]
         counts[kind] = len(sel)
         if sel:
-            ax.scatter(emb[sel, 0], emb[sel, 1], c=y[sel] % 20, cmap="tab20", vmin=0, vmax=19, marker=marker, s=size,
-                       linewidths=0.8, label=f"{kind.replace('_', ' ')} ({len(sel)})")
-    ax.legend(loc="best", fontsize=8)
-    ax.set_title(f"t-SNE: {results['method']} on {results['dataset']} (colour = class)")
+            ax.scatter(emb[sel, 0], emb[sel, 1], c=shade(y[sel]), cmap="tab20", vmin=0, vmax=19, marker=marker,
+                       s=size, linewidths=0.8, label=f"{kind.replace('_', ' ')} ({len(sel)})")
+    # the legend beside the points, never over them
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    shown = f"{classes} classes" if classes is not None else "colour = class"
+    ax.set_title(f"t-SNE: {results['method']} on {results['dataset']} ({shown})", fontsize=10)
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
     ax.set_xticks([])
     ax.set_yticks([])
-    _save(fig, path)
+    fig.tight_layout()
+    _save(fig, path, dpi)
     plt.close(fig)
     return counts
 
@@ -169,9 +201,11 @@ def chosen_epoch(results, scored):
     return None
 
 
-def plot_curves(results, path, max_panels=12):
-    """One panel per stage (the first ``max_panels``); returns {"panels": n, "stages": [...]}."""
+def plot_curves(results, path, max_panels=12, dpi=None):
+    """One panel per stage (the first ``max_panels``); returns {"panels": n, "stages": [...],
+    "chosen_marked": n, "xticks": the first panel's epoch ticks}."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     history = results.get("history") or {}
     stages = list(history)[:max_panels]
     if not stages:
@@ -187,13 +221,16 @@ def plot_curves(results, path, max_panels=12):
             ax.plot(epochs, [r["loss"][name] for r in records], label=name, lw=1.2)
         ax.set_title(stage, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("loss (epoch mean)", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.tick_params(labelsize=7)
         if records[0].get("loss"):
-            ax.legend(fontsize=6, loc="upper right")
+            ax.legend(fontsize=6, loc="best")
         scored = [(r["epoch"], r["score"]) for r in records if "score" in r]
         if scored:
             twin = ax.twinx()
             twin.plot(*zip(*scored), "k.--", lw=0.8, label="score")
+            twin.set_ylabel("evaluation score", fontsize=8)
             twin.tick_params(labelsize=7)
             epoch = chosen_epoch(results, scored)
             if epoch is not None:
@@ -203,12 +240,14 @@ def plot_curves(results, path, max_panels=12):
         ax.axis("off")
     fig.suptitle(f"{results['method']} on {results['dataset']}: training curves (red: chosen epoch)", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    lo, hi = axes.flat[0].get_xlim()
+    ticks = [float(t) for t in axes.flat[0].get_xticks() if lo <= t <= hi]
+    _save(fig, path, dpi)
     plt.close(fig)
-    return {"panels": len(stages), "stages": stages, "chosen_marked": marked}
+    return {"panels": len(stages), "stages": stages, "chosen_marked": marked, "xticks": ticks}
 
 
-def plot_tasks(results, path):
+def plot_tasks(results, path, dpi=None):
     """S / U / H per task of a continual run; returns {"tasks": n}."""
     plt = _pyplot()
     per_task = results.get("per_task")
@@ -224,12 +263,12 @@ def plot_tasks(results, path):
     ax.legend()
     ax.set_title(f"{results['method']} on {results['dataset']}: per task", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, dpi)
     plt.close(fig)
     return {"tasks": len(tasks)}
 
 
-def plot_attention(results, artifacts, path):
+def plot_attention(results, artifacts, path, dpi=None):
     """Attention maps of a few images × attributes; returns {"panels": n, "footprints": n drawn}."""
     if not artifacts or "attention" not in artifacts:
         raise ZSLError("plot attention: the run has no attention maps in features.pt (SC-EGG with --save-features)")
@@ -257,26 +296,31 @@ def plot_attention(results, artifacts, path):
                         drawn += 1
     fig.suptitle("SC-EGG attention (red: planted footprint)", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, dpi)
     plt.close(fig)
     return {"panels": n * k, "footprints": drawn}
 
 
-def plot(kind, run_dir, out=None, max_points=1500):
-    """Draw plot ``kind`` of the run in ``run_dir`` to ``out`` (default ``run_dir/plots/KIND.png``);
-    returns (path, what was drawn)."""
+def plot(kind, run_dir, out=None, max_points=1500, dpi=None, classes=None):
+    """Draw plot ``kind`` of the run in ``run_dir`` to ``out`` (default ``run_dir/plots/KIND.png``;
+    its extension picks PNG, PDF or SVG); returns (path, what was drawn)."""
     if kind not in KINDS:
         raise ZSLError(f"plot kind {kind!r}: choose from {', '.join(KINDS)}")
-    results, artifacts = load_run(run_dir)
     out = out or os.path.join(run_dir, "plots", f"{kind}.png")
+    plot_format(out)  # before any work
+    if dpi is not None and not 10 <= dpi <= 2400:
+        raise ZSLError(f"plot --dpi {dpi}: expected 10 to 2400")
+    if classes is not None and classes < 1:
+        raise ZSLError(f"plot --classes {classes}: expected at least 1")
+    results, artifacts = load_run(run_dir)
     if kind == "tsne":
-        drawn = plot_tsne(results, artifacts, out, max_points)
+        drawn = plot_tsne(results, artifacts, out, max_points, classes=classes, dpi=dpi)
     elif kind == "curves":
-        drawn = plot_curves(results, out)
+        drawn = plot_curves(results, out, dpi=dpi)
     elif kind == "tasks":
-        drawn = plot_tasks(results, out)
+        drawn = plot_tasks(results, out, dpi=dpi)
     else:
-        drawn = plot_attention(results, artifacts, out)
+        drawn = plot_attention(results, artifacts, out, dpi=dpi)
     return out, drawn
 
 
@@ -291,13 +335,16 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=KINDS + ("all",))
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--out", help="PNG file (default RUN_DIR/plots/KIND.png)")
+    p.add_argument("--out", help="the file: .png, .pdf or .svg (default RUN_DIR/plots/KIND.png)")
+    p.add_argument("--dpi", type=int, help=f"resolution of PNG files (default {DPI})")
     p.add_argument("--max-points", type=int, default=1500, help="t-SNE: points drawn at most (default 1500)")
+    p.add_argument("--classes", type=int, help="t-SNE: draw this many classes only (seeded), e.g. 10")
     args = p.parse_args(argv)
 
     def body():
         done = plot_all(args.run_dir) if args.kind == "all" else {args.kind: plot(args.kind, args.run_dir, args.out,
-                                                                                  args.max_points)}
+                                                                                  args.max_points, args.dpi,
+                                                                                  args.classes)}
         for kind, (path, drawn) in done.items():
             print(f"wrote {path}: {drawn}")
 

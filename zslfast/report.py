@@ -1,14 +1,17 @@
 """One table from any set of run folders, in the field's layout.
 
-    python -m zslfast.report RUN_DIR [RUN_DIR ...] [--md FILE] [--csv FILE] [--digits 1]
+    python -m zslfast.report RUN_DIR [RUN_DIR ...] [--md FILE] [--csv FILE] [--latex FILE] [--digits 1]
+                             [--name RUN_DIR=LABEL ...]
 
 Every ``results.json`` found under the given folders (a run folder, a ``--seeds`` folder, a sweep
 folder) is one run. Runs are grouped into rows by method, variant (the ``--set`` / ``--config``
 overrides of the run), selection protocol and semantic embedding (att / sent / w2v), and into column
 groups by dataset; each group has ZSL T1 and GZSL U / S / H, or mSA / mUA / mH for continual
 methods. A cell of several seeds shows mean ± sample std and its n; a cell that mixes two different
-configurations (the config hash) is refused rather than averaged. The table is printed as Markdown
-and optionally written as Markdown and CSV (atomically).
+configurations (the config hash) is refused rather than averaged, naming the run folders of each.
+``--name RUN_DIR=LABEL`` shows the runs under RUN_DIR with LABEL as their variant (e.g. "ours,
+no attention" for ``--pooled-regions quick``). The table is printed as Markdown and optionally
+written as Markdown, CSV and LaTeX (``booktabs``; atomically).
 """
 import argparse
 import csv
@@ -24,8 +27,9 @@ from zslfast.summary import CONTINUAL_METRICS, LABELS, ZSL_METRICS, describe, fo
 ROW_KEYS = ("method", "variant", "selection", "embedding")
 
 
-def find_results(paths):
-    """Every results.json under ``paths`` (sorted, each read once), as dicts with their ``_path``."""
+def find_results(paths, names=None):
+    """Every results.json under ``paths`` (sorted, each read once), as dicts with their ``_path``;
+    ``names``: {folder: label} sets the variant of the runs under each folder."""
     found = []
     for path in paths:
         if os.path.isfile(path):
@@ -49,6 +53,13 @@ def find_results(paths):
                 raise ZSLError(f"report: {f}: not a zslfast results.json ({missing})") from None
             found.append(r)
     unique = {os.path.realpath(r["_path"]): r for r in found}
+    for folder, label in (names or {}).items():
+        root = os.path.realpath(folder)
+        matched = [r for k, r in unique.items() if k == root or k.startswith(root + os.sep)]
+        if not matched:
+            raise ZSLError(f"report: --name {folder}={label}: no run of the report is under {folder}")
+        for r in matched:
+            r["variant"] = label
     return [unique[k] for k in sorted(unique)]
 
 
@@ -118,12 +129,43 @@ def to_csv(table):
     return buf.getvalue()
 
 
-def report(paths, md=None, csv_path=None, digits=1, stream=None):
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text):
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table, digits=1):
+    """The table as a LaTeX ``tabular`` with ``booktabs`` rules: one column group per dataset
+    (a ``cmidrule`` under its name), mean $\\pm$ std per cell."""
+    datasets, columns, rows = table
+    spec = "llll" + "r" + "".join("r" * len(columns[d]) for d in datasets)
+    head1 = ["", "", "", "", ""] + [rf"\multicolumn{{{len(columns[d])}}}{{c}}{{{_tex(d)}}}" for d in datasets]
+    rules, start = [], 6
+    for d in datasets:
+        rules.append(rf"\cmidrule(lr){{{start}-{start + len(columns[d]) - 1}}}")
+        start += len(columns[d])
+    head2 = ["method", "variant", "selection", "embedding", "n"] + [_tex(LABELS[m]) for d in datasets for m in columns[d]]
+    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(head1) + r" \\", " ".join(rules),
+             " & ".join(head2) + r" \\", r"\midrule"]
+    for row in rows:
+        k = row["key"]
+        vals = [_cell(row["cells"].get(d), m, digits).replace(" ± ", r" $\pm$ ").replace("–", "--")
+                for d in datasets for m in columns[d]]
+        lines.append(" & ".join([_tex(k["method"]), _tex(k["variant"] or "--"), _tex(k["selection"]),
+                                 _tex(k["embedding"]), _n(row)] + vals) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def report(paths, md=None, csv_path=None, digits=1, stream=None, latex=None, names=None):
     """Build the table of the runs under ``paths``, print it as Markdown, optionally write files."""
-    table = build_table(find_results(paths))
+    table = build_table(find_results(paths, names))
     text = to_markdown(table, digits)
     (stream or sys.stdout).write(text)
-    for path, content in ((md, lambda: text), (csv_path, lambda: to_csv(table))):
+    for path, content in ((md, lambda: text), (csv_path, lambda: to_csv(table)), (latex, lambda: to_latex(table, digits))):
         if path:
             try:
                 write_atomic_text(path, content())
@@ -138,9 +180,22 @@ def main(argv=None):
     p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders (searched for results.json)")
     p.add_argument("--md", help="also write the Markdown table to this file")
     p.add_argument("--csv", help="also write the table as CSV to this file")
+    p.add_argument("--latex", help="also write the table as a LaTeX tabular (booktabs) to this file")
     p.add_argument("--digits", type=int, default=1, help="decimals (default 1)")
+    p.add_argument("--name", action="append", default=[], metavar="RUN_DIR=LABEL",
+                   help="show the runs under RUN_DIR with LABEL as their variant (repeatable)")
     args = p.parse_args(argv)
-    return run_cli(lambda: report(args.paths, args.md, args.csv, args.digits))
+
+    def body():
+        names = {}
+        for item in args.name:
+            folder, sep, label = item.partition("=")
+            if not sep or not folder or not label:
+                raise ZSLError(f"report: --name {item!r}: expected RUN_DIR=LABEL")
+            names[folder] = label
+        report(args.paths, args.md, args.csv, args.digits, latex=args.latex, names=names)
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

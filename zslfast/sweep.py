@@ -1,14 +1,18 @@
 """Every method on one dataset, over seeds, and one comparison table: the toolkit's main job.
 
     python -m zslfast.sweep [--methods eszsl,gsmflow,...] [--seeds 0] [--full] [--like NAME]
+                            [--dataset NAME --data-root DIR] [--set KEY=VALUE ...] [--grid KEY=V1,V2,...]
                             [--out runs/sweep] [--device DEV] [--select-on-test]
 
 Each entry of :data:`ENTRIES` (every method, CVC's transductive setting, and ESZSL and TF-VAEGAN on
 SC-EGG's images globally pooled) is trained through
 ``python -m zslfast.train`` with ``--seeds`` into ``<out>/<entry>/`` (per-seed folders and a
-summary), on the built-in synthetic data (or ``--like NAME``) at the ``--quick`` budget unless
-``--full`` is given; then :mod:`zslfast.report` prints the table of all of them and writes
-``<out>/table.md`` and ``<out>/table.csv``. A bad setting or data problem in any entry is reported
+summary), on the built-in synthetic data (or ``--like NAME``, or a real or own dataset with
+``--dataset NAME --data-root DIR``) at the ``--quick`` budget unless ``--full`` is given; ``--set``
+applies to every entry, and ``--grid KEY=V1,V2,...`` runs every entry once per value (into
+``<out>/<entry>/KEY=V/``; the values are rows of the table, their variant names them). Then
+:mod:`zslfast.report` prints the table of all of them and writes ``<out>/table.md``,
+``<out>/table.csv`` and ``<out>/table.tex``. A bad setting or data problem in any entry is reported
 before that entry trains, with the training command's one-line error.
 """
 import argparse
@@ -39,6 +43,10 @@ def build_parser():
     p.add_argument("--seeds", default="0", help="training seeds, comma-separated (default 0)")
     p.add_argument("--full", action="store_true", help="each method's full synthetic budget instead of --quick")
     p.add_argument("--like", help="synthetic data shaped like a real dataset (see python -m zslfast.train --help)")
+    p.add_argument("--dataset", help="a benchmark or own dataset under --data-root instead of synthetic data")
+    p.add_argument("--data-root", help="the folder holding --dataset's folder")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every entry")
+    p.add_argument("--grid", metavar="KEY=V1,V2,...", help="run every entry once per value of one setting")
     p.add_argument("--out", help="output folder (default runs/sweep, or the first free runs/sweep-2, -3 when that "
                                  "holds runs); a folder holding runs is refused")
     p.add_argument("--overwrite", action="store_true", help="replace the runs already in --out")
@@ -67,7 +75,22 @@ def train_args(args, entry_args, out):
     extra += ["--select-on-test"] if args.select_on_test else []
     extra += ["--no-progress"] if args.no_progress else []
     extra += ["--overwrite"] if args.overwrite else []
+    extra += ["--dataset", args.dataset] if args.dataset else []
+    extra += ["--data-root", args.data_root] if args.data_root else []
+    for item in args.set:
+        extra += ["--set", item]
     return [*entry_args, *extra, "--seeds", args.seeds, "--device", args.device, "--out", out]
+
+
+def grid_values(spec):
+    """(key, [values]) of ``--grid KEY=V1,V2,...`` (None: no grid), one clear error when malformed."""
+    if spec is None:
+        return None
+    key, sep, values = spec.partition("=")
+    values = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key.strip() or not values or len(set(values)) != len(values):
+        raise ZSLError(f"--grid {spec!r}: expected KEY=V1,V2,... with distinct values, e.g. --grid lr=1e-4,1e-3")
+    return key.strip(), values
 
 
 def sweep(args):
@@ -75,14 +98,20 @@ def sweep(args):
     from zslfast import report, runfolder, train
 
     entries = selected_entries(args.methods)
+    grid = grid_values(args.grid)
+    # (table name, training arguments, folder under --out) of every run
+    planned = [(name, entry_args, name) for name, entry_args in entries] if grid is None else \
+        [(f"{name}[{grid[0]}={v}]", [*entry_args, "--set", f"{grid[0]}={v}"], os.path.join(name, f"{grid[0]}={v}"))
+         for name, entry_args in entries for v in grid[1]]
     if args.out is None:  # like the training command's default folder: never refused, never overwritten
-        args.out = runfolder.free_folder(os.path.join("runs", "sweep"), [name for name, _ in entries])
+        args.out = runfolder.free_folder(os.path.join("runs", "sweep"), [sub for _, _, sub in planned])
         print(f"[zslfast.sweep] writing to {args.out}", file=sys.stderr)
     parser = train.build_parser()
     # Every entry's settings are resolved (and refused) before the first one trains.
     commands = []
-    for name, entry_args in entries:
-        targs = parser.parse_args(train_args(args, entry_args, os.path.join(args.out, name)))
+    runs = [(name, entry_args, os.path.join(args.out, sub)) for name, entry_args, sub in planned]
+    for name, entry_args, entry_out in runs:
+        targs = parser.parse_args(train_args(args, entry_args, entry_out))
         if targs.select_on_test and "test" not in train.method_class(targs.method).selection_modes:
             targs.select_on_test = False  # a method without selection (GRW) runs its fixed protocol
         train.resolve_config(targs.method, targs.dataset, targs.config, targs.set, targs.quick, like=targs.like)
@@ -91,13 +120,14 @@ def sweep(args):
             raise ZSLError(f"--out {args.out}: {name} there holds a run ({', '.join(taken)}); choose another --out, or "
                            "pass --overwrite to replace the sweep's runs")
         commands.append((name, targs))
+    arguments = {name: entry_args for name, entry_args, _ in runs}
     for name, targs in commands:
-        print(f"[zslfast.sweep] {name}: python -m zslfast.train {' '.join(train_args(args, dict(entries)[name], targs.out))}",
+        print(f"[zslfast.sweep] {name}: python -m zslfast.train {' '.join(train_args(args, arguments[name], targs.out))}",
               file=sys.stderr)
         train.run(targs)
     print()
-    return report.report([os.path.join(args.out, name) for name, _ in commands],
-                         md=os.path.join(args.out, "table.md"), csv_path=os.path.join(args.out, "table.csv"))
+    return report.report([targs.out for _, targs in commands], md=os.path.join(args.out, "table.md"),
+                         csv_path=os.path.join(args.out, "table.csv"), latex=os.path.join(args.out, "table.tex"))
 
 
 def main(argv=None):

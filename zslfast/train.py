@@ -61,6 +61,7 @@ class APIParser(_Parser):
 def build_parser(parser_class=_Parser):
     p = parser_class(prog="python -m zslfast.train", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"zslfast {zslfast.__version__}")
     p.add_argument("--method", default="eszsl", choices=sorted(METHODS), help="method to run (default: eszsl)")
     p.add_argument("--dataset", default="synthetic", type=_dataset_arg,
                    help=f"one of {', '.join(DATASET_CHOICES)} (default: synthetic), or the name of any "
@@ -174,7 +175,7 @@ def load_data(args, config):
         wanted = (f"{args.dataset}/feature_map_ResNet_101_{args.dataset}.hdf5" if regions
                   else f"{args.dataset}/res101.mat and att_splits.mat")
         raise ZSLError(f"--dataset {args.dataset} needs --data-root (a folder with {wanted}; see README "
-                       "'Real data') or ZSLFAST_DATA_ROOT")
+                       "'Getting the real data') or ZSLFAST_DATA_ROOT")
     if regions:
         from zslfast.data.regions import load_regions
 
@@ -504,8 +505,9 @@ def train_one(args, method, config, selection, device, data, dataset_key, seed, 
 def _train_one(args, method, config, selection, device, data, dataset_key, seed, out, load_s, identity, resume):
     t_start = time.perf_counter()
     rank, size = distributed.world()
+    fallback = "" if ops.extension_info()["cpu"] else " (the C++ extension was not built: pure-PyTorch fallback)"
     say(f"[zslfast] device {device}" + (f" (rank 0 of {size} processes)" if size > 1 else "")
-        + f", operator backend {ops.backend(device)}, seed {seed}, "
+        + f", operator backend {ops.backend(device)}{fallback}, seed {seed}, "
         f"selection: {'TEST (original protocol)' if selection == 'test' else selection}")
     curves = CurveRecorder()
     if resume is not None:
@@ -563,6 +565,8 @@ def _train_one(args, method, config, selection, device, data, dataset_key, seed,
         "versions": {"zslfast": zslfast.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
         "data": data.summary(), "checkpoint": ckpt, "model": model_path, "info": result.info,
+        # departures from the method's published setting that the data forced (e.g. random word vectors)
+        "deviations": [d for d in [(data.info.get("w2v") or {}).get("deviation")] if d],
     }
     # The table first and results.json next: whatever fails after this, the numbers are kept.
     show(f"\n{method.name} on {dataset_key} (seed {seed}, selection: {results['selection']['on']})")

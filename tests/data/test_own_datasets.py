@@ -113,8 +113,10 @@ def test_described_att_splits_follow_the_proposed_split_protocol(tmp_path):
     labels = np.concatenate([np.full(n, c + 1) for c, n in enumerate([10, 5, 7, 4, 1, 3])])
     rng.shuffle(labels)
     path = describe.write_described_att_splits(str(tmp_path / "classes.csv"), labels, str(tmp_path / "own"), seed=3)
-    meta = read_att_splits(path)
-    assert np.allclose(meta["attributes"].numpy(), att, atol=1e-6) and meta["class_names"] == [f"c{i}" for i in range(6)]
+    meta = read_att_splits(path)  # as xlsa17: att L2-normalised per class, original_att the raw values
+    assert np.allclose(meta["attributes"].numpy(), att / np.linalg.norm(att, axis=1, keepdims=True), atol=1e-6)
+    assert np.allclose(read_att_splits(path, "original_att")["attributes"].numpy(), att, atol=1e-6)
+    assert meta["class_names"] == [f"c{i}" for i in range(6)]
     s = {k: v.numpy() for k, v in meta["splits"].items()}
     y = labels - 1
     assert sorted(np.concatenate([s["trainval"], s["test_seen"], s["test_unseen"]]).tolist()) == list(range(labels.size))
@@ -132,3 +134,18 @@ def test_described_att_splits_follow_the_proposed_split_protocol(tmp_path):
     with pytest.raises(ZSLError, match="no images"):
         describe.write_described_att_splits(str(tmp_path / "classes.csv"), np.array([1, 4]), str(tmp_path / "b"))
     assert not (tmp_path / "b" / "att_splits.mat").exists()
+
+
+def test_a_matlab_v73_file_is_explained(tmp_path):
+    """MATLAB's -v7.3 files are HDF5 (a 512-byte text header, then the HDF5 superblock), which
+    scipy cannot read: the error says so and how to re-save, instead of scipy's 'unknown type'."""
+    h5py = pytest.importorskip("h5py")
+    from zslfast.data.xlsa17 import read_mat
+
+    path = tmp_path / "res101.mat"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f["features"] = np.zeros((3, 4))
+    with open(path, "r+b") as f:
+        f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .")
+    with pytest.raises(ZSLError, match=r"MATLAB v7\.3 \(HDF5\) \.mat file.*'-v7'"):
+        read_mat(str(path), "features")

@@ -166,3 +166,12 @@ def test_write_is_atomic(small, tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         write_region_hdf5(path, bad, small.labels, small.splits, small.attributes)
     assert os.listdir(tmp_path) == []
+
+
+def test_info_reads_a_file_without_word_vectors_with_w2v_random(small, tmp_path, capsys):
+    """The package's extractor writes no w2v_att unless given vectors: info takes --w2v like training."""
+    path = write_region_hdf5(str(tmp_path / "x.hdf5"), small.features, small.labels, small.splits, small.attributes)
+    assert regions.main(["info", path]) == 2
+    assert "no 'w2v_att' in the file" in capsys.readouterr().err
+    assert regions.main(["info", path, "--w2v", "random"]) == 0
+    assert "40 images × 8 channels × 6 regions" in capsys.readouterr().out

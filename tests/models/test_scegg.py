@@ -185,6 +185,11 @@ def test_region_hdf5_through_the_cli(tmp_path):
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
     assert "gan.gamma_d" in res["info"]["not_released"] and res["config"]["gan"]["gamma_d"] == 10.0
+    assert res["embedding"] == "att+w2v" and res["deviations"] == []  # the file's own word vectors
+    # random word vectors (DAZLE's fallback) carry no semantics: the run says att, and records why
+    assert main([*args, "--set", "w2v=random", "--overwrite"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["embedding"] == "att" and res["deviations"] == ["no word vectors: random V"]
     assert main([*args[:4], "--data-root", str(tmp_path / "nowhere"), *args[6:]]) == 2
 
 

@@ -1,6 +1,7 @@
 """``python -m zslfast.data COMMAND ...``: the data tools, in one place.
 
 - ``check DIR [DIR ...]``: validate dataset folders and print a summary of each (:mod:`zslfast.data.check`);
+- ``download xlsa17 --to DIR``: the benchmark features and splits, checked and unpacked (:mod:`zslfast.data.download`);
 - ``describe``: a dataset's ``att_splits.mat`` from a class CSV and an image list (:mod:`zslfast.data.describe`);
 - ``extract``: region features (and pooled features) from images (:mod:`zslfast.data.extract`);
 - ``regions repack | info``: region feature files (:mod:`zslfast.data.regions`);
@@ -17,6 +18,7 @@ from zslfast.errors import run_cli
 
 # command: (module whose main(argv) runs it, what it does)
 TOOLS = {
+    "download": ("zslfast.data.download", "download, check and unpack the xlsa17 benchmark data"),
     "describe": ("zslfast.data.describe", "write a dataset's att_splits.mat from a class CSV and an image list"),
     "extract": ("zslfast.data.extract", "extract region features (and pooled features) from images"),
     "regions": ("zslfast.data.regions", "region feature files: repack (streamable chunks), info (validate)"),

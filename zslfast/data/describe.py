@@ -110,9 +110,12 @@ def write_described_att_splits(classes_csv, labels, folder, seed=0, test_seen_fr
     if empty:
         raise ZSLError(f"--classes {classes_csv}: {len(empty)} classes have no images, e.g. {empty[0]!r}")
     splits = proposed_splits(labels, kinds, seed, test_seen_fraction)
-    table = SimpleNamespace(labels=torch.from_numpy(labels), attributes=torch.from_numpy(att), class_names=names,
+    # as xlsa17 does: `att` is each class's attributes scaled to unit L2 norm, `original_att` the raw values
+    norms = np.linalg.norm(att, axis=1, keepdims=True)
+    unit = np.divide(att, norms, out=np.zeros_like(att), where=norms > 0)
+    table = SimpleNamespace(labels=torch.from_numpy(labels), attributes=torch.from_numpy(unit), class_names=names,
                             splits={k: torch.from_numpy(v) for k, v in splits.items()})
-    write_att_splits(table, folder)
+    write_att_splits(table, folder, original_att=att)
     return os.path.join(folder, "att_splits.mat")
 
 

@@ -257,7 +257,7 @@ def _fail(path, problem):
 def _open(path):
     h5py = require_h5py()
     if not os.path.isfile(path):
-        _fail(path, "file not found (region features: see README 'Region features')")
+        _fail(path, "file not found (region features: see docs/data.md, 'Region features')")
     try:
         return h5py.File(path, "r")
     except OSError as exc:
@@ -523,6 +523,8 @@ def main(argv=None):
     ip = sub.add_parser("info", help="validate a file and print what it holds")
     ip.add_argument("path")
     ip.add_argument("--storage", default="auto", choices=STORAGE_MODES)
+    ip.add_argument("--w2v", default="auto", help="attribute word vectors: auto (the file's w2v_att), random, or a "
+                                                  ".npy path (the package's extractor writes none unless given --w2v)")
     args = p.parse_args(argv)
 
     def body():
@@ -530,6 +532,6 @@ def main(argv=None):
             repack(args.src, args.dst, args.dtype)
             print(f"wrote {args.dst} (one image per chunk)")
         else:
-            print(read_region_hdf5(args.path, storage=args.storage).summary())
+            print(read_region_hdf5(args.path, storage=args.storage, w2v=args.w2v).summary())
 
     return run_cli(body)

@@ -224,13 +224,15 @@ def _save_mat(folder, fname, fields):
     os.replace(tmp, final)
 
 
-def write_att_splits(dataset, folder):
+def write_att_splits(dataset, folder, original_att=None):
     """Write ``<folder>/att_splits.mat`` (xlsa17: ``att`` d × C, 1-based uint16 locations where N
-    allows, class names) for ``dataset``, atomically."""
+    allows, class names; ``original_att`` [C, d] too when given) for ``dataset``, atomically."""
     os.makedirs(folder, exist_ok=True)
     loc_type = np.uint16 if dataset.labels.shape[0] < 2 ** 16 else np.uint32
     att_fields = {"att": dataset.attributes.numpy().T.astype(np.float64),
                   "allclasses_names": np.array([[s] for s in dataset.class_names], dtype=object)}
+    if original_att is not None:
+        att_fields["original_att"] = np.asarray(original_att, dtype=np.float64).T
     for split, key in (("trainval", "trainval_loc"), ("test_seen", "test_seen_loc"),
                        ("test_unseen", "test_unseen_loc"), ("train", "train_loc"), ("val", "val_loc")):
         if split in dataset.splits:

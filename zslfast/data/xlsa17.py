@@ -35,11 +35,29 @@ def dataset_name(name):
 def read_mat(path, what):
     """scipy.io.loadmat with a clear error for a missing or unreadable file."""
     if not os.path.isfile(path):
-        raise ZSLError(f"{path}: file not found ({what}); see README 'Real data' for where xlsa17 comes from")
+        raise ZSLError(f"{path}: file not found ({what}); see the README's 'Getting the real data' for where xlsa17 comes from")
+    if _is_hdf5_mat(path):
+        raise ZSLError(f"{path}: a MATLAB v7.3 (HDF5) .mat file, which zslfast's reader (scipy) cannot read; save it "
+                       "again from MATLAB with save(FILE, ..., '-v7'), or in Python read it with h5py and write it with "
+                       "scipy.io.savemat (xlsa17's own files are v5)")
     try:
         return scipy.io.loadmat(path)
     except Exception as exc:  # scipy raises several types for corrupt files
         raise ZSLError(f"{path}: cannot read as a MATLAB .mat file ({type(exc).__name__}: {exc})") from None
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5_mat(path):
+    """Whether ``path`` is an HDF5 file: a v7.3 .mat (its HDF5 superblock at byte 512, after MATLAB's
+    text header) or a plain HDF5 file named .mat (at byte 0)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(520)
+    except OSError:
+        return False
+    return head[:8] == HDF5_SIGNATURE or head[512:520] == HDF5_SIGNATURE
 
 
 def mat_locations(mat, path, n=None):

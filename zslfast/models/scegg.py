@@ -170,8 +170,9 @@ class SCEGG(GenerativeMethod):
     independent = ("zsl",)    # and reports its best T1 and its best H independently
 
     def embedding(self, config):
-        """Class attributes, and the attribute word vectors the attention queries start from."""
-        return "att+w2v"
+        """Class attributes, and the attribute word vectors the attention queries start from; with
+        ``w2v: random`` (DAZLE's no-vector fallback) the vectors carry no semantics: ``att`` only."""
+        return "att" if config.get("w2v") == "random" else "att+w2v"
 
     def prepare(self, data, config, ctx):
         return with_clipped_attributes(data.to(ctx.device), config)
