@@ -67,7 +67,26 @@ def test_tensorboard_scalars_equal_the_history_and_change_nothing(tmp_path, tmp_
             expected.add(f"{stage}/score")
             assert [s.value for s in acc.Scalars(f"{stage}/score")] == pytest.approx(
                 [r["score"] for r in records if "score" in r], rel=1e-6)
+    for name, value in logged["metrics"].items():  # and the final test metrics
+        expected.add(f"final/{name}")
+        assert [s.value for s in acc.Scalars(f"final/{name}")] == pytest.approx([value], rel=1e-6)
     assert tags == expected
+
+
+def test_tensorboard_gets_a_continual_runs_per_task_scores(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "grw"
+    assert train_main(["--method", "grw", "--quick", "--device", "cpu", "--no-progress", "--log", "tensorboard",
+                       "--out", str(out)]) == 0
+    per_task = json.loads((out / "results.json").read_text())["per_task"]
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    for key in ("S", "U", "H"):
+        got = [(s.step, s.value) for s in acc.Scalars(f"task/{key}")]
+        assert [step for step, _ in got] == [t["task"] for t in per_task]
+        assert [v for _, v in got] == pytest.approx([t[key] for t in per_task], rel=1e-6)
 
 
 def test_missing_tensorboard_is_one_clear_error_before_training(tmp_path, monkeypatch, capsys):

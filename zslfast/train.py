@@ -532,6 +532,9 @@ def _train_one(args, method, config, selection, device, data, dataset_key, seed,
                 if selection == "validation" else contextlib.nullcontext())
         with stop_on_signals(checkpointer), seal:
             result = method.run(data, config, ctx)
+        for logger in loggers:
+            if hasattr(logger, "log_result"):
+                logger.log_result(result.metrics, result.per_task)
     except Diverged as exc:
         exc.checkpoint = checkpointer.written and f"{checkpointer.written}"
         raise

@@ -71,5 +71,15 @@ class TensorBoardLogger(CurveRecorder):
         if "score" in event.record:
             self.writer.add_scalar(f"{key}/score", event.record["score"], event.epoch)
 
+    def log_result(self, metrics, per_task=None):
+        """The run's final test metrics (``final/<metric>``, step 0) and a continual run's per-task
+        scores (``task/S``, ``task/U``, ``task/H`` at step = task), beside the curves."""
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"final/{name}", value, 0)
+        for t in per_task or []:
+            for key in ("S", "U", "H"):
+                self.writer.add_scalar(f"task/{key}", t[key], t["task"])
+
     def close(self):
         self.writer.close()
