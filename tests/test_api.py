@@ -57,6 +57,18 @@ def test_loaded_predictions_give_the_reported_metrics(name, args, tmp_path_facto
     want = {k: v for k, v in res["metrics"].items() if not k.startswith("inductive_")}
     got = {"zsl_t1": t1, "gzsl_s": s, "gzsl_u": u, "gzsl_h": 2 * s * u / (s + u) if s + u else 0.0}
     assert got == pytest.approx(want, abs=1e-9)
+    # The seen-unseen curve: its point at the run's calibration is the reported S/U; its ends are the
+    # GZSL scores' argmax among the seen classes alone (S, U 0) and among the unseen alone (S 0, U).
+    curve = res["seen_unseen"]
+    assert (curve["at_run"]["S"], curve["at_run"]["U"]) == pytest.approx((want["gzsl_s"], want["gzsl_u"]), abs=1e-9)
+    seen, unseen = data.seen_classes, data.unseen_classes
+    s_only = seen[model.scores(x[s_idx])[:, seen].argmax(1)]
+    u_only = unseen[model.scores(x[u_idx])[:, unseen].argmax(1)]
+    assert (curve["S"][0], curve["U"][0]) == pytest.approx(
+        (_per_class_accuracy(s_only, data.labels[s_idx], seen), 0.0), abs=1e-9)
+    assert (curve["S"][-1], curve["U"][-1]) == pytest.approx(
+        (0.0, _per_class_accuracy(u_only, data.labels[u_idx], unseen)), abs=1e-9)
+    assert 0 < curve["ausuc"] <= curve["S"][0] * curve["U"][-1] / 100
 
 
 def test_top_k_names_and_bad_input(tmp_path_factory):

@@ -115,7 +115,7 @@ def test_seeds_write_one_folder_per_seed_and_a_summary(tmp_path, capsys):
 
 def test_sweep_runs_the_entries_and_prints_one_table(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert sweep_main(["--methods", "eszsl,grw", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert sweep_main(["--methods", "eszsl,grw", "--quick", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
     table = (out / "table.md").read_text()
     assert table in capsys.readouterr().out
     rows = [line for line in table.splitlines()[2:]]
@@ -144,7 +144,7 @@ def test_sweep_over_an_own_dataset_and_a_set_grid(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert sweep_main(["--methods", "eszsl", "--dataset", "mine", "--data-root", str(tmp_path / "data"),
                        "--grid", "calibration=0,0.5", "--set", "feature_norm=none", "--out", str(out),
-                       "--device", "cpu", "--no-progress"]) == 0
+                       "--device", "cpu", "--no-progress", "--quick"]) == 0
     rows = [line for line in (out / "table.md").read_text().splitlines()[2:]]
     assert [line.split(" | ")[1] for line in rows] == ["calibration=0 feature_norm=none quick",
                                                          "calibration=0.5 feature_norm=none quick"]
@@ -155,3 +155,22 @@ def test_sweep_over_an_own_dataset_and_a_set_grid(tmp_path, capsys):
     assert runs["0"]["config"]["feature_norm"] == runs["0.5"]["config"]["feature_norm"] == "none"
     assert (out / "table.tex").read_text().startswith(r"\begin{tabular}")
     assert sweep_main(["--methods", "eszsl", "--grid", "calibration", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_a_transductive_run_reports_its_inductive_stage_as_a_row(tmp_path_factory, capsys):
+    """The main job runs CVC once (transductively): its table still has the inductive row, with the
+    numbers of an inductive run of the same configuration."""
+    from tests.quick_runs import quick_run, quick_run_folder
+
+    inductive, _ = quick_run(tmp_path_factory, "cvc")
+    folder = quick_run_folder(tmp_path_factory, "cvc", "--set", "transductive=true")
+    _, _, rows = report.build_table(report.find_results([str(folder)]))
+    by_variant = {r["key"]["variant"]: r["cells"]["synthetic"] for r in rows}
+    assert set(by_variant) == {"transductive=true quick", "transductive=true quick, inductive stage"}
+    stage = by_variant["transductive=true quick, inductive stage"]
+    assert {k: v["mean"] for k, v in stage["metrics"].items()} == pytest.approx(inductive["metrics"], abs=1e-9)
+    final = by_variant["transductive=true quick"]
+    assert final["metrics"]["zsl_t1"]["mean"] != stage["metrics"]["zsl_t1"]["mean"]
+    # --name labels both, keeping them apart
+    named = report.find_results([str(folder)], names={str(folder): "ours"})
+    assert sorted(r["variant"] for r in named) == ["ours", "ours, inductive stage"]

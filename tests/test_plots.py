@@ -56,9 +56,15 @@ def test_tsne_shows_every_saved_point_of_each_kind(scegg_run):
 
 
 @pytest.mark.slow
-def test_tsne_draws_every_saved_point(scegg_run):
-    res, art = plot.load_run(str(scegg_run))
-    drawn = plot.plot_tsne(res, art, str(scegg_run / "all.png"), max_points=10 ** 6)
+def test_tsne_draws_every_saved_point(tmp_path):
+    # a saved set of the size SC-EGG's quick run writes (480 seen, 500 unseen, 500 synthetic, 256-d);
+    # the default tier checks a real run's file, so the slow tier need not train one again
+    g = torch.Generator().manual_seed(0)
+    art = {"features": {k: {"x": torch.randn(n, 256, generator=g), "y": torch.arange(n) % c}
+                        for k, n, c in (("real_seen", 480, 40), ("real_unseen", 500, 10),
+                                        ("synthetic_unseen", 500, 10))}}
+    res = {"method": "scegg", "dataset": "synthetic_regions"}
+    drawn = plot.plot_tsne(res, art, str(tmp_path / "all.png"), max_points=10 ** 6)
     assert drawn == {k: v["y"].numel() for k, v in art["features"].items()}
 
 
@@ -106,7 +112,7 @@ def test_gsmflow_saves_features_for_tsne(tmp_path):
     assert train_main(["--method", "gsmflow", "--quick", "--set", "epochs=2", "--set", "eval_start=1", "--set",
                        "eval_every=1", "--device", "cpu", "--no-progress", "--save-features", "--out", str(out)]) == 0
     res, art = plot.load_run(str(out))
-    assert plot.applicable(res, art) == ["curves", "tsne"]
+    assert plot.applicable(res, art) == ["curves", "seen-unseen", "tsne"]
     _, drawn = plot.plot("tsne", str(out))
     assert set(drawn) == {"real_seen", "real_unseen", "synthetic_unseen"} and all(v > 0 for v in drawn.values())
 
@@ -130,3 +136,20 @@ def test_paper_formats_resolution_integer_epochs_and_a_class_subset(tmp_path, tm
     res = json.loads((out / "results.json").read_text())
     drawn = plot.plot_tsne(res, art, str(tmp_path / "sub.svg"), max_points=10 ** 6, classes=4)
     assert drawn == {"real_seen": 20, "real_unseen": 20, "synthetic_unseen": 20}
+
+
+def test_seen_unseen_curves_of_several_runs(tmp_path, tmp_path_factory, capsys):
+    runs = [quick_run_folder(tmp_path_factory, m) for m in ("eszsl", "gsmflow")]
+    results = [json.loads((r / "results.json").read_text()) for r in runs]
+    path = tmp_path / "su.pdf"
+    assert plot.main(["seen-unseen", *map(str, runs), "--out", str(path)]) == 0
+    assert path.read_bytes()[:4] == b"%PDF"
+    _, drawn = plot.plot("seen-unseen", [str(r) for r in runs], str(tmp_path / "su.png"))
+    assert drawn == {"curves": 2, "ausuc": [r["seen_unseen"]["ausuc"] for r in results],
+                     "points": [len(r["seen_unseen"]["S"]) for r in results]}
+    grw = quick_run_folder(tmp_path_factory, "grw")  # continual: no GZSL curve
+    capsys.readouterr()
+    assert plot.main(["seen-unseen", str(runs[0]), str(grw), "--out", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no seen-unseen curve" in err[0] and str(grw) in err[0]
+    assert plot.main(["tasks", str(grw), str(grw), "--out", str(path)]) == 2  # several folders: seen-unseen only

@@ -3,6 +3,7 @@
 
     python -m zslfast.plot KIND RUN_DIR [--out FILE.png|.pdf|.svg] [--dpi 100] [--max-points 1500]
                            [--classes 10]
+    python -m zslfast.plot seen-unseen RUN_DIR [RUN_DIR ...] [--out FILE.pdf]
 
 Axes are labelled, epochs are integer ticks, legends sit where they cover least (beside the t-SNE).
 
@@ -18,6 +19,10 @@ KIND is one of:
 - ``curves``: one panel per training stage from results.json's per-epoch history: every loss (left
   axis) and the evaluation score (right axis), the chosen epoch marked.
 - ``tasks``: continual methods (GRW): S / U / H per task.
+- ``seen-unseen``: the seen–unseen accuracy curve of a GZSL run (calibrated stacking swept over
+  every value that changes a prediction; Chao et al., ECCV 2016), its area (AUSUC) in the legend and
+  the run's own operating point marked; several RUN_DIRs draw one curve each on the same axes (a
+  paper's comparison figure). From results.json's ``seen_unseen`` (every GZSL run writes it).
 - ``attention``: SC-EGG: the attention maps on the region grid of a few test-unseen images and
   attributes, the synthetic data's planted footprints drawn as squares (solid: the attribute's
   region; dashed: its half-weight neighbour); needs ``features.pt``.
@@ -36,7 +41,7 @@ import torch
 from zslfast.errors import ZSLError, run_cli
 from zslfast.io import load_checked
 
-KINDS = ("tsne", "curves", "tasks", "attention")
+KINDS = ("tsne", "curves", "tasks", "seen-unseen", "attention")
 DPI = 80
 
 
@@ -130,6 +135,8 @@ def applicable(results, artifacts):
     kinds = ["curves"] if results.get("history") else []
     if results.get("per_task"):
         kinds.append("tasks")
+    if results.get("seen_unseen"):
+        kinds.append("seen-unseen")
     if artifacts and "features" in artifacts:
         kinds.append("tsne")
     if artifacts and "attention" in artifacts:
@@ -268,6 +275,37 @@ def plot_tasks(results, path, dpi=None):
     return {"tasks": len(tasks)}
 
 
+def plot_seen_unseen(runs, path, dpi=None):
+    """The seen–unseen curves of ``runs`` (results dicts) on one axes, each run's operating point
+    marked; returns {"curves": n, "ausuc": [area per run], "points": [points per curve]}."""
+    missing = [r.get("_dir", r["method"]) for r in runs if not r.get("seen_unseen")]
+    if missing:
+        raise ZSLError(f"plot seen-unseen: {', '.join(missing)} has no seen-unseen curve in results.json (written by "
+                       "every GZSL run; continual runs have none)")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    areas, points = [], []
+    for r in runs:
+        c = r["seen_unseen"]
+        label = f"{r.get('_label') or r['method']} (AUSUC {c['ausuc']:.1f})"
+        line, = ax.plot(c["S"], c["U"], "-", label=label)
+        ax.plot([c["at_run"]["S"]], [c["at_run"]["U"]], "o", color=line.get_color(), ms=5)
+        areas.append(c["ausuc"])
+        points.append(len(c["S"]))
+    ax.set_xlabel("seen accuracy S (%)")
+    ax.set_ylabel("unseen accuracy U (%)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="lower left", title="dot: the run's own calibration", title_fontsize=7)  # the corner under every curve holds no data
+    first = runs[0]
+    ax.set_title(f"seen-unseen curve on {first['dataset']}" if len({r['dataset'] for r in runs}) == 1
+                 else "seen-unseen curves", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return {"curves": len(runs), "ausuc": areas, "points": points}
+
+
 def plot_attention(results, artifacts, path, dpi=None):
     """Attention maps of a few images × attributes; returns {"panels": n, "footprints": n drawn}."""
     if not artifacts or "attention" not in artifacts:
@@ -303,9 +341,14 @@ def plot_attention(results, artifacts, path, dpi=None):
 
 def plot(kind, run_dir, out=None, max_points=1500, dpi=None, classes=None):
     """Draw plot ``kind`` of the run in ``run_dir`` to ``out`` (default ``run_dir/plots/KIND.png``;
-    its extension picks PNG, PDF or SVG); returns (path, what was drawn)."""
+    its extension picks PNG, PDF or SVG); returns (path, what was drawn). ``seen-unseen`` also takes
+    a list of run folders (one curve each; default file: the first's)."""
     if kind not in KINDS:
         raise ZSLError(f"plot kind {kind!r}: choose from {', '.join(KINDS)}")
+    run_dirs = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
+    if len(run_dirs) != 1 and kind != "seen-unseen":
+        raise ZSLError(f"plot {kind}: one RUN_DIR (several are for seen-unseen)")
+    run_dir = run_dirs[0]
     out = out or os.path.join(run_dir, "plots", f"{kind}.png")
     plot_format(out)  # before any work
     if dpi is not None and not 10 <= dpi <= 2400:
@@ -319,6 +362,12 @@ def plot(kind, run_dir, out=None, max_points=1500, dpi=None, classes=None):
         drawn = plot_curves(results, out, dpi=dpi)
     elif kind == "tasks":
         drawn = plot_tasks(results, out, dpi=dpi)
+    elif kind == "seen-unseen":
+        runs = [results] + [load_run(d)[0] for d in run_dirs[1:]]
+        for r, d in zip(runs, run_dirs):
+            r["_dir"] = d
+            r["_label"] = r["method"] + (f" [{r['variant']}]" if r.get("variant") else "")
+        drawn = plot_seen_unseen(runs, out, dpi=dpi)
     else:
         drawn = plot_attention(results, artifacts, out, dpi=dpi)
     return out, drawn
@@ -334,7 +383,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m zslfast.plot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=KINDS + ("all",))
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="a run folder (seen-unseen: one or more)")
     p.add_argument("--out", help="the file: .png, .pdf or .svg (default RUN_DIR/plots/KIND.png)")
     p.add_argument("--dpi", type=int, help=f"resolution of PNG files (default {DPI})")
     p.add_argument("--max-points", type=int, default=1500, help="t-SNE: points drawn at most (default 1500)")
@@ -342,7 +391,9 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     def body():
-        done = plot_all(args.run_dir) if args.kind == "all" else {args.kind: plot(args.kind, args.run_dir, args.out,
+        if args.kind == "all" and len(args.run_dir) > 1:
+            raise ZSLError("plot all: one RUN_DIR")
+        done = plot_all(args.run_dir[0]) if args.kind == "all" else {args.kind: plot(args.kind, args.run_dir, args.out,
                                                                                   args.max_points, args.dpi,
                                                                                   args.classes)}
         for kind, (path, drawn) in done.items():

@@ -4,10 +4,11 @@
         [--classes FILE] [--setting gzsl|zsl] [--top-k K] [--out predictions.csv]
 
 RUN is a finished run's folder (its ``model.pt``) or the file. ``--features`` holds what the method
-takes, as its dataset stores them (the run's normalisation is applied here): a ``.npy`` or ``.pt``
-array ([N, D] vectors; [N, C, R] region maps for SC-EGG), a ``res101.mat``-style ``.mat`` (its
-``features`` field, D × N as xlsa17 stores it, or N × D) or a region HDF5 (``feature_map`` [N, C, H,
-W], SC-EGG's layout and ``python -m zslfast.data extract``'s). ``--images`` extracts the region maps
+takes, as its dataset stores them (the run's normalisation is applied here), in any format of
+:mod:`zslfast.data.arrays`: a ``.npy``, ``.npz`` or ``.pt`` array ([N, D] vectors; [N, C, R] region
+maps for SC-EGG), a ``res101.mat``-style ``.mat`` (its ``features`` field, D × N as xlsa17 stores
+it, or N × D) or an HDF5 file (``features``, or region maps ``feature_map`` [N, C, H, W], SC-EGG's
+layout and ``python -m zslfast.data extract``'s). ``--images`` extracts the region maps
 of every image under DIR (sorted by path) with the package's extractor, for the methods that read
 region maps (SC-EGG); the CSV's ``sample`` column is then the image's path.
 
@@ -24,52 +25,11 @@ import io
 import os
 import sys
 
-import numpy as np
 import torch
 
+from zslfast.data.arrays import read_arrays
 from zslfast.errors import ZSLError, run_cli
 from zslfast.io import write_atomic_text
-
-
-def read_features(path: str) -> torch.Tensor:
-    """The feature array of ``path`` (.npy, .pt or a res101.mat-style .mat), one clear error otherwise."""
-    if not os.path.isfile(path):
-        raise ZSLError(f"--features {path}: file not found")
-    ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext == ".npy":
-            return torch.from_numpy(np.load(path, allow_pickle=False))
-        if ext == ".pt":
-            value = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(value, torch.Tensor):
-                raise ZSLError(f"--features {path}: holds a {type(value).__name__}, expected one tensor")
-            return value
-        if ext == ".mat":
-            from zslfast.data.xlsa17 import read_mat
-
-            mat = read_mat(path, "features")
-            if "features" not in mat:
-                raise ZSLError(f"--features {path}: no 'features' field (a res101.mat-style file has one)")
-            feats = np.asarray(mat["features"])
-            if "labels" in mat and feats.ndim == 2 and feats.shape[1] == np.asarray(mat["labels"]).size \
-                    and feats.shape[0] != feats.shape[1]:
-                feats = feats.T  # xlsa17 stores D × N
-            return torch.from_numpy(np.ascontiguousarray(feats))
-        if ext in (".h5", ".hdf5"):
-            from zslfast.data.regions import require_h5py
-
-            with require_h5py().File(path, "r") as f:
-                if "feature_map" in f:
-                    maps = np.asarray(f["feature_map"], dtype=np.float32)
-                    return torch.from_numpy(maps.reshape(maps.shape[0], maps.shape[1], -1))
-                if "features" in f:
-                    return torch.from_numpy(np.asarray(f["features"], dtype=np.float32))
-                raise ZSLError(f"--features {path}: no 'feature_map' (region maps) or 'features' dataset")
-    except ZSLError:
-        raise
-    except Exception as exc:  # numpy/torch/h5py raise several types for corrupt or foreign files
-        raise ZSLError(f"--features {path}: cannot read it ({type(exc).__name__}: {exc})") from None
-    raise ZSLError(f"--features {path}: expected a .npy, .pt, .mat or .h5/.hdf5 file")
 
 
 def predictions_csv(model, ids: torch.Tensor, samples=None) -> str:
@@ -107,7 +67,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m zslfast.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("run", metavar="RUN", help="a finished run's folder, or its model.pt")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--features", help=".npy, .pt, res101.mat-style .mat or region .h5/.hdf5")
+    src.add_argument("--features", help=".npy, .npz, .pt, res101.mat-style .mat or .h5/.hdf5 (vectors or region maps)")
     src.add_argument("--images", metavar="DIR", help="a folder of images (methods on region maps: SC-EGG)")
     p.add_argument("--weights", help="with --images: local torchvision resnet101 .pth file")
     p.add_argument("--size", type=int, help="with --images: crop size (default: the model's, 448 for 14×14 maps)")
@@ -135,7 +95,7 @@ def main(argv=None) -> int:
         if args.images:
             x, samples = read_images(model, args.images, args.weights, args.size, args.batch, args.device)
         else:
-            x, samples = read_features(args.features), None
+            x, samples = read_arrays(args.features)[0], None
         ids = model.predict(x, args.setting, args.top_k).cpu()
         text = predictions_csv(model, ids, samples)
         if args.out:

@@ -10,7 +10,9 @@ groups by dataset; each group has ZSL T1 and GZSL U / S / H, or mSA / mUA / mH f
 methods. A cell of several seeds shows mean ± sample std and its n; a cell that mixes two different
 configurations (the config hash) is refused rather than averaged, naming the run folders of each.
 ``--name RUN_DIR=LABEL`` shows the runs under RUN_DIR with LABEL as their variant (e.g. "ours,
-no attention" for ``--pooled-regions quick``). The table is printed as Markdown and optionally
+no attention" for ``--pooled-regions quick``). A transductive CVC run adds a row for its inductive
+stage (variant "..., inductive stage": its ``inductive_*`` metrics, the model an inductive run of the
+same configuration reports). The table is printed as Markdown and optionally
 written as Markdown, CSV and LaTeX (``booktabs``; atomically).
 """
 import argparse
@@ -52,6 +54,7 @@ def find_results(paths, names=None):
                 missing = f"no {exc} entry" if isinstance(exc, KeyError) else str(exc)
                 raise ZSLError(f"report: {f}: not a zslfast results.json ({missing})") from None
             found.append(r)
+            found += _stage_rows(r)
     unique = {os.path.realpath(r["_path"]): r for r in found}
     for folder, label in (names or {}).items():
         root = os.path.realpath(folder)
@@ -59,8 +62,25 @@ def find_results(paths, names=None):
         if not matched:
             raise ZSLError(f"report: --name {folder}={label}: no run of the report is under {folder}")
         for r in matched:
-            r["variant"] = label
+            r["variant"] = label + r.get("_stage", "")
     return [unique[k] for k in sorted(unique)]
+
+
+STAGE_PREFIXES = {"inductive_": "inductive stage"}  # a transductive CVC run reports its inductive model too
+
+
+def _stage_rows(results):
+    """Rows of their own for the earlier models a run reports beside its final one (``inductive_*``
+    metrics: a transductive CVC run's inductive stage, the same model and numbers as an inductive
+    run of that configuration), so a table shows both from one run."""
+    rows = []
+    for prefix, label in STAGE_PREFIXES.items():
+        metrics = {k[len(prefix):]: v for k, v in results["metrics"].items() if k.startswith(prefix)}
+        if metrics:
+            stage = f", {label}" if results.get("variant") else label
+            rows.append({**results, "metrics": metrics, "variant": results.get("variant", "") + stage,
+                         "_stage": f", {label}", "_path": f"{results['_path']}#{label.replace(' ', '_')}"})
+    return rows
 
 
 def build_table(runs):

@@ -33,10 +33,11 @@ import torch
 import zslfast
 from zslfast import distributed, ops
 from zslfast.config import annotated_yaml, resolve_config
+from zslfast.data.dataset import apply_normalization
 from zslfast.data.xlsa17 import FOLDER_NAME
 from zslfast import runfolder
 from zslfast.errors import Diverged, RunFailed, ZSLError, run_cli
-from zslfast.engine.export import MODEL_FILE, model_record, save_model
+from zslfast.engine.export import MODEL_FILE, model_record, save_model, scores_curve
 from zslfast.io import save_checkpoint, write_json
 from zslfast.engine import METHODS, RunContext, get_method, method_class
 from zslfast.engine.curves import CurveRecorder, TensorBoardLogger, require_tensorboard
@@ -69,6 +70,13 @@ def build_parser(parser_class=_Parser):
     p.add_argument("--data-root", default=os.environ.get("ZSLFAST_DATA_ROOT"),
                    help="folder with <DATASET>/res101.mat and att_splits.mat (real datasets; default: "
                         "$ZSLFAST_DATA_ROOT)")
+    p.add_argument("--features", metavar="FILE",
+                   help="image features replacing <data-root>/<DATASET>/res101.mat: .npy, .npz, .pt, .h5/.hdf5 or .mat, "
+                        "[N, D], rows in the order att_splits.mat's locations index; labels from the file (a "
+                        "'labels' entry), else --labels, else res101.mat")
+    p.add_argument("--labels", metavar="FILE",
+                   help="class ids of --features' rows (0-based; 1-based in a .mat 'labels' field): .npy, .pt, "
+                        ".txt (one per line) or .mat")
     p.add_argument("--like", help="synthetic data shaped like a real dataset: a name (its att_splits.mat "
                                   "from ../shared/data or $ZSLFAST_SHARED_DATA) or an att_splits.mat path")
     p.add_argument("--data-seed", type=_seed_arg, default=0, help="seed of the synthetic data (default 0)")
@@ -171,6 +179,12 @@ def load_data(args, config):
         return make_synthetic(like=args.like, seed=args.data_seed)
     if args.like:
         raise ZSLError("--like applies to --dataset synthetic only")
+    if (args.features or args.labels) and (regions or config.get("data_format", "xlsa17") == "epgn"):
+        raise ZSLError(f"--features/--labels replace an xlsa17 folder's res101.mat; {args.method} reads "
+                       + ("region maps (its region-feature file under --data-root)" if regions else
+                          "the EPGN files (data_format epgn)"))
+    if args.labels and not args.features:
+        raise ZSLError("--labels goes with --features (res101.mat holds its own labels)")
     if not args.data_root:
         wanted = (f"{args.dataset}/feature_map_ResNet_101_{args.dataset}.hdf5" if regions
                   else f"{args.dataset}/res101.mat and att_splits.mat")
@@ -184,9 +198,11 @@ def load_data(args, config):
         return load_regions(args.data_root, args.dataset, storage=config["storage"], w2v=config["w2v"])
     if config.get("data_format", "xlsa17") == "epgn":
         return load_epgn(args.data_root, args.dataset)
+    files = {"features_file": os.path.abspath(args.features) if args.features else "res101.mat",
+             "labels_file": args.labels}
     if args.dataset not in DATASET_CHOICES:  # the user's own dataset: any xlsa17-format folder
-        return read_xlsa17_folder(os.path.join(args.data_root, args.dataset), config.get("attributes", "att"))
-    return load_xlsa17(args.data_root, args.dataset, attributes=config.get("attributes", "att"))
+        return read_xlsa17_folder(os.path.join(args.data_root, args.dataset), config.get("attributes", "att"), **files)
+    return load_xlsa17(args.data_root, args.dataset, attributes=config.get("attributes", "att"), **files)
 
 
 def format_table(rows):
@@ -336,6 +352,11 @@ def data_files(args, config, data):
         files.append(source)
         folder = os.path.dirname(source)
         files += [os.path.join(folder, f) for f in ("att_splits.mat", "sent_splits.mat")]
+    if args.features and args.data_root:  # the features file may sit outside the dataset folder
+        folder = os.path.join(args.data_root, args.dataset)
+        files += [os.path.join(folder, f) for f in ("att_splits.mat", "sent_splits.mat", "res101.mat")
+                  if not args.labels or f != "res101.mat"]
+        files += [args.labels] if args.labels else []
     w2v = config.get("w2v")
     if isinstance(w2v, str) and os.path.isfile(w2v):
         files.append(w2v)
@@ -571,16 +592,25 @@ def _train_one(args, method, config, selection, device, data, dataset_key, seed,
         # departures from the method's published setting that the data forced (e.g. random word vectors)
         "deviations": [d for d in [(data.info.get("w2v") or {}).get("deviation")] if d],
     }
+    record = model_record(method, config, data, result.model)
+    if "gzsl_s" in result.metrics:  # GZSL: the seen-unseen curve of calibrated stacking and its area
+        scorer = method.scorer(record, device)  # what zslfast.load gives: the raw features, normalised here
+        results["seen_unseen"] = scores_curve(
+            lambda x: scorer.gzsl(apply_normalization(record["normalization"], x.to(device, torch.get_default_dtype()))),
+            data)
     # The table first and results.json next: whatever fails after this, the numbers are kept.
     show(f"\n{method.name} on {dataset_key} (seed {seed}, selection: {results['selection']['on']})")
     show(format_table([(k, v) for k, v in result.metrics.items()]))
+    if "seen_unseen" in results:
+        show(f"  AUSUC {results['seen_unseen']['ausuc']:.2f} (area under the seen-unseen curve; "
+             f"python -m zslfast.plot seen-unseen {out})")
     if result.per_task:
         show("  per task: " + ", ".join(f"t{t['task']}: S {t['S']:.1f} U {t['U']:.1f} H {t['H']:.1f}"
                                         for t in result.per_task))
     results_path = write_results(os.path.join(out, "results.json"), results)
     outputs = [(ckpt, lambda: save_checkpoint(ckpt, {"method": method.name, "config": config, "state": result.state,
                                                       "zslfast_version": zslfast.__version__})),
-               (model_path, lambda: save_model(out, model_record(method, config, data, result.model)))]
+               (model_path, lambda: save_model(out, record))]
     if ctx.artifacts:
         outputs.append((os.path.join(out, "features.pt"),
                         lambda: save_checkpoint(os.path.join(out, "features.pt"), ctx.artifacts)))

@@ -55,7 +55,7 @@ def test_writer_folder_names_are_loadable_dataset_names(tmp_path, capsys):
     assert "not 'synthetic'" in capsys.readouterr().err
 
 
-def test_any_folder_name_trains_with_the_method_defaults(tmp_path):
+def test_any_folder_name_trains_on_the_budget_that_follows_the_data(tmp_path):
     assert synthetic_main(["--out", str(tmp_path / "data"), "--name", "my_zoo"]) == 0
     out = tmp_path / "run"
     assert train_main(["--dataset", "my_zoo", "--data-root", str(tmp_path / "data"), "--quick", "--device", "cpu",
@@ -66,9 +66,14 @@ def test_any_folder_name_trains_with_the_method_defaults(tmp_path):
     builtin = tmp_path / "builtin"
     assert train_main(["--quick", "--device", "cpu", "--no-progress", "--out", str(builtin)]) == 0
     assert res["metrics"] == json.loads((builtin / "results.json").read_text())["metrics"]
-    # an unknown name has no section of its own: the method's defaults, not a benchmark's
+    # an unknown name has no section of its own: the CPU budget, not a benchmark's settings, with
+    # synthetic counts relative to the data's real ones (GSMFlow's paper default is 50 000 per class)
     assert resolve_config("gsmflow", "my_zoo") == resolve_config("gsmflow", "another_name")
     assert resolve_config("gsmflow", "my_zoo") != resolve_config("gsmflow", "CUB")
+    for method in ("gsmflow", "tfvaegan", "clswgan", "scegg"):
+        config = resolve_config(method, "my_zoo")
+        assert config["synth_ratio"] is not None, method
+        assert config["epochs"] < resolve_config(method, "CUB")["epochs"], method
     # names that are not folder names are refused by the parser
     with pytest.raises(SystemExit):
         train_main(["--dataset", "../etc"])
@@ -149,3 +154,19 @@ def test_a_matlab_v73_file_is_explained(tmp_path):
         f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .")
     with pytest.raises(ZSLError, match=r"MATLAB v7\.3 \(HDF5\) \.mat file.*'-v7'"):
         read_mat(str(path), "features")
+
+
+def test_a_small_own_dataset_gets_a_small_budget(tmp_path):
+    # 640 images of 16 classes: the synthetic count per unseen class follows its 32 real images per
+    # seen class (the CPU budget's ratio), not GSMFlow's paper count of 50 000
+    data = make_synthetic(seed=1, num_classes=16, num_unseen=4, images_per_class=40)
+    synthetic.write_xlsa17(data, str(tmp_path / "data"), name="small")
+    out = tmp_path / "run"
+    assert train_main(["--method", "gsmflow", "--quick", "--dataset", "small", "--data-root", str(tmp_path / "data"),
+                       "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    real = data.splits["trainval"].numel() / data.seen_classes.numel()
+    ratio = resolve_config("gsmflow", "small")["synth_ratio"]
+    n = round(ratio * real)
+    assert real == 32 and n < 1000
+    assert res["info"]["synthetic"] == {"per_unseen_class": n, "real_per_seen_class": real, "ratio": round(n / real, 4)}

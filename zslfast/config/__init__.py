@@ -6,13 +6,15 @@ Layers, later ones winning:
 0. the defaults of the shared blocks the method's settings extend (:data:`zslfast.config.settings.BLOCKS`),
    one name per shared concept (optimiser, schedule, epochs, evaluation cadence, validation split);
 1. the file's ``defaults``;
-2. the dataset layer: ``datasets.<DATASET>`` for a real dataset (the papers' per-dataset values).
+2. the dataset layer: ``datasets.<DATASET>`` for a benchmark (the papers' per-dataset values).
    Synthetic data, built in or shaped like a real dataset (``--like NAME``), runs on a CPU budget:
    NAME's own section ``datasets.NAME`` first (its hyper-parameters; none for the built-in data),
    then the file's one ``cpu_budget`` section, which scales the budget (epochs, widths, sample
    counts) to a CPU, then ``cpu_budget.datasets.NAME`` (``cpu_budget.datasets.synthetic`` for the
    built-in data) where the file has one: values that must differ from the common budget on that
-   data (each says why in the YAML);
+   data (each says why in the YAML). The user's own data (any other ``--dataset`` name: no preset)
+   gets ``cpu_budget`` alone, whose synthetic sample counts are multiples of the data's real
+   per-class counts (``synth_ratio``), so a 600-image dataset gets a 600-image budget;
 3. the ``quick`` section (with ``--quick``);
 4. a user ``--config`` file (a flat or nested mapping of the same keys);
 5. ``--set key=value`` overrides (dotted keys for nested values; values parsed as YAML).
@@ -147,11 +149,15 @@ def parse_set(item):
 
 def dataset_layers(spec, dataset, like_name=None):
     """The dataset layer's sections as (label, mapping) pairs (see the module docstring)."""
+    from zslfast.data.xlsa17 import DATASETS
+
     datasets = spec.get("datasets") or {}
-    if dataset != "synthetic":
+    if dataset in DATASETS:
         return [(f"datasets.{dataset}", datasets.get(dataset) or {})]
     budget = dict(spec.get("cpu_budget") or {})
     per_dataset = budget.pop("datasets", None) or {}
+    if dataset != "synthetic":  # the user's own data: no preset, so the budget that follows the data's size
+        return [("cpu_budget", budget)]
     name = like_name or "synthetic"
     own = [(f"datasets.{like_name}", datasets.get(like_name) or {})] if like_name else []
     return own + [("cpu_budget", budget), (f"cpu_budget.datasets.{name}", per_dataset.get(name) or {})]

@@ -14,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-from zslfast.errors import run_cli
+from zslfast.errors import ZSLError, run_cli
 
 # command: (module whose main(argv) runs it, what it does)
 TOOLS = {
@@ -35,6 +35,9 @@ def main(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="validate dataset folders and print a summary of each")
     c.add_argument("folders", nargs="+", metavar="DIR")
+    c.add_argument("--features", metavar="FILE", help="features replacing DIR/res101.mat, as python -m zslfast.train "
+                                                      "--features reads them")
+    c.add_argument("--labels", metavar="FILE", help="their class ids, as python -m zslfast.train --labels")
     for name, (_, what) in TOOLS.items():  # listed for --help; run above, with their own options
         sub.add_parser(name, help=what, add_help=False)
     args = p.parse_args(argv)
@@ -42,8 +45,12 @@ def main(argv=None):
     def body():
         from zslfast.data.check import check_folder
 
+        if (args.features or args.labels) and len(args.folders) > 1:
+            raise ZSLError("data check --features/--labels: one DIR")
+        if args.labels and not args.features:
+            raise ZSLError("data check --labels goes with --features (res101.mat holds its own labels)")
         for folder in args.folders:
-            print(check_folder(folder))
+            print(check_folder(folder, args.features, args.labels))
 
     return run_cli(body)
 

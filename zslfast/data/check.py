@@ -1,7 +1,8 @@
 """``python -m zslfast.data check DIR``: validate a dataset folder with the readers' own checks and
 print what is in it.
 
-DIR is one dataset folder: xlsa17 format (``res101.mat`` + ``att_splits.mat``) or SC-EGG's region
+DIR is one dataset folder: xlsa17 format (``res101.mat`` + ``att_splits.mat``; ``--features FILE
+[--labels FILE]`` replace ``res101.mat`` as in training) or SC-EGG's region
 layout (``feature_map_ResNet_101_<NAME>.hdf5``, read with ``storage=stream`` so a large file is not
 loaded). A problem ends with the reader's one-line error and exit code 2; otherwise the summary lists
 the classes (seen / unseen), the split sizes, the class embeddings the folder offers (``att``,
@@ -38,13 +39,17 @@ def _counts_line(labels, idx, classes):
             f"min {int(counts.min())} / median {int(counts.median())} / max {int(counts.max())}")
 
 
-def check_folder(folder):
+def check_folder(folder, features=None, labels=None):
     """Read ``folder`` with the matching reader (raises ZSLError on any problem) and return the
-    summary text (see the module docstring)."""
+    summary text (see the module docstring). ``features`` / ``labels``: files replacing its
+    ``res101.mat``, as the training command's ``--features`` / ``--labels``."""
     if not os.path.isdir(folder):
         raise ZSLError(f"data check {folder}: no such folder")
     regions = sorted(glob.glob(os.path.join(folder, "feature_map_ResNet_101_*.hdf5")))
-    if os.path.isfile(os.path.join(folder, "res101.mat")):
+    if features:
+        data = read_xlsa17_folder(folder, features_file=os.path.abspath(features), labels_file=labels)
+        kind, embeddings = f"att_splits.mat + {features}", _embeddings(folder)
+    elif os.path.isfile(os.path.join(folder, "res101.mat")):
         data = read_xlsa17_folder(folder)
         kind, embeddings = "xlsa17 (res101.mat + att_splits.mat)", _embeddings(folder)
     elif regions:
@@ -54,7 +59,8 @@ def check_folder(folder):
         kind = f"SC-EGG region features ({os.path.basename(regions[0])})"
         embeddings = {"att": data.attribute_dim}
     else:
-        raise ZSLError(f"data check {folder}: neither res101.mat (xlsa17) nor feature_map_ResNet_101_<NAME>.hdf5 in it")
+        raise ZSLError(f"data check {folder}: neither res101.mat (xlsa17) nor feature_map_ResNet_101_<NAME>.hdf5 in it "
+                       "(features elsewhere: --features FILE [--labels FILE])")
     seen, unseen = data.seen_classes, data.unseen_classes
     lines = [f"{folder}: {kind}", f"  {data.summary()}",
              f"  classes: {data.num_classes} ({seen.numel()} seen, {unseen.numel()} unseen)",

@@ -1,12 +1,14 @@
 """A dataset's ``att_splits.mat`` from a simple description: one CSV row per class and the images' labels.
 
-    python -m zslfast.data describe --classes classes.csv --list images.txt --out DIR/NAME [--seed 0]
-                                    [--test-seen-fraction 0.2]
+    python -m zslfast.data describe --classes classes.csv (--list images.txt | --labels labels.npy)
+                                    --out DIR/NAME [--seed 0] [--test-seen-fraction 0.2]
 
 ``classes.csv`` has a header ``class,split,<attribute>,<attribute>,...`` and one row per class, in
 label order (class 1 first): its name, ``seen``, ``val`` (a seen class whose images form the
 class-disjoint validation split) or ``unseen``, and its attribute values. ``images.txt`` is the
-extractor's list, ``relative/path label`` per line with 1-based labels. The proposed-split protocol
+extractor's list, ``relative/path label`` per line with 1-based labels; for features you already
+have, ``--labels`` gives their class ids instead (0-based, one per feature row, as
+``python -m zslfast.train --labels`` reads them). The proposed-split protocol
 of xlsa17 is followed: every image of an unseen class is test_unseen; of each seen class a seeded
 ``test_seen_fraction`` (at least one image when the class has two or more) is test_seen, the rest
 trainval; ``train`` / ``val`` are the trainval images of the seen / val classes. The file is written
@@ -123,14 +125,22 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m zslfast.data describe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", required=True, help="classes.csv: class,split,<attributes...>")
-    p.add_argument("--list", required=True, help="images.txt: 'relative/path label' lines, labels 1-based")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--list", help="images.txt: 'relative/path label' lines, labels 1-based")
+    given.add_argument("--labels", help="the images' class ids, 0-based, in feature-row order: .npy, .pt, .txt or "
+                                        "a .mat 'labels' field (1-based there), as python -m zslfast.train --labels")
     p.add_argument("--out", required=True, help="the dataset folder to write att_splits.mat into")
     p.add_argument("--seed", type=int, default=0, help="seed of the test_seen draw (default 0)")
     p.add_argument("--test-seen-fraction", type=float, default=0.2)
     args = p.parse_args(argv)
 
     def body():
-        _, labels = read_image_list(args.list, ".")
+        if args.list:
+            _, labels = read_image_list(args.list, ".")
+        else:
+            from zslfast.data.arrays import read_labels
+
+            labels = read_labels(args.labels) + 1
         path = write_described_att_splits(args.classes, labels, args.out, args.seed, args.test_seen_fraction)
         print(f"wrote {path}")
 

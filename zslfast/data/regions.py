@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from zslfast.data.arrays import require_h5py
 from zslfast.data.dataset import ZSLDataset
 from zslfast.errors import ZSLError, run_cli
 
@@ -51,14 +52,6 @@ MEMORY_FRACTION = 0.6  # auto: hold the maps in memory when they take under this
 def region_file(root, name):
     """The path SC-EGG uses for dataset ``name`` under ``root``."""
     return os.path.join(root, name, f"feature_map_ResNet_101_{name}.hdf5")
-
-
-def require_h5py():
-    try:
-        import h5py
-    except ImportError:
-        raise ZSLError("region features need h5py: pip install h5py (or pip install \"zslfast[regions]\")") from None
-    return h5py
 
 
 def available_memory():

@@ -9,9 +9,9 @@ import os
 import re
 
 import numpy as np
-import scipy.io
 import torch
 
+from zslfast.data.arrays import integer_labels, read_mat
 from zslfast.data.dataset import ZSLDataset
 from zslfast.errors import ZSLError
 
@@ -30,34 +30,6 @@ def dataset_name(name):
         if str(name).upper() == known:
             return known
     raise ZSLError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} (or 'synthetic')")
-
-
-def read_mat(path, what):
-    """scipy.io.loadmat with a clear error for a missing or unreadable file."""
-    if not os.path.isfile(path):
-        raise ZSLError(f"{path}: file not found ({what}); see the README's 'Getting the real data' for where xlsa17 comes from")
-    if _is_hdf5_mat(path):
-        raise ZSLError(f"{path}: a MATLAB v7.3 (HDF5) .mat file, which zslfast's reader (scipy) cannot read; save it "
-                       "again from MATLAB with save(FILE, ..., '-v7'), or in Python read it with h5py and write it with "
-                       "scipy.io.savemat (xlsa17's own files are v5)")
-    try:
-        return scipy.io.loadmat(path)
-    except Exception as exc:  # scipy raises several types for corrupt files
-        raise ZSLError(f"{path}: cannot read as a MATLAB .mat file ({type(exc).__name__}: {exc})") from None
-
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def _is_hdf5_mat(path):
-    """Whether ``path`` is an HDF5 file: a v7.3 .mat (its HDF5 superblock at byte 512, after MATLAB's
-    text header) or a plain HDF5 file named .mat (at byte 0)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(520)
-    except OSError:
-        return False
-    return head[:8] == HDF5_SIGNATURE or head[512:520] == HDF5_SIGNATURE
 
 
 def mat_locations(mat, path, n=None):
@@ -92,20 +64,6 @@ def _matrix(mat, key, path):
     if np.issubdtype(m.dtype, np.complexfloating):
         raise ZSLError(f"{path}: field '{key}' holds complex numbers ({m.dtype}); expected real values")
     return m
-
-
-def integer_labels(labels, path, key="labels"):
-    """``labels`` as int64, refusing fractional, complex or non-numeric values (a float file that
-    holds 1.0, 2.0, ... is fine: MATLAB stores doubles)."""
-    labels = np.asarray(labels).reshape(-1)
-    if labels.size and (not np.issubdtype(labels.dtype, np.number) or np.issubdtype(labels.dtype, np.complexfloating)):
-        raise ZSLError(f"{path}: '{key}' must hold integer class ids, got dtype {labels.dtype}")
-    if labels.size and np.issubdtype(labels.dtype, np.floating):
-        bad = ~np.isfinite(labels) | (labels != np.round(labels))
-        if bad.any():
-            raise ZSLError(f"{path}: '{key}' must hold integer class ids; {int(bad.sum())} are not integers "
-                           f"(e.g. {labels[bad][0]!r})")
-    return labels.astype(np.int64)
 
 
 def warn_about_attributes(att, labels, path, attributes, has_names):
@@ -161,47 +119,79 @@ def read_att_splits(path, attributes="att", sent_path=None):
             "has_names": "allclasses_names" in mat}
 
 
-def load_xlsa17(root, name, attributes="att", features_file="res101.mat"):
+def load_xlsa17(root, name, attributes="att", features_file="res101.mat", labels_file=None):
     """Load ``<root>/<name>/`` in xlsa17 format as a :class:`ZSLDataset`.
 
     Args:
         root: the folder holding one sub-folder per dataset.
         name: AWA1, AWA2, CUB, SUN, APY or FLO (case-insensitive).
         attributes: ``att`` (default), ``original_att``, or ``sent`` (CUB sentence embeddings).
-        features_file: the features file inside the dataset folder.
+        features_file: the features file inside the dataset folder, or any path
+            (:func:`read_xlsa17_folder`); ``labels_file``: where its labels come from, when not in it.
 
     Raises:
         ZSLError: naming the file and the problem, for an unknown name, a missing file or field,
             wrong shapes, NaN/inf, labels or locations out of range, or overlapping splits.
     """
     name = dataset_name(name)
-    return read_xlsa17_folder(os.path.join(root, name), attributes, features_file, name=name)
+    return read_xlsa17_folder(os.path.join(root, name), attributes, features_file, name=name, labels_file=labels_file)
 
 
-def read_xlsa17_folder(folder, attributes="att", features_file="res101.mat", name=None):
-    """Read one xlsa17-format folder (``res101.mat`` + ``att_splits.mat``) whatever its name."""
+def read_xlsa17_folder(folder, attributes="att", features_file="res101.mat", name=None, labels_file=None):
+    """Read one xlsa17-format folder (``res101.mat`` + ``att_splits.mat``) whatever its name.
+
+    ``features_file`` (a path inside the folder, or any path) replaces ``res101.mat``: a ``.npy``,
+    ``.npz``, ``.pt``, HDF5 or ``.mat`` file of :func:`zslfast.data.arrays.read_arrays`, its rows in the
+    order the split locations of ``att_splits.mat`` index. Its labels come from the file itself when
+    it holds them, else from ``labels_file`` (:func:`zslfast.data.arrays.read_labels`), else from the
+    folder's ``res101.mat``."""
     name = name or os.path.basename(os.path.normpath(folder))
     if not os.path.isdir(folder):
         raise ZSLError(f"{folder}: dataset folder not found (expected res101.mat and att_splits.mat in it)")
     att_path = os.path.join(folder, "att_splits.mat")
     meta = read_att_splits(att_path, attributes)
     feat_path = os.path.join(folder, features_file)
-    mat = read_mat(feat_path, "image features and labels")
-    feats = _matrix(mat, "features", feat_path)
-    labels = np.asarray(mat.get("labels", np.empty((0,)))).reshape(-1)
-    if "labels" not in mat:
-        raise ZSLError(f"{feat_path}: missing field 'labels'")
+    res101 = os.path.join(folder, "res101.mat")
+    if features_file == "res101.mat" and labels_file is None:
+        mat = read_mat(feat_path, "image features and labels")
+        feats = _matrix(mat, "features", feat_path)
+        labels = np.asarray(mat.get("labels", np.empty((0,)))).reshape(-1)
+        if "labels" not in mat:
+            raise ZSLError(f"{feat_path}: missing field 'labels'")
+        labels_path, shape = feat_path, mat["features"].shape
+    else:
+        from zslfast.data.arrays import read_arrays, read_labels
+
+        feats, labels = read_arrays(feat_path, "--features")
+        shape = tuple(feats.shape)
+        if feats.dim() != 2:
+            raise ZSLError(f"--features {feat_path}: expected feature vectors [N, D], got shape {list(shape)} "
+                           "(region maps are read from a region-feature file; see docs/data.md)")
+        feats, labels_path = feats.numpy(), feat_path
+        if labels_file is not None:
+            labels, labels_path = read_labels(labels_file), labels_file
+        elif labels is None:
+            if not os.path.isfile(res101):
+                raise ZSLError(f"--features {feat_path} holds no labels and {folder} has no res101.mat to take them "
+                               "from: give --labels FILE (0-based class ids, one per sample), or save both together "
+                               "(e.g. numpy.savez(FILE, features=X, labels=y))")
+            mat = read_mat(res101, "labels")
+            if "labels" not in mat:
+                raise ZSLError(f"{res101}: missing field 'labels'")
+            labels, labels_path = integer_labels(mat["labels"], res101) - 1, res101
+        labels = np.asarray(labels).reshape(-1) + 1  # 1-based below, as res101.mat stores them
     # xlsa17 stores features as D × N; accept N × D too, decided by the label count.
     if feats.shape[1] == labels.size and feats.shape[0] != labels.size:
         feats = feats.T
     if feats.shape[0] != labels.size:
-        raise ZSLError(f"{feat_path}: 'features' has shape {mat['features'].shape} but there are "
-                       f"{labels.size} labels")
-    labels = integer_labels(labels, feat_path)
+        raise ZSLError(f"{feat_path}: 'features' has shape {shape} but there are {labels.size} labels"
+                       + (f" (from {labels_path})" if labels_path != feat_path else ""))
+    labels = integer_labels(labels, labels_path)
     num_classes = meta["attributes"].shape[0]
     if labels.size and (labels.min() < 1 or labels.max() > num_classes):
-        raise ZSLError(f"{feat_path}: labels must be 1-based class ids in [1, {num_classes}] "
-                       f"(the classes of {att_path}), got range [{labels.min()}, {labels.max()}]")
+        base = 1 if labels_path.lower().endswith(".mat") else 0
+        raise ZSLError(f"{labels_path}: labels must be {base}-based class ids in [{base}, {num_classes - 1 + base}] "
+                       f"(the classes of {att_path}), got range [{labels.min() - 1 + base}, {labels.max() - 1 + base}]")
     if meta["num_samples"] > labels.size:
         raise ZSLError(f"{att_path}: split locations go up to {meta['num_samples']} but {feat_path} has "
                        f"{labels.size} samples")

@@ -32,7 +32,7 @@ import torch
 import zslfast
 from zslfast.engine.checkpoint import cpu_copy
 from zslfast.errors import ZSLError
-from zslfast.eval.metrics import accuracy_from_counts, harmonic_mean, sharded_counts
+from zslfast.eval.metrics import accuracy_from_counts, harmonic_mean, seen_unseen_curve, sharded_counts
 from zslfast.io import load_checked, save_checkpoint
 
 MODEL_FILE = "model.pt"
@@ -139,3 +139,19 @@ def scorer_metrics(scorer, data, batch_size=8192):
     (s,) = sharded_counts(lambda x: (scorer.predict(x, "gzsl"),), x_s, y_s, k, 1, batch_size)
     t1, u, s = (accuracy_from_counts(*c) for c in (t1, u, s))
     return {"zsl_t1": 100 * t1, "gzsl_s": 100 * s, "gzsl_u": 100 * u, "gzsl_h": 100 * harmonic_mean(s, u)}
+
+
+@torch.no_grad()
+def scores_curve(gzsl_scores, data, batch_size=1024):
+    """The seen–unseen curve and AUSUC (:func:`zslfast.eval.metrics.seen_unseen_curve`) of
+    ``gzsl_scores(features as the dataset stores them) -> [n, K]`` on ``data``'s test splits, read
+    and scored ``batch_size`` rows at a time (region maps are never all in memory)."""
+    def all_scores(split):
+        with data.scoring(report=True):
+            x, y = data.subset(split)
+        blocks = [gzsl_scores(x.read(range(i, min(i + batch_size, len(x)))) if hasattr(x, "read")
+                              else x[i:i + batch_size]).cpu() for i in range(0, len(y), batch_size)]
+        return (torch.cat(blocks) if blocks else torch.zeros(0, data.num_classes)), y.cpu()
+
+    return seen_unseen_curve(*all_scores("test_seen"), *all_scores("test_unseen"), data.seen_classes,
+                             data.unseen_classes)

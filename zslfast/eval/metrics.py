@@ -120,3 +120,60 @@ def continual_summary(per_task):
     n = len(per_task)
     return {"mSA": sum(t["S"] for t in per_task) / n, "mUA": sum(t["U"] for t in per_task) / n,
             "mH": sum(t["H"] for t in per_task) / n}
+
+
+def seen_unseen_curve(seen_scores, seen_labels, unseen_scores, unseen_labels, seen_classes, unseen_classes,
+                      max_points=201):
+    """The seen–unseen accuracy curve of calibrated stacking and the area under it (AUSUC; Chao,
+    Changpinyo, Gong & Sha, ECCV 2016), computed exactly.
+
+    Calibrated stacking subtracts γ from every seen class's GZSL score before the argmax over all
+    classes. A test sample's prediction is its best seen class while γ < d (d: its best seen score
+    minus its best unseen score) and its best unseen class from γ = d on, so GZSL S (per-class mean
+    accuracy on ``seen_scores`` [Ns, K], labels ``seen_labels``) and U (on ``unseen_scores``) are
+    step functions of γ that change only at the samples' d. Sweeping γ over every d gives every
+    reachable (S, U) pair: from (the accuracy among the seen classes alone, 0) at γ = −∞ to
+    (0, the accuracy among the unseen classes alone) at γ = +∞. The area is the trapezoid rule over
+    those points in γ order (a sampled sweep of γ converges to it).
+
+    Returns ``{"ausuc", "S", "U", "gamma", "at_run"}``: the area in percent of the unit square (S
+    and U as fractions; 100 × Chao et al.'s number), up to ``max_points`` curve points (S, U in
+    percent; ``gamma`` their γ relative to the scores given, ``None`` for −∞; evenly thinned, the two
+    ends kept), and ``at_run``: S, U, H at γ = 0, the scores' own operating point (the run's GZSL
+    S/U/H when the scores carry the run's calibration).
+    """
+    seen_classes = torch.as_tensor(seen_classes).reshape(-1).cpu()
+    unseen_classes = torch.as_tensor(unseen_classes).reshape(-1).cpu()
+
+    def events(scores, labels, want_seen):
+        scores, labels = scores.detach().double().cpu(), torch.as_tensor(labels).reshape(-1).cpu()
+        if labels.numel() == 0:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        best_seen, arg_seen = scores[:, seen_classes].max(1)
+        best_unseen, arg_unseen = scores[:, unseen_classes].max(1)
+        pred = (seen_classes if want_seen else unseen_classes)[arg_seen if want_seen else arg_unseen]
+        counts = torch.bincount(labels)
+        weight = 1.0 / (counts[labels].double() * int((counts > 0).sum()))  # per-class mean accuracy
+        hit = pred == labels
+        return (best_seen - best_unseen)[hit], weight[hit]
+
+    d_s, w_s = events(seen_scores, seen_labels, True)    # adds to S while γ < d
+    d_u, w_u = events(unseen_scores, unseen_labels, False)  # adds to U once γ >= d
+    thresholds = torch.unique(torch.cat([d_s, d_u]))  # sorted
+    # S(t) = sum of w_s over d_s > t; U(t) = sum of w_u over d_u <= t, at every threshold t
+    s_order, u_order = torch.argsort(d_s), torch.argsort(d_u)
+    s_cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(w_s[s_order], 0)])
+    u_cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(w_u[u_order], 0)])
+    s_at = s_cum[-1] - s_cum[torch.searchsorted(d_s[s_order], thresholds, right=True)]
+    u_at = u_cum[torch.searchsorted(d_u[u_order], thresholds, right=True)]
+    s_curve = torch.cat([s_cum[-1:], s_at])  # γ = −∞ first
+    u_curve = torch.cat([torch.zeros(1, dtype=torch.float64), u_at])
+    area = float(((s_curve[:-1] - s_curve[1:]) * (u_curve[:-1] + u_curve[1:]) / 2).sum())
+    s0 = float(w_s[d_s > 0].sum())
+    u0 = float(w_u[d_u <= 0].sum())
+    keep = torch.unique(torch.linspace(0, s_curve.numel() - 1, min(max_points, s_curve.numel())).round().long())
+    gammas = [None] + [float(t) for t in thresholds]
+    return {"ausuc": 100 * area,
+            "S": [100 * float(s_curve[i]) for i in keep], "U": [100 * float(u_curve[i]) for i in keep],
+            "gamma": [gammas[int(i)] for i in keep],
+            "at_run": {"S": 100 * s0, "U": 100 * u0, "H": 100 * harmonic_mean(s0, u0)}}
