@@ -27,6 +27,10 @@ CASES = [("gsmflow", [], "epoch end"), ("grw", [], "early"),
          ("cvc_on_test", ["--select-on-test"], "late"), ("scegg", [], "late"),
          ("scegg_on_test", ["--select-on-test"], None), ("tfvaegan", [], None), ("clswgan", [], None)]
 POINTS = ("early", "late", "epoch end")
+# Stops left out to keep CI within its time (about 60 s): SC-EGG stops early under --select-on-test
+# and late under validation selection (the stage 1-2 and stage-3 checkpoints both ways across the
+# two); GSMFlow's late stop is the epoch-end stop's last epoch with half an epoch more.
+COVERED = {("scegg", "early"), ("scegg_on_test", "late"), ("gsmflow", "late")}
 
 
 def test_every_registered_method_that_trains_has_a_resume_case():
@@ -69,6 +73,8 @@ def _params():
                 continue
             if point == "early" and name in ("tfvaegan", "clswgan"):
                 continue  # one stop inside their GAN stage: the mechanics are the engine's, tested above
+            if (name, point) in COVERED:
+                continue
             marks = [] if point == default else [pytest.mark.slow]
             yield pytest.param(name, extra, point, marks=marks, id=f"{name}-{point}")
 

@@ -130,7 +130,11 @@ def test_the_primitives_are_the_identity_in_one_process():
 
 
 # ------------------------------------------------------------------------------ every method, float64
-ITERATIVE = [(name, args) for name, args in golden.RUNS if args[1] != "eszsl"]
+# GRW with the learnable dictionary and inductive CVC are left out to keep CI within its time (27 s):
+# the dictionary is one more parameter under the same wrapper as the interpolation run's networks,
+# and the transductive CVC run trains the inductive stage first.
+ITERATIVE = [(name, args) for name, args in golden.RUNS
+             if args[1] != "eszsl" and name not in ("grw_learnable", "cvc_inductive")]
 # The slowest quick runs, shortened for CI (every stage, evaluation and selection still runs): fewer
 # epochs, 64-wide networks (exactness does not depend on width), and the generative methods' final
 # classifiers on one synthetic feature per real one for 2 epochs.
