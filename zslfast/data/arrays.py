@@ -13,6 +13,10 @@ are saved in. One reader for every command that takes a ``--features`` / ``--lab
 Labels are 0-based class ids (the rows of the class-embedding matrix) everywhere except in ``.mat``
 files, where they are 1-based as in xlsa17's ``res101.mat``; :func:`read_arrays` returns them
 0-based.
+
+The low-level readers the dataset readers share live here too (``read_mat`` with its v7.3
+explanation, ``integer_labels``, ``require_h5py``), so that this module imports no other data
+module and :mod:`zslfast.data.xlsa17` and :mod:`zslfast.data.regions` can import it.
 """
 import os
 
